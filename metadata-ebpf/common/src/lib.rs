@@ -1,0 +1,250 @@
+//! Types shared by the eBPF programs (`metadata-ebpf`) and the daemon
+//! (`metadata-userspace`).
+//!
+//! Everything that crosses the kernel boundary is defined here exactly once:
+//! map names, map key and value layouts, counter indices and the fixed
+//! addresses of the metadata service. Every type is `#[repr(C)]` with no
+//! implicit padding, so the eBPF side, the daemon and `bpftool` (through the
+//! BTF the eBPF object carries) agree on every byte.
+//!
+//! Addresses and ports are kept in network byte order in newtypes
+//! ([`Ipv4Be`], [`PortBe`]) so that the datapath compares and copies them
+//! without swapping, and so that userspace cannot store a host-order value
+//! by accident.
+#![no_std]
+
+/// The link-local IPv4 address guests send metadata requests to.
+pub const METADATA_V4: Ipv4Be = Ipv4Be([169, 254, 169, 254]);
+/// The TCP port guests send metadata requests to.
+pub const METADATA_PORT: PortBe = PortBe::new(80);
+
+/// Highest number of IPv4 slots (one per registered (tap, guest IPv4) pair).
+///
+/// Sized for a large hypervisor (a few thousand ports, several addresses
+/// each); the slot array is preallocated, so this bounds its memory:
+/// `MAX_SLOTS_V4 * size_of::<SlotV4>()` bytes.
+pub const MAX_SLOTS_V4: u32 = 16_384;
+/// Highest number of VM-facing devices the datapath tracks counters for.
+pub const MAX_DEVICES: u32 = 8_192;
+
+/// Names of the maps, as they appear in the object file, in `bpftool map
+/// show` and as file names under the bpffs pin folder.
+pub mod map_names {
+    /// [`crate::DatapathConfig`] at index 0: host device, proxy address and
+    /// the NAT range. Written by the daemon at start.
+    pub const CONFIG: &str = "MDR_CONFIG";
+    /// (tap ifindex, guest IPv4) -> [`crate::PortV4`]: which guest
+    /// sources may reach the metadata service, and their slot.
+    pub const PORTS_V4: &str = "MDR_PORTS_V4";
+    /// Slot -> [`crate::SlotV4`]: the reverse mapping used for replies.
+    pub const SLOTS_V4: &str = "MDR_SLOTS_V4";
+    /// Device ifindex -> [`crate::DeviceCounters`], per CPU.
+    pub const COUNTERS: &str = "MDR_COUNTERS";
+}
+
+/// A network interface index as the kernel assigns it. Zero is never a
+/// valid index, which the slot table uses to mark a free slot.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ifindex(pub u32);
+
+/// Index into the slot table. Slot `n` is NATed to address
+/// `nat_v4_base + n`.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Slot(pub u32);
+
+/// An IPv4 address in network byte order, as it appears in a packet.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ipv4Be(pub [u8; 4]);
+
+impl Ipv4Be {
+    /// The address as a host-order integer, for arithmetic on ranges.
+    #[inline(always)]
+    pub const fn to_bits(self) -> u32 {
+        u32::from_be_bytes(self.0)
+    }
+
+    /// The address for a host-order integer.
+    #[inline(always)]
+    pub const fn from_bits(bits: u32) -> Self {
+        Self(bits.to_be_bytes())
+    }
+}
+
+/// A TCP or UDP port in network byte order.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortBe(pub [u8; 2]);
+
+impl PortBe {
+    /// The network-order encoding of a host-order port.
+    pub const fn new(port: u16) -> Self {
+        Self(port.to_be_bytes())
+    }
+
+    /// The port in host order.
+    pub const fn get(self) -> u16 {
+        u16::from_be_bytes(self.0)
+    }
+}
+
+/// An Ethernet MAC address.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Whether this is the all-zero address (never learned or configured).
+    #[inline(always)]
+    pub const fn is_zero(&self) -> bool {
+        let b = self.0;
+        (b[0] | b[1] | b[2] | b[3] | b[4] | b[5]) == 0
+    }
+}
+
+/// The single entry of [`map_names::CONFIG`].
+///
+/// Kept in a map rather than in load-time globals so that a restarted daemon
+/// can adopt pinned programs and still change where it listens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// The host end of the veth pair ("mdr0") that the proxy listens on.
+    /// Zero means "not configured yet": the programs then steer nothing.
+    pub host_ifindex: Ifindex,
+    /// Address the proxy listens on (169.254.169.254 unless configured).
+    pub proxy_v4: Ipv4Be,
+    /// First address of the IPv4 NAT range; slot `n` is `nat_v4_base + n`.
+    pub nat_v4_base: Ipv4Be,
+    /// Number of addresses in the NAT range that may be used as slots.
+    pub nat_v4_size: u32,
+    /// MAC of the host device: destination of steered frames, and the
+    /// address the programs answer ARP for the metadata address with.
+    pub host_mac: MacAddr,
+    /// Port the proxy listens on.
+    pub proxy_port: PortBe,
+}
+
+/// Key of [`map_names::PORTS_V4`]: a guest source as seen on one tap.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKeyV4 {
+    /// The tap the packet arrived on (cannot be forged by the guest).
+    pub ifindex: Ifindex,
+    /// The guest's source address.
+    pub addr: Ipv4Be,
+}
+
+/// Value of [`map_names::PORTS_V4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortV4 {
+    /// The slot this (tap, address) pair is NATed to.
+    pub slot: Slot,
+}
+
+/// Value of [`map_names::SLOTS_V4`]: what a reply to a slot is turned back
+/// into. A slot whose `ifindex` is zero is free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotV4 {
+    /// The tap the guest sits behind.
+    pub ifindex: Ifindex,
+    /// The guest's own address (restored as the reply's destination).
+    pub guest_addr: Ipv4Be,
+    /// The guest's MAC (the reply's destination MAC).
+    pub guest_mac: MacAddr,
+    /// The MAC the guest addressed its request to: ours when it resolved
+    /// 169.254.169.254 on-link, its router's when it routed the request.
+    /// Learned by the ingress program and used as the reply's source MAC so
+    /// that the guest sees the reply come from where it sent the request.
+    pub router_mac: MacAddr,
+}
+
+/// Per-device packet counters, one copy per CPU in [`map_names::COUNTERS`].
+///
+/// Tap programs count under the tap's ifindex; replies are counted under
+/// the tap they are returned to; events on the host device that belong to
+/// no tap are counted under the host device's ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// Packets passed on untouched (not for the metadata service).
+    pub passed: u64,
+    /// Guest requests steered to the proxy.
+    pub steered: u64,
+    /// Proxy replies returned to a guest.
+    pub replied: u64,
+    /// ARP requests for the metadata address answered by the program.
+    pub arp_replied: u64,
+    /// Dropped: metadata traffic from a source not registered on this tap.
+    pub drop_unregistered: u64,
+    /// Dropped: metadata traffic with a truncated or malformed header.
+    pub drop_malformed: u64,
+    /// Dropped: an IP fragment addressed to the metadata service.
+    pub drop_fragment: u64,
+    /// Dropped: a reply for a slot that has no entry (port removed).
+    pub drop_no_slot: u64,
+    /// Dropped: steering failed (checksum helper or redirect error).
+    pub drop_error: u64,
+}
+
+impl DeviceCounters {
+    /// Adds another CPU's counters to these.
+    pub fn accumulate(&mut self, other: &Self) {
+        // Destructured so that a new counter cannot be forgotten here.
+        let Self {
+            passed,
+            steered,
+            replied,
+            arp_replied,
+            drop_unregistered,
+            drop_malformed,
+            drop_fragment,
+            drop_no_slot,
+            drop_error,
+        } = *other;
+        self.passed += passed;
+        self.steered += steered;
+        self.replied += replied;
+        self.arp_replied += arp_replied;
+        self.drop_unregistered += drop_unregistered;
+        self.drop_malformed += drop_malformed;
+        self.drop_fragment += drop_fragment;
+        self.drop_no_slot += drop_no_slot;
+        self.drop_error += drop_error;
+    }
+
+    /// Total dropped packets, whatever the reason.
+    pub fn dropped(&self) -> u64 {
+        self.drop_unregistered
+            + self.drop_malformed
+            + self.drop_fragment
+            + self.drop_no_slot
+            + self.drop_error
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are repr(C) or repr(transparent) over integers and
+    // byte arrays, have no padding (checked by the size assertions below) and
+    // every bit pattern is valid.
+    unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::PortKeyV4 {}
+    unsafe impl aya::Pod for super::PortV4 {}
+    unsafe impl aya::Pod for super::SlotV4 {}
+    unsafe impl aya::Pod for super::DeviceCounters {}
+    unsafe impl aya::Pod for super::Ifindex {}
+}
+
+// No implicit padding anywhere: the sizes below are the sums of the fields.
+const _: () = {
+    assert!(size_of::<DatapathConfig>() == 4 + 4 + 4 + 4 + 6 + 2);
+    assert!(size_of::<PortKeyV4>() == 8);
+    assert!(size_of::<PortV4>() == 4);
+    assert!(size_of::<SlotV4>() == 4 + 4 + 6 + 6);
+    assert!(size_of::<DeviceCounters>() == 9 * 8);
+};

@@ -1,0 +1,41 @@
+//! The datapath's maps. Names and layouts are in `metadata_common`; the
+//! daemon pins every map under its bpffs folder, and the BTF carried by
+//! these definitions lets `bpftool map dump` print keys and values by field.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    macros::btf_map,
+};
+use metadata_common::{
+    DatapathConfig, DeviceCounters, Ifindex, MAX_DEVICES, MAX_SLOTS_V4, PortKeyV4, PortV4, SlotV4,
+};
+
+/// Host device, proxy address and NAT range; one entry, written by the
+/// daemon. Until it is written, metadata traffic is dropped (fail closed).
+#[btf_map]
+pub static MDR_CONFIG: Array<DatapathConfig, 1> = Array::new();
+
+/// (tap ifindex, guest IPv4) -> slot. The registered sources: a packet to
+/// the metadata service whose pair is absent here is spoofed or stale.
+#[btf_map]
+pub static MDR_PORTS_V4: HashMap<PortKeyV4, PortV4, { MAX_SLOTS_V4 as usize }> = HashMap::new();
+
+/// Slot -> (tap, guest address, guest MAC, router MAC): undoes the NAT on
+/// the reply. An array because the slot is already a dense index.
+#[btf_map]
+pub static MDR_SLOTS_V4: Array<SlotV4, { MAX_SLOTS_V4 as usize }> = Array::new();
+
+/// Per-CPU counters per device. Entries are created by the daemon when it
+/// attaches a device; the programs only look them up, never insert.
+#[btf_map]
+pub static MDR_COUNTERS: PerCpuHashMap<Ifindex, DeviceCounters, { MAX_DEVICES as usize }> =
+    PerCpuHashMap::new();
+
+/// Number of rate-limited log events (see `log.rs`).
+pub const LOG_EVENTS: u32 = 4;
+
+/// Per-CPU time (ns) each rare event was last logged, so that a guest
+/// flooding spoofed packets costs one log line per second per CPU, not one
+/// per packet.
+#[btf_map]
+pub static MDR_LOG_RATELIMIT: PerCpuArray<u64, { LOG_EVENTS as usize }> = PerCpuArray::new();

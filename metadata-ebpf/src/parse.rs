@@ -1,0 +1,120 @@
+//! Header layouts and bounds-checked direct packet access.
+//!
+//! Headers are read and written in place through pointers into the linear
+//! part of the skb: one comparison against `data_end` per header replaces a
+//! `bpf_skb_load_bytes` call per field. When a header is not in the linear
+//! area (a guest driver that puts everything in fragments), the slow path
+//! pulls it in once with `bpf_skb_pull_data`.
+//!
+//! All fields are byte arrays, so every header has alignment 1 and no
+//! padding, whatever offset it sits at.
+
+use aya_ebpf::programs::TcContext;
+use metadata_common::{Ipv4Be, MacAddr, PortBe};
+
+pub const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
+pub const ETH_P_ARP: [u8; 2] = 0x0806u16.to_be_bytes();
+pub const IPPROTO_TCP: u8 = 6;
+
+/// An Ethernet II header.
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: MacAddr,
+    pub src: MacAddr,
+    pub ether_type: [u8; 2],
+}
+pub const ETH_LEN: usize = size_of::<EthHdr>();
+
+/// The fixed part of an IPv4 header (options, if any, follow it).
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: [u8; 2],
+    pub src: Ipv4Be,
+    pub dst: Ipv4Be,
+}
+pub const IPV4_LEN: usize = size_of::<Ipv4Hdr>();
+
+impl Ipv4Hdr {
+    /// Header length in bytes, or `None` when the version is not 4 or the
+    /// length is shorter than the fixed header.
+    #[inline(always)]
+    pub fn header_len(&self) -> Option<usize> {
+        let version = self.version_ihl >> 4;
+        let ihl = usize::from(self.version_ihl & 0x0f) * 4;
+        (version == 4 && ihl >= IPV4_LEN).then_some(ihl)
+    }
+
+    /// Whether this packet is a fragment (more-fragments set or a non-zero
+    /// offset): only the first fragment carries the TCP ports.
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        // MF is 0x2000, the offset the low 13 bits; DF (0x4000) is fine.
+        u16::from_be_bytes(self.frag_off) & 0x3fff != 0
+    }
+}
+
+/// The fixed part of a TCP header.
+#[repr(C)]
+pub struct TcpHdr {
+    pub source: PortBe,
+    pub dest: PortBe,
+    pub seq: [u8; 4],
+    pub ack_seq: [u8; 4],
+    pub off_flags: [u8; 2],
+    pub window: [u8; 2],
+    pub check: [u8; 2],
+    pub urg_ptr: [u8; 2],
+}
+/// Offset of the checksum inside the TCP header.
+pub const TCP_CHECK_OFF: usize = 16;
+
+/// An ARP packet for IPv4 over Ethernet.
+#[repr(C)]
+pub struct ArpEthIpv4 {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub op: [u8; 2],
+    pub sha: MacAddr,
+    pub spa: Ipv4Be,
+    pub tha: MacAddr,
+    pub tpa: Ipv4Be,
+}
+
+/// Makes sure the first `len` bytes of the packet are in the linear area,
+/// pulling them in when the packet is long enough but they are not. Returns
+/// false when the packet is shorter than `len`.
+///
+/// Pulling invalidates every packet pointer taken before: callers take
+/// their header pointers with [`header_mut`] after this returns.
+#[inline(always)]
+pub fn ensure_linear(ctx: &TcContext, len: usize) -> bool {
+    if ctx.data() + len <= ctx.data_end() {
+        return true;
+    }
+    // Slow path: the bytes may be in the skb's non-linear part.
+    len <= ctx.len() as usize
+        && ctx.pull_data(len as u32).is_ok()
+        && ctx.data() + len <= ctx.data_end()
+}
+
+/// Returns a pointer to a `T` at `offset` in the linear area, or `None`
+/// when it does not fit. This comparison against `data_end` is the bounds
+/// check the verifier needs before any access through the pointer.
+#[inline(always)]
+pub fn header_mut<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
