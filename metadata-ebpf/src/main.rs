@@ -42,7 +42,7 @@ mod programs {
             ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_TCP, IPV4_LEN, Ipv4Hdr, TcpHdr,
             ensure_linear, header_mut,
         },
-        verdict::{DropReason, Verdict},
+        verdict::{Step, Verdict},
     };
 
     const TCP_LEN: usize = size_of::<TcpHdr>();
@@ -51,8 +51,7 @@ mod programs {
     pub fn tap_ingress(ctx: TcContext) -> i32 {
         let tap = device(&ctx);
         match try_tap_ingress(&ctx, tap) {
-            Ok(verdict) => verdict,
-            Err(reason) => Verdict::Drop(reason),
+            Ok(verdict) | Err(verdict) => verdict,
         }
         .finish(tap)
     }
@@ -61,8 +60,7 @@ mod programs {
     pub fn host_egress(ctx: TcContext) -> i32 {
         let host = device(&ctx);
         match try_host_egress(&ctx) {
-            Ok(verdict) => verdict,
-            Err(reason) => Verdict::Drop(reason),
+            Ok(verdict) | Err(verdict) => verdict,
         }
         .finish(host)
     }
@@ -83,12 +81,14 @@ mod programs {
             .filter(|cfg| cfg.host_ifindex.0 != 0)
     }
 
-    fn try_tap_ingress(ctx: &TcContext, tap: Ifindex) -> Result<Verdict, DropReason> {
+    fn try_tap_ingress(ctx: &TcContext, tap: Ifindex) -> Step<Verdict> {
         if !ensure_linear(ctx, ETH_LEN) {
             // Shorter than an Ethernet header: nothing we could steer.
             return Ok(Verdict::Pass);
         }
-        let eth = header_mut::<EthHdr>(ctx, 0).ok_or(DropReason::Malformed)?;
+        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+            return Err(Verdict::DropMalformed);
+        };
         // SAFETY: bounds-checked by header_mut.
         let ether_type = unsafe { (*eth).ether_type };
         match ether_type {
@@ -101,12 +101,14 @@ mod programs {
     /// Steers TCP to 169.254.169.254:80 from a registered source; passes
     /// every other IPv4 packet untouched.
     #[inline(always)]
-    fn ipv4_request(ctx: &TcContext, tap: Ifindex) -> Result<Verdict, DropReason> {
+    fn ipv4_request(ctx: &TcContext, tap: Ifindex) -> Step<Verdict> {
         if !ensure_linear(ctx, ETH_LEN + IPV4_LEN) {
             // Too short to be addressed to us; the stack will judge it.
             return Ok(Verdict::Pass);
         }
-        let ip = header_mut::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
+        let Some(ip) = header_mut::<Ipv4Hdr>(ctx, ETH_LEN) else {
+            return Err(Verdict::DropMalformed);
+        };
         // SAFETY: bounds-checked by header_mut; copied out before any pull.
         let (dst, protocol, header_len, fragment) = unsafe {
             let ip = &*ip;
@@ -115,21 +117,27 @@ mod programs {
         if dst != METADATA_V4 {
             return Ok(Verdict::Pass);
         }
-        let header_len = header_len.ok_or(DropReason::Malformed)?;
+        let header_len = header_len.ok_or(Verdict::DropMalformed)?;
         if protocol != IPPROTO_TCP {
             // ICMP and UDP to the metadata address are not ours to serve.
             return Ok(Verdict::Pass);
         }
         if fragment {
-            return Err(DropReason::Fragment);
+            return Err(Verdict::DropFragment);
         }
         let l4_off = ETH_LEN + header_len;
         if !ensure_linear(ctx, l4_off + TCP_LEN) {
-            return Err(DropReason::Malformed);
+            return Err(Verdict::DropMalformed);
         }
-        let eth = header_mut::<EthHdr>(ctx, 0).ok_or(DropReason::Malformed)?;
-        let ip = header_mut::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
-        let tcp = header_mut::<TcpHdr>(ctx, l4_off).ok_or(DropReason::Malformed)?;
+        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+            return Err(Verdict::DropMalformed);
+        };
+        let Some(ip) = header_mut::<Ipv4Hdr>(ctx, ETH_LEN) else {
+            return Err(Verdict::DropMalformed);
+        };
+        let Some(tcp) = header_mut::<TcpHdr>(ctx, l4_off) else {
+            return Err(Verdict::DropMalformed);
+        };
         // SAFETY: all three bounds-checked just above.
         let (addressed_mac, src, dport) = unsafe { ((*eth).dst, (*ip).src, (*tcp).dest) };
         if dport != METADATA_PORT {
@@ -139,7 +147,7 @@ mod programs {
             if allow(Event::NotConfigured) {
                 aya_log_ebpf::warn!(ctx, "metadata request before the datapath is configured");
             }
-            return Err(DropReason::Error);
+            return Err(Verdict::DropError);
         };
         let key = PortKeyV4 {
             ifindex: tap,
@@ -154,13 +162,13 @@ mod programs {
                     tap.0
                 );
             }
-            return Err(DropReason::Unregistered);
+            return Err(Verdict::DropUnregistered);
         };
         // SAFETY: a hash value pointer is valid until the next update of the
         // same key; only the daemon updates, and it is copied right away.
         let slot = unsafe { (*port).slot };
         if slot.0 >= cfg.nat_v4_size || slot.0 >= MAX_SLOTS_V4 {
-            return Err(DropReason::Error);
+            return Err(Verdict::DropError);
         }
         if let Some(entry) = MDR_SLOTS_V4.get_ptr_mut(slot.0) {
             // SAFETY: array values are preallocated and never freed. The
@@ -178,12 +186,16 @@ mod programs {
 
     /// Returns proxy replies addressed to a slot to their guest; passes
     /// everything else the host sends on the device.
-    fn try_host_egress(ctx: &TcContext) -> Result<Verdict, DropReason> {
+    fn try_host_egress(ctx: &TcContext) -> Step<Verdict> {
         if !ensure_linear(ctx, ETH_LEN + IPV4_LEN) {
             return Ok(Verdict::Pass);
         }
-        let eth = header_mut::<EthHdr>(ctx, 0).ok_or(DropReason::Malformed)?;
-        let ip = header_mut::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
+        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+            return Err(Verdict::DropMalformed);
+        };
+        let Some(ip) = header_mut::<Ipv4Hdr>(ctx, ETH_LEN) else {
+            return Err(Verdict::DropMalformed);
+        };
         // SAFETY: both bounds-checked by header_mut; copied out before any pull.
         let (ether_type, src, dst, protocol, header_len, fragment) = unsafe {
             let ip = &*ip;
@@ -206,15 +218,17 @@ mod programs {
         if slot >= cfg.nat_v4_size {
             return Ok(Verdict::Pass);
         }
-        let header_len = header_len.ok_or(DropReason::Malformed)?;
+        let header_len = header_len.ok_or(Verdict::DropMalformed)?;
         if fragment {
-            return Err(DropReason::Fragment);
+            return Err(Verdict::DropFragment);
         }
         let l4_off = ETH_LEN + header_len;
         if !ensure_linear(ctx, l4_off + TCP_LEN) {
-            return Err(DropReason::Malformed);
+            return Err(Verdict::DropMalformed);
         }
-        let tcp = header_mut::<TcpHdr>(ctx, l4_off).ok_or(DropReason::Malformed)?;
+        let Some(tcp) = header_mut::<TcpHdr>(ctx, l4_off) else {
+            return Err(Verdict::DropMalformed);
+        };
         // SAFETY: bounds-checked by header_mut.
         if unsafe { (*tcp).source } != cfg.proxy_port {
             return Ok(Verdict::Pass);
@@ -227,7 +241,7 @@ mod programs {
             if allow(Event::MissingSlot) {
                 aya_log_ebpf::warn!(ctx, "dropped reply to slot {} with no entry", slot);
             }
-            return Err(DropReason::NoSlot);
+            return Err(Verdict::DropNoSlot);
         };
         nat::return_reply_v4(ctx, l4_off, &cfg, &entry)
     }

@@ -24,7 +24,7 @@ use metadata_common::{DatapathConfig, Ipv4Be, METADATA_PORT, METADATA_V4, PortBe
 use crate::{
     csum,
     parse::{ETH_LEN, EthHdr, Ipv4Hdr, TCP_CHECK_OFF, TcpHdr, header_mut},
-    verdict::{DropReason, Verdict},
+    verdict::{Step, Verdict, count},
 };
 
 /// The addresses and port a rewrite changes, before and after.
@@ -42,8 +42,10 @@ pub fn steer_request_v4(
     l4_off: usize,
     cfg: &DatapathConfig,
     slot_addr: Ipv4Be,
-) -> Result<Verdict, DropReason> {
-    let (eth, ip, tcp) = headers(ctx, l4_off)?;
+) -> Step<Verdict> {
+    let Some((eth, ip, tcp)) = headers(ctx, l4_off) else {
+        return Err(Verdict::DropMalformed);
+    };
     // The host stack only accepts frames addressed to the host device.
     eth.dst = cfg.host_mac;
     let rewrite = Rewrite {
@@ -57,7 +59,7 @@ pub fn steer_request_v4(
     apply(ctx, ip, l4_off, &rewrite)?;
     // SAFETY: bpf_redirect takes plain integers.
     let action = unsafe { bpf_redirect(cfg.host_ifindex.0, u64::from(BPF_F_INGRESS)) };
-    Ok(Verdict::Steered(action as i32))
+    Ok(Verdict::Steered.redirected(action))
 }
 
 /// Rewrites a proxy reply back to what the guest expects and redirects it
@@ -68,8 +70,10 @@ pub fn return_reply_v4(
     l4_off: usize,
     cfg: &DatapathConfig,
     slot: &SlotV4,
-) -> Result<Verdict, DropReason> {
-    let (eth, ip, tcp) = headers(ctx, l4_off)?;
+) -> Step<Verdict> {
+    let Some((eth, ip, tcp)) = headers(ctx, l4_off) else {
+        return Err(Verdict::DropMalformed);
+    };
     eth.dst = slot.guest_mac;
     // Answer from the MAC the guest sent its request to.
     eth.src = if slot.router_mac.is_zero() {
@@ -88,21 +92,28 @@ pub fn return_reply_v4(
     apply(ctx, ip, l4_off, &rewrite)?;
     // SAFETY: bpf_redirect takes plain integers.
     let action = unsafe { bpf_redirect(slot.ifindex.0, 0) };
-    Ok(Verdict::Replied(slot.ifindex, action as i32))
+    let verdict = Verdict::Replied.redirected(action);
+    // Replies are counted on the tap they return to.
+    count(slot.ifindex, verdict);
+    Ok(verdict)
 }
 
 /// The Ethernet, IPv4 and TCP headers of an already validated packet.
+///
+/// Returns an `Option`, not a `Result`: a `Result` of references would
+/// store its error in the same register as a packet pointer, and the
+/// verifier rejects the program when it follows that path.
 #[inline(always)]
 fn headers<'a>(
     ctx: &TcContext,
     l4_off: usize,
-) -> Result<(&'a mut EthHdr, &'a mut Ipv4Hdr, &'a mut TcpHdr), DropReason> {
-    let eth = header_mut::<EthHdr>(ctx, 0).ok_or(DropReason::Malformed)?;
-    let ip = header_mut::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
-    let tcp = header_mut::<TcpHdr>(ctx, l4_off).ok_or(DropReason::Malformed)?;
+) -> Option<(&'a mut EthHdr, &'a mut Ipv4Hdr, &'a mut TcpHdr)> {
+    let eth = header_mut::<EthHdr>(ctx, 0)?;
+    let ip = header_mut::<Ipv4Hdr>(ctx, ETH_LEN)?;
+    let tcp = header_mut::<TcpHdr>(ctx, l4_off)?;
     // SAFETY: each pointer was bounds-checked against data_end just above,
     // and no helper that could move the packet runs before they are used.
-    Ok(unsafe { (&mut *eth, &mut *ip, &mut *tcp) })
+    Some(unsafe { (&mut *eth, &mut *ip, &mut *tcp) })
 }
 
 /// Fixes the IPv4 header checksum in place, then the TCP checksum through
@@ -113,7 +124,7 @@ fn apply(
     ip: &mut Ipv4Hdr,
     l4_off: usize,
     rewrite: &Rewrite,
-) -> Result<(), DropReason> {
+) -> Step<()> {
     let Rewrite { src, dst, port } = rewrite;
     csum::replace(&mut ip.check, &src.0.0, &src.1.0);
     csum::replace(&mut ip.check, &dst.0.0, &dst.1.0);
@@ -134,9 +145,9 @@ fn apply(
 }
 
 #[inline(always)]
-fn helper_failed(ctx: &TcContext) -> DropReason {
+fn helper_failed(ctx: &TcContext) -> Verdict {
     if crate::log::allow(crate::log::Event::HelperFailed) {
         aya_log_ebpf::warn!(ctx, "bpf_l4_csum_replace failed; packet dropped");
     }
-    DropReason::Error
+    Verdict::DropError
 }

@@ -8,7 +8,7 @@ use metadata_common::{DatapathConfig, Ifindex, METADATA_V4, PortKeyV4};
 use crate::{
     maps::MDR_PORTS_V4,
     parse::{ArpEthIpv4, ETH_LEN, EthHdr, ensure_linear, header_mut},
-    verdict::{DropReason, Verdict},
+    verdict::{Step, Verdict},
 };
 
 const ARPHRD_ETHER: [u8; 2] = 1u16.to_be_bytes();
@@ -24,29 +24,33 @@ pub fn answer_arp(
     ctx: &TcContext,
     tap: Ifindex,
     cfg: Option<&DatapathConfig>,
-) -> Result<Verdict, DropReason> {
+) -> Step<Verdict> {
     if !ensure_linear(ctx, ETH_LEN + size_of::<ArpEthIpv4>()) {
         return Ok(Verdict::Pass);
     }
-    let eth = header_mut::<EthHdr>(ctx, 0).ok_or(DropReason::Malformed)?;
-    let arp = header_mut::<ArpEthIpv4>(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
+    let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+            return Err(Verdict::DropMalformed);
+        };
+    let Some(arp) = header_mut::<ArpEthIpv4>(ctx, ETH_LEN) else {
+            return Err(Verdict::DropMalformed);
+        };
     // SAFETY: both bounds-checked just above; no helper runs before use.
     let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
     if arp.tpa != METADATA_V4 || arp.op != ARPOP_REQUEST {
         return Ok(Verdict::Pass);
     }
     if arp.htype != ARPHRD_ETHER || arp.ptype != ETH_P_IP || arp.hlen != 6 || arp.plen != 4 {
-        return Err(DropReason::Malformed);
+        return Err(Verdict::DropMalformed);
     }
     // Fail closed: without a configured host device there is nobody to
     // answer for.
-    let cfg = cfg.ok_or(DropReason::Error)?;
+    let cfg = cfg.ok_or(Verdict::DropError)?;
     let key = PortKeyV4 {
         ifindex: tap,
         addr: arp.spa,
     };
     if MDR_PORTS_V4.get_ptr(key).is_none() {
-        return Err(DropReason::Unregistered);
+        return Err(Verdict::DropUnregistered);
     }
     let asker_mac = arp.sha;
     let asker_ip = arp.spa;
@@ -60,5 +64,5 @@ pub fn answer_arp(
     // SAFETY: bpf_redirect takes plain integers. Flags 0: out of the tap,
     // towards the guest.
     let action = unsafe { bpf_redirect(tap.0, 0) };
-    Ok(Verdict::ArpReplied(action as i32))
+    Ok(Verdict::ArpReplied.redirected(action))
 }

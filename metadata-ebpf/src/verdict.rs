@@ -1,71 +1,93 @@
 //! What a program decided for a packet, and the counter it is charged to.
+//!
+//! A verdict is a plain fieldless enum on purpose: enums with payloads get
+//! merged by LLVM into register pairs whose unused half may hold anything,
+//! including a packet pointer, which the verifier then rejects.
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use metadata_common::{DeviceCounters, Ifindex};
 
 use crate::maps::MDR_COUNTERS;
 
-/// Why a packet was dropped. Each reason has its own counter.
-#[derive(Clone, Copy)]
-pub enum DropReason {
-    /// Metadata traffic from a (tap, source) pair that is not registered.
-    Unregistered,
-    /// Metadata traffic whose headers are truncated or invalid.
-    Malformed,
-    /// An IP fragment addressed to the metadata service.
-    Fragment,
-    /// A reply to a slot that has no entry.
-    NoSlot,
-    /// The datapath is not configured, or a helper failed mid-rewrite.
-    Error,
-}
-
-/// The outcome of one program run.
-#[derive(Clone, Copy)]
+/// The outcome of one program run. Each has its own counter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
 pub enum Verdict {
     /// Not metadata traffic: hand it on untouched.
     Pass,
-    /// A guest request rewritten and redirected to the host device; the
-    /// value is what `bpf_redirect` returned.
-    Steered(i32),
-    /// A proxy reply rewritten and redirected to the tap with this index.
-    Replied(Ifindex, i32),
+    /// A guest request rewritten and redirected into the host device.
+    Steered,
+    /// A proxy reply rewritten and redirected to its tap (counted on the
+    /// tap by [`count`], not on the host device).
+    Replied,
     /// An ARP request answered back out of the tap.
-    ArpReplied(i32),
-    Drop(DropReason),
+    ArpReplied,
+    /// Metadata traffic from a (tap, source) pair that is not registered.
+    DropUnregistered,
+    /// Metadata traffic whose headers are truncated or invalid.
+    DropMalformed,
+    /// An IP fragment addressed to the metadata service.
+    DropFragment,
+    /// A reply to a slot that has no entry.
+    DropNoSlot,
+    /// The datapath is not configured, or a helper failed mid-rewrite.
+    DropError,
+}
+
+/// Result type of the parsing and rewriting steps: `Err` ends the run
+/// early with that verdict (usually a drop), via `?`.
+pub type Step<T> = Result<T, Verdict>;
+
+/// Adds one to the counter of `verdict` on `device`.
+#[inline(always)]
+pub fn count(device: Ifindex, verdict: Verdict) {
+    // The daemon creates the entry when it attaches; a missing entry (a
+    // device being torn down) only loses the count, never the packet.
+    let Some(counters) = MDR_COUNTERS.get_ptr_mut(device) else {
+        return;
+    };
+    // SAFETY: per-CPU value; nothing else on this CPU runs while a tc
+    // program does, so a plain read-modify-write is exact.
+    let counters: &mut DeviceCounters = unsafe { &mut *counters };
+    let counter = match verdict {
+        Verdict::Pass => &mut counters.passed,
+        Verdict::Steered => &mut counters.steered,
+        Verdict::Replied => &mut counters.replied,
+        Verdict::ArpReplied => &mut counters.arp_replied,
+        Verdict::DropUnregistered => &mut counters.drop_unregistered,
+        Verdict::DropMalformed => &mut counters.drop_malformed,
+        Verdict::DropFragment => &mut counters.drop_fragment,
+        Verdict::DropNoSlot => &mut counters.drop_no_slot,
+        Verdict::DropError => &mut counters.drop_error,
+    };
+    *counter += 1;
 }
 
 impl Verdict {
-    /// Charges the verdict to the counters of `device` (or, for replies, of
-    /// the tap the reply goes to) and returns the tc action.
+    /// Charges the verdict to `device` and returns the tc action.
     #[inline(always)]
     pub fn finish(self, device: Ifindex) -> i32 {
-        let counted = match self {
-            Self::Replied(tap, _) => tap,
-            _ => device,
-        };
-        // The daemon creates the entry when it attaches; a missing entry
-        // (a device being torn down) only loses the count, never the packet.
-        if let Some(counters) = MDR_COUNTERS.get_ptr_mut(counted) {
-            // SAFETY: per-CPU value; nothing else on this CPU runs while a
-            // tc program does, so a plain read-modify-write is exact.
-            let counters: &mut DeviceCounters = unsafe { &mut *counters };
-            match self {
-                Self::Pass => counters.passed += 1,
-                Self::Steered(_) => counters.steered += 1,
-                Self::Replied(..) => counters.replied += 1,
-                Self::ArpReplied(_) => counters.arp_replied += 1,
-                Self::Drop(DropReason::Unregistered) => counters.drop_unregistered += 1,
-                Self::Drop(DropReason::Malformed) => counters.drop_malformed += 1,
-                Self::Drop(DropReason::Fragment) => counters.drop_fragment += 1,
-                Self::Drop(DropReason::NoSlot) => counters.drop_no_slot += 1,
-                Self::Drop(DropReason::Error) => counters.drop_error += 1,
-            }
+        if self != Self::Replied {
+            count(device, self);
         }
         match self {
             Self::Pass => TC_ACT_OK as i32,
-            Self::Steered(action) | Self::Replied(_, action) | Self::ArpReplied(action) => action,
-            Self::Drop(_) => TC_ACT_SHOT as i32,
+            Self::Steered | Self::Replied | Self::ArpReplied => TC_ACT_REDIRECT as i32,
+            Self::DropUnregistered
+            | Self::DropMalformed
+            | Self::DropFragment
+            | Self::DropNoSlot
+            | Self::DropError => TC_ACT_SHOT as i32,
+        }
+    }
+
+    /// The verdict for a redirect whose helper returned `action`.
+    #[inline(always)]
+    pub fn redirected(self, action: i64) -> Self {
+        if action == i64::from(TC_ACT_REDIRECT) {
+            self
+        } else {
+            Self::DropError
         }
     }
 }

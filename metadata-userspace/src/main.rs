@@ -1,4 +1,20 @@
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
-    println!("{}", obj.len());
+use clap::Parser as _;
+use metadata_userspace::{
+    cli::{Cli, Command},
+    daemon,
+};
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Run(args) => runtime.block_on(daemon::run(&args.config)),
+        Command::Status { config, json } => daemon::status(&config.config, json),
+        Command::Teardown(args) => daemon::teardown(&args.config),
+    }
 }

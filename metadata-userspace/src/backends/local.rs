@@ -1,0 +1,340 @@
+//! The local backend: serves Nova's OpenStack and EC2 metadata formats from
+//! the instances file, for hosts without Nova (labs, small KVM hosts, CI).
+//!
+//! Paths, listings and trailing-slash behaviour follow Nova's metadata API
+//! (nova/api/metadata), which is what cloud-init's readers are written
+//! against.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::Reply;
+use crate::datapath::Identity;
+
+/// OpenStack metadata versions, oldest first, as Nova lists them.
+pub const OPENSTACK_VERSIONS: [&str; 10] = [
+    "2012-08-10",
+    "2013-04-04",
+    "2013-10-17",
+    "2015-10-15",
+    "2016-06-30",
+    "2016-10-06",
+    "2017-02-22",
+    "2018-08-27",
+    "2020-10-14",
+    "2025-04-04",
+];
+
+/// EC2 metadata versions, oldest first, as Nova lists them.
+pub const EC2_VERSIONS: [&str; 9] = [
+    "1.0",
+    "2007-01-19",
+    "2007-03-01",
+    "2007-08-29",
+    "2007-10-10",
+    "2007-12-15",
+    "2008-02-01",
+    "2008-09-01",
+    "2009-04-04",
+];
+
+/// Serves metadata from the instance records.
+#[derive(Debug, Default)]
+pub struct LocalBackend;
+
+impl LocalBackend {
+    /// Answers `method path` for the guest `who`.
+    pub fn handle(&self, who: &Identity, method: &Method, path: &str) -> Reply {
+        if method != Method::GET && method != Method::HEAD {
+            return Reply::status(StatusCode::METHOD_NOT_ALLOWED);
+        }
+        // Nova ignores empty segments ("//") and a trailing slash alike.
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        match segments.as_slice() {
+            [] => Reply::text(listing(EC2_VERSIONS.iter().copied().chain(["latest"]))),
+            ["openstack"] => {
+                Reply::text(listing(OPENSTACK_VERSIONS.iter().copied().chain(["latest"])))
+            }
+            ["openstack", version, rest @ ..] => match openstack_version(version) {
+                Some(_) => openstack(who, rest),
+                None => Reply::status(StatusCode::NOT_FOUND),
+            },
+            [version, rest @ ..] if ec2_version(version) => ec2(who, rest),
+            _ => Reply::status(StatusCode::NOT_FOUND),
+        }
+    }
+}
+
+fn openstack_version(version: &str) -> Option<&str> {
+    (version == "latest" || OPENSTACK_VERSIONS.contains(&version)).then_some(version)
+}
+
+fn ec2_version(version: &str) -> bool {
+    version == "latest" || EC2_VERSIONS.contains(&version)
+}
+
+fn listing<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
+    let mut text = String::new();
+    for item in items {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(item.as_ref());
+    }
+    text
+}
+
+fn openstack(who: &Identity, rest: &[&str]) -> Reply {
+    let instance = &who.instance;
+    match rest {
+        [] => {
+            let mut items = vec!["meta_data.json"];
+            if instance.user_data.is_some() {
+                items.push("user_data");
+            }
+            items.extend(["vendor_data.json", "network_data.json", "vendor_data2.json"]);
+            Reply::text(listing(items))
+        }
+        ["meta_data.json"] => Reply::json(&openstack_meta_data(who)),
+        ["user_data"] => match &instance.user_data {
+            Some(data) => Reply::bytes(data.as_bytes().to_vec()),
+            None => Reply::status(StatusCode::NOT_FOUND),
+        },
+        ["vendor_data.json"] | ["vendor_data2.json"] => Reply::json(&json!({})),
+        ["network_data.json"] => Reply::json(&network_data(who)),
+        _ => Reply::status(StatusCode::NOT_FOUND),
+    }
+}
+
+/// meta_data.json as Nova builds it (nova/api/metadata/base.py).
+fn openstack_meta_data(who: &Identity) -> Value {
+    let instance = &who.instance;
+    let keys: Vec<Value> = instance
+        .public_keys
+        .iter()
+        .map(|(name, key)| json!({"name": name, "type": key_type(key), "data": key}))
+        .collect();
+    let mut seed = [0u8; 512];
+    fill_random(&mut seed);
+    json!({
+        "uuid": instance.id,
+        "name": instance.name,
+        "hostname": instance.hostname,
+        "availability_zone": instance.availability_zone,
+        "project_id": instance.project_id,
+        "launch_index": instance.launch_index,
+        "public_keys": instance.public_keys,
+        "keys": keys,
+        "meta": instance.meta,
+        "devices": [],
+        "random_seed": base64::engine::general_purpose::STANDARD.encode(seed),
+    })
+}
+
+fn key_type(key: &str) -> &'static str {
+    if key.starts_with("x509") || key.contains("BEGIN CERTIFICATE") {
+        "x509"
+    } else {
+        "ssh"
+    }
+}
+
+/// network_data.json from the port records: one link per port, one
+/// network per address (DHCP when the record gives no prefix length).
+fn network_data(who: &Identity) -> Value {
+    let mut links = Vec::new();
+    let mut networks = Vec::new();
+    for (i, port) in who.instance.ports.iter().enumerate() {
+        let link_id = format!("tap{i}");
+        links.push(json!({
+            "id": link_id,
+            "vif_id": port.device.0,
+            "type": "ethernet",
+            "ethernet_mac_address": port.mac.to_string(),
+            "mtu": Value::Null,
+        }));
+        for (j, ip) in port.ips.iter().enumerate() {
+            let id = format!("network{}", networks.len());
+            let network = match (ip.addr, ip.prefix_len) {
+                (std::net::IpAddr::V4(addr), Some(len)) => json!({
+                    "id": id, "link": link_id, "type": "ipv4",
+                    "ip_address": addr.to_string(),
+                    "netmask": std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)).to_string(),
+                    "routes": [], "network_id": port.network_id,
+                }),
+                (std::net::IpAddr::V6(addr), Some(len)) => json!({
+                    "id": id, "link": link_id, "type": "ipv6",
+                    "ip_address": addr.to_string(),
+                    "netmask": std::net::Ipv6Addr::from(u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)).to_string(),
+                    "routes": [], "network_id": port.network_id,
+                }),
+                (std::net::IpAddr::V4(_), None) if j == 0 || !port.ips[..j].iter().any(|p| p.addr.is_ipv4()) => json!({
+                    "id": id, "link": link_id, "type": "ipv4_dhcp", "network_id": port.network_id,
+                }),
+                (std::net::IpAddr::V6(_), None) if !port.ips[..j].iter().any(|p| p.addr.is_ipv6()) => json!({
+                    "id": id, "link": link_id, "type": "ipv6_dhcp", "network_id": port.network_id,
+                }),
+                _ => continue,
+            };
+            networks.push(network);
+        }
+    }
+    json!({"links": links, "networks": networks, "services": []})
+}
+
+/// The EC2 tree under one version.
+fn ec2(who: &Identity, rest: &[&str]) -> Reply {
+    let instance = &who.instance;
+    match rest {
+        [] => {
+            let mut items = vec!["meta-data/"];
+            if instance.user_data.is_some() {
+                items.push("user-data");
+            }
+            Reply::text(listing(items))
+        }
+        ["user-data"] => match &instance.user_data {
+            Some(data) => Reply::bytes(data.as_bytes().to_vec()),
+            None => Reply::status(StatusCode::NOT_FOUND),
+        },
+        ["meta-data", path @ ..] => {
+            let mut node = ec2_meta_data(who);
+            for segment in path {
+                match node.child(segment) {
+                    Some(child) => node = child,
+                    None => return Reply::status(StatusCode::NOT_FOUND),
+                }
+            }
+            match (&node, node.listing()) {
+                (Ec2Node::Leaf(value), _) => Reply::text(value.clone()),
+                (_, Some(text)) => Reply::text(text),
+                (_, None) => Reply::status(StatusCode::NOT_FOUND),
+            }
+        }
+        _ => Reply::status(StatusCode::NOT_FOUND),
+    }
+}
+
+#[derive(Debug)]
+enum Ec2Node {
+    Leaf(String),
+    Folder(BTreeMap<String, Ec2Node>),
+    /// public-keys/: listed as "0=name", walked as "0/openssh-key".
+    PublicKeys(Vec<(String, String)>),
+}
+
+impl Ec2Node {
+    fn child(&self, segment: &str) -> Option<Self> {
+        match self {
+            Self::Leaf(_) => None,
+            Self::Folder(children) => children.get(segment).map(Self::shallow_clone),
+            Self::PublicKeys(keys) => {
+                let index: usize = segment.parse().ok()?;
+                let (_, key) = keys.get(index)?;
+                Some(folder([("openssh-key", leaf(key.clone()))]))
+            }
+        }
+    }
+
+    fn shallow_clone(&self) -> Self {
+        match self {
+            Self::Leaf(value) => Self::Leaf(value.clone()),
+            Self::Folder(children) => Self::Folder(
+                children.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect(),
+            ),
+            Self::PublicKeys(keys) => Self::PublicKeys(keys.clone()),
+        }
+    }
+
+    /// A folder's listing: one entry per line, sub-folders with a '/'.
+    fn listing(&self) -> Option<String> {
+        match self {
+            Self::Leaf(_) => None,
+            Self::Folder(children) => Some(listing(children.iter().map(|(name, child)| {
+                if matches!(child, Self::Leaf(_)) {
+                    name.clone()
+                } else {
+                    format!("{name}/")
+                }
+            }))),
+            Self::PublicKeys(keys) => Some(listing(
+                keys.iter().enumerate().map(|(i, (name, _))| format!("{i}={name}")),
+            )),
+        }
+    }
+}
+
+fn leaf(value: impl Into<String>) -> Ec2Node {
+    Ec2Node::Leaf(value.into())
+}
+
+fn folder<const N: usize>(children: [(&str, Ec2Node); N]) -> Ec2Node {
+    Ec2Node::Folder(children.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+/// The EC2 meta-data tree Nova serves for an instance.
+fn ec2_meta_data(who: &Identity) -> Ec2Node {
+    let instance = &who.instance;
+    // EC2 ids are "i-" plus 8 hex digits; Nova derives them from its
+    // database id, which the local backend does not have: use the uuid.
+    let short: String = instance.id.chars().filter(char::is_ascii_hexdigit).take(8).collect();
+    let ec2_id = format!("i-{short:0>8}");
+    let local_ipv4 = match who.guest_addr {
+        std::net::IpAddr::V4(addr) => addr.to_string(),
+        std::net::IpAddr::V6(_) => String::new(),
+    };
+    let mut tree = BTreeMap::new();
+    for (key, value) in [
+        ("ami-id", leaf("ami-00000001")),
+        ("ami-launch-index", leaf(instance.launch_index.to_string())),
+        ("ami-manifest-path", leaf("FIXME")),
+        (
+            "block-device-mapping",
+            folder([("ami", leaf("vda")), ("root", leaf("/dev/vda"))]),
+        ),
+        ("hostname", leaf(instance.hostname.clone())),
+        ("instance-action", leaf("none")),
+        ("instance-id", leaf(ec2_id)),
+        ("instance-type", leaf("m1.small")),
+        ("local-hostname", leaf(instance.hostname.clone())),
+        ("local-ipv4", leaf(local_ipv4)),
+        (
+            "placement",
+            folder([("availability-zone", leaf(instance.availability_zone.clone()))]),
+        ),
+        ("public-hostname", leaf(instance.hostname.clone())),
+        ("public-ipv4", leaf("")),
+        ("reservation-id", leaf(format!("r-{}", &instance.id.chars().take(8).collect::<String>()))),
+        ("security-groups", leaf("default")),
+    ] {
+        tree.insert(key.to_owned(), value);
+    }
+    if !instance.public_keys.is_empty() {
+        let keys = instance.public_keys.iter();
+        let keys = keys.map(|(name, key)| (name.clone(), key.clone())).collect();
+        tree.insert("public-keys".to_owned(), Ec2Node::PublicKeys(keys));
+    }
+    Ec2Node::Folder(tree)
+}
+
+/// Fills `buf` from the kernel's CSPRNG.
+fn fill_random(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: writes at most the remaining length into our buffer.
+        let n = unsafe {
+            libc::getrandom(
+                buf[filled..].as_mut_ptr().cast(),
+                buf.len() - filled,
+                0,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        filled += n as usize;
+    }
+}

@@ -1,0 +1,89 @@
+//! What answers a guest's request once the proxy knows who the guest is.
+
+pub mod local;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, header};
+
+use crate::{config::BackendConfig, datapath::Identity};
+
+/// A complete answer: status, content type and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A bare status with its canonical reason as the body.
+    pub fn status(status: StatusCode) -> Self {
+        let reason = status.canonical_reason().unwrap_or("error");
+        Self {
+            status,
+            content_type: "text/plain; charset=UTF-8",
+            body: Bytes::from(format!("{} {reason}\n", status.as_u16())),
+        }
+    }
+
+    pub fn text(text: String) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type: "text/plain; charset=UTF-8",
+            body: Bytes::from(text),
+        }
+    }
+
+    pub fn bytes(body: Vec<u8>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type: "application/octet-stream",
+            body: Bytes::from(body),
+        }
+    }
+
+    pub fn json(value: &serde_json::Value) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: Bytes::from(value.to_string()),
+        }
+    }
+
+    /// The HTTP response; HEAD gets the headers of GET and no body.
+    pub fn into_response(self, method: &Method) -> http::Response<http_body_util::Full<Bytes>> {
+        let len = self.body.len();
+        let body = if method == Method::HEAD {
+            Bytes::new()
+        } else {
+            self.body
+        };
+        let mut response = http::Response::new(http_body_util::Full::new(body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        response
+    }
+}
+
+/// The configured backend.
+#[derive(Debug)]
+pub enum Backend {
+    Local(local::LocalBackend),
+}
+
+impl Backend {
+    pub fn new(config: &BackendConfig) -> Self {
+        match config {
+            BackendConfig::Local => Self::Local(local::LocalBackend),
+        }
+    }
+
+    /// Answers one request from `who`.
+    pub async fn handle(&self, who: &Identity, method: &Method, path: &str, _body: Bytes) -> Reply {
+        match self {
+            Self::Local(local) => local.handle(who, method, path),
+        }
+    }
+}

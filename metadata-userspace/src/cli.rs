@@ -1,0 +1,41 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Serves instance metadata to VMs on this hypervisor through eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "metadata-redirector", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground; prints `ready` once it serves.
+    Run(ConfigArg),
+    /// Show attached taps, their slots and counters.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove programs, links, pinned maps and the host device.
+    Teardown(ConfigArg),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "/etc/metadata-redirector/metadata-redirector.toml"
+    )]
+    pub config: PathBuf,
+}

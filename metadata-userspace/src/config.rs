@@ -1,0 +1,398 @@
+//! The daemon's configuration file (TOML).
+//!
+//! Unknown keys and bad values are errors that name the file, the line and
+//! the key, so an operator can fix a typo without reading the source.
+
+use std::{
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use serde::{Deserialize, Deserializer, de};
+
+/// A configuration or instances file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: key `{key}`: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// An error at a byte span of `source`, from `path`.
+    pub fn at(path: &Path, source: &str, span: std::ops::Range<usize>, message: String) -> Self {
+        let (line, key) = locate(source, span.start);
+        Self::Invalid {
+            path: path.to_owned(),
+            line,
+            key,
+            message,
+        }
+    }
+
+    fn from_toml(path: &Path, source: &str, err: &toml::de::Error) -> Self {
+        let message = err.message().to_owned();
+        match err.span() {
+            Some(span) => Self::at(path, source, span, message),
+            None => Self::Invalid {
+                path: path.to_owned(),
+                line: 0,
+                key: String::new(),
+                message,
+            },
+        }
+    }
+}
+
+/// Reads and parses a TOML file into `T`, mapping every error to a
+/// [`ConfigError`] with file, line and key.
+pub fn parse_file<T: de::DeserializeOwned>(path: &Path) -> Result<(T, String), ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let value = parse_str(path, &source)?;
+    Ok((value, source))
+}
+
+/// Parses TOML text that came from `path`.
+pub fn parse_str<T: de::DeserializeOwned>(path: &Path, source: &str) -> Result<T, ConfigError> {
+    toml::from_str(source).map_err(|err| ConfigError::from_toml(path, source, &err))
+}
+
+/// The 1-based line of byte `offset` in `source`, and the dotted key
+/// written there (`table.key`), for error messages.
+fn locate(source: &str, offset: usize) -> (usize, String) {
+    let offset = offset.min(source.len());
+    let before = &source[..offset];
+    let line = before.matches('\n').count() + 1;
+    let mut table = String::new();
+    for text in before.lines() {
+        let text = text.trim();
+        if let Some(header) = text.strip_prefix('[') {
+            table = header.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        }
+    }
+    let line_text = source.lines().nth(line - 1).unwrap_or_default().trim();
+    let key = match line_text.split_once('=') {
+        Some((key, _)) if !line_text.starts_with('[') => key.trim().trim_matches('"').to_owned(),
+        _ => String::new(),
+    };
+    let key = match (table.is_empty(), key.is_empty()) {
+        (true, _) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    };
+    (line, key)
+}
+
+/// `metadata-redirector.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub datapath: DatapathConfig,
+    pub proxy: ProxyConfig,
+    pub ports: PortsConfig,
+    pub backend: BackendConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// What must survive restarts.
+    pub state_dir: PathBuf,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/metadata-redirector"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatapathConfig {
+    /// Glob patterns of VM-facing devices.
+    pub interfaces: Vec<GlobPattern>,
+    /// The host end of the veth pair the proxy listens on.
+    pub host_device: DeviceName,
+    /// MTU of the host device: at least the largest tenant MTU, or larger
+    /// guest frames could not be redirected into it.
+    pub host_mtu: u32,
+    /// Range the (tap, guest address) slots are NATed into.
+    pub nat_v4: Ipv4Net,
+    /// bpffs folder where maps and links are pinned.
+    pub bpffs: PathBuf,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: vec![GlobPattern::from_str("tap*").expect("valid default pattern")],
+            host_device: DeviceName("mdr0".into()),
+            host_mtu: 9000,
+            nat_v4: Ipv4Net::from_str("100.64.0.0/10").expect("valid default range"),
+            bpffs: PathBuf::from("/sys/fs/bpf/metadata-redirector"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Host-only address the proxy listens on, on the host device.
+    pub address: Ipv4Addr,
+    pub port: u16,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            address: Ipv4Addr::new(169, 254, 169, 254),
+            port: 80,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortsConfig {
+    /// Where port records come from.
+    pub source: PortSourceKind,
+    /// The instances file, relative to the config file.
+    pub file: PathBuf,
+}
+
+impl Default for PortsConfig {
+    fn default() -> Self {
+        Self {
+            source: PortSourceKind::File,
+            file: PathBuf::from("instances.toml"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortSourceKind {
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
+pub enum BackendConfig {
+    /// Serve metadata from the instances file.
+    Local,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self::Local
+    }
+}
+
+impl Config {
+    /// Loads the config file; relative paths in it become relative to the
+    /// file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let (mut config, source): (Self, String) = parse_file(path)?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        if config.ports.file.is_relative() {
+            config.ports.file = base.join(&config.ports.file);
+        }
+        if config.datapath.host_mtu < 1280 || config.datapath.host_mtu > 65_535 {
+            let at = source.find("host_mtu").unwrap_or(0);
+            return Err(ConfigError::at(
+                path,
+                &source,
+                at..at,
+                format!(
+                    "{} is not an MTU between 1280 and 65535",
+                    config.datapath.host_mtu
+                ),
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// A network device name the kernel accepts (1 to 15 bytes, no '/', no
+/// whitespace, not "." or "..").
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceName(pub String);
+
+impl FromStr for DeviceName {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let valid = !name.is_empty()
+            && name.len() <= 15
+            && name != "."
+            && name != ".."
+            && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        if valid {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!("`{name}` is not a valid device name (1-15 bytes, no '/', ':' or spaces)"))
+        }
+    }
+}
+
+impl fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A glob pattern matched against device names.
+#[derive(Debug, Clone)]
+pub struct GlobPattern(glob::Pattern);
+
+impl GlobPattern {
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.matches(name)
+    }
+}
+
+impl FromStr for GlobPattern {
+    type Err = String;
+
+    fn from_str(pattern: &str) -> Result<Self, Self::Err> {
+        glob::Pattern::new(pattern)
+            .map(Self)
+            .map_err(|err| format!("`{pattern}` is not a glob pattern: {err}"))
+    }
+}
+
+/// An IPv4 prefix such as "100.64.0.0/10".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Net {
+    /// Number of addresses in the prefix.
+    pub fn size(&self) -> u64 {
+        1u64 << (32 - u32::from(self.prefix_len))
+    }
+
+    /// The `n`th address of the prefix.
+    pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
+        (u64::from(n) < self.size()).then(|| Ipv4Addr::from(self.addr.to_bits() + n))
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{text}` is not an IPv4 prefix like 100.64.0.0/10");
+        let (addr, len) = text.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let prefix_len: u8 = len.parse().map_err(|_| bad())?;
+        if prefix_len > 30 {
+            return Err(format!("`{text}`: the prefix must be /30 or shorter"));
+        }
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+        if addr.to_bits() & !mask != 0 {
+            return Err(format!("`{text}` has host bits set"));
+        }
+        Ok(Self { addr, prefix_len })
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// Deserializes any `FromStr` type whose error is a message, from a string.
+macro_rules! deserialize_from_str {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(DeviceName, GlobPattern, Ipv4Net);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_str(Path::new("/etc/mdr.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.datapath.host_device.0, "mdr0");
+        assert!(config.datapath.interfaces[0].matches("tapa1b2c3d4-e5"));
+        assert_eq!(config.datapath.nat_v4.to_string(), "100.64.0.0/10");
+        assert_eq!(config.proxy.address, Ipv4Addr::new(169, 254, 169, 254));
+        assert_eq!(config.proxy.port, 80);
+        assert_eq!(config.ports.source, PortSourceKind::File);
+        assert!(matches!(config.backend, BackendConfig::Local));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("[daemon]\nstate_dir = \"/x\"\n\n[proxy]\nprot = 80\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/mdr.toml:5: key `proxy.prot`: unknown field `prot`, expected `address` or `port`"
+        );
+    }
+
+    #[test]
+    fn bad_value_names_file_line_and_key() {
+        let err = parse("[datapath]\nnat_v4 = \"100.64.0.1/10\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/etc/mdr.toml:2: key `datapath.nat_v4`: "),
+            "{text}"
+        );
+        assert!(text.contains("host bits"), "{text}");
+        let err = parse("[proxy]\naddress = \"169.254.169\"\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("/etc/mdr.toml:2: key `proxy.address`: "),
+            "{err}"
+        );
+        let err = parse("[datapath]\nhost_device = \"a-very-long-device-name\"\n").unwrap_err();
+        assert!(err.to_string().contains("datapath.host_device"), "{err}");
+    }
+
+    #[test]
+    fn unknown_backend_type_is_an_error() {
+        let err = parse("[backend]\ntype = \"carrier-pigeon\"\n").unwrap_err();
+        assert!(err.to_string().contains(":2: key `backend.type`"), "{err}");
+    }
+
+    #[test]
+    fn nat_range_addresses() {
+        let net: Ipv4Net = "100.64.0.0/10".parse().unwrap();
+        assert_eq!(net.size(), 1 << 22);
+        assert_eq!(net.nth(5), Some(Ipv4Addr::new(100, 64, 0, 5)));
+        assert_eq!(net.nth(1 << 22), None);
+    }
+}

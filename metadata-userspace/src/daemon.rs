@@ -1,0 +1,170 @@
+//! The `run`, `status` and `teardown` commands.
+
+use std::{
+    io::Write as _,
+    path::Path,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use log::{error, info};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    backends::Backend,
+    config::Config,
+    datapath::{self, Datapath},
+    ports::PortIndex,
+    proxy,
+};
+
+/// How often the device list is checked for taps that came or went.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let index = PortIndex::load(&config.ports.file)?;
+    let mut datapath = Datapath::start(&config).context("starting the datapath")?;
+    let registry = datapath.sync(&index).context("attaching to taps")?;
+    log_attached(&datapath);
+    let registry: proxy::SharedRegistry = Arc::new(RwLock::new(Arc::new(registry)));
+
+    let address = (config.proxy.address, config.proxy.port);
+    let listener = TcpListener::bind(address).await.with_context(|| {
+        format!(
+            "listening on {}:{} (is another daemon using it?)",
+            config.proxy.address, config.proxy.port
+        )
+    })?;
+    let backend = Arc::new(Backend::new(&config.backend));
+    let server = tokio::spawn(proxy::serve(listener, Arc::clone(&registry), backend));
+    info!(
+        "serving metadata on {}:{} via {}",
+        config.proxy.address, config.proxy.port, config.datapath.host_device
+    );
+    println!("ready");
+    std::io::stdout().flush().context("writing to stdout")?;
+
+    let mut index = index;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+    let mut links = datapath::host::list_links().unwrap_or_default();
+    loop {
+        let reload = tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => true,
+            _ = rescan.tick() => false,
+        };
+        if reload {
+            match PortIndex::load(&config.ports.file) {
+                Ok(new) => {
+                    info!("reloaded {}", config.ports.file.display());
+                    index = new;
+                }
+                Err(err) => {
+                    error!("keeping the previous port records: {err}");
+                    continue;
+                }
+            }
+        } else {
+            let now = match datapath::host::list_links() {
+                Ok(now) => now,
+                Err(err) => {
+                    error!("listing devices: {err}");
+                    continue;
+                }
+            };
+            if now == links {
+                continue;
+            }
+            links = now;
+        }
+        match datapath.sync(&index) {
+            Ok(new) => {
+                *registry.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
+                log_attached(&datapath);
+            }
+            Err(err) => error!("updating the datapath: {err}"),
+        }
+    }
+    server.abort();
+    // The links stay pinned: guests keep being steered to the host device,
+    // where nothing listens until the next daemon starts (fail closed).
+    info!("stopped; programs stay attached until `metadata-redirector teardown`");
+    Ok(())
+}
+
+fn log_attached(datapath: &Datapath) {
+    for tap in datapath.attached().values() {
+        let slots: Vec<String> = tap
+            .slots
+            .iter()
+            .map(|(guest, slot, nat)| format!("{guest}->{nat} (slot {})", slot.0))
+            .collect();
+        info!("tap {}: {}", tap.name, slots.join(", "));
+    }
+}
+
+/// Prints the state of the datapath.
+pub fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let index = PortIndex::load(&config.ports.file).unwrap_or_default();
+    let status = datapath::read_status(&config, &index).with_context(|| {
+        format!(
+            "reading the datapath pinned under {} (is the daemon running?)",
+            config.datapath.bpffs.display()
+        )
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("host device {}", status.host_device);
+    println!(
+        "{:<16} {:>7} {:<38} {:>10} {:>10} {:>10} {:>6} {:>8}",
+        "TAP", "IFINDEX", "INSTANCE", "PASSED", "STEERED", "REPLIED", "ARP", "DROPPED"
+    );
+    for tap in &status.taps {
+        let c = &tap.counters;
+        let dropped = c.drop_unregistered + c.drop_malformed + c.drop_fragment + c.drop_no_slot + c.drop_error;
+        println!(
+            "{:<16} {:>7} {:<38} {:>10} {:>10} {:>10} {:>6} {:>8}",
+            tap.device,
+            tap.ifindex,
+            tap.instance.as_deref().unwrap_or("-"),
+            c.passed,
+            c.steered,
+            c.replied,
+            c.arp_replied,
+            dropped
+        );
+        for slot in &tap.slots {
+            println!("    {} -> {} (slot {})", slot.guest, slot.nat, slot.slot);
+        }
+        if dropped > 0 {
+            println!(
+                "    dropped: unregistered {} malformed {} fragment {} no-slot {} error {}",
+                c.drop_unregistered, c.drop_malformed, c.drop_fragment, c.drop_no_slot, c.drop_error
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything the daemon created.
+pub fn teardown(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let removed = datapath::teardown(&config).context("tearing down the datapath")?;
+    for item in removed {
+        println!("removed {item}");
+    }
+    Ok(())
+}

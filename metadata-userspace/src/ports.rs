@@ -1,0 +1,343 @@
+//! Where port records come from: which VM sits behind which tap, with which
+//! MAC and addresses, and the instance data the local backend serves.
+//!
+//! The only source so far is the instances file (`[ports] source = "file"`).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    str::FromStr,
+    sync::Arc,
+};
+
+use serde::{Deserialize, Deserializer, de};
+use toml::Spanned;
+
+use crate::config::{ConfigError, DeviceName, parse_file};
+
+/// One VM, as the instances file describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub hostname: String,
+    pub availability_zone: String,
+    pub launch_index: u32,
+    pub user_data: Option<String>,
+    pub public_keys: BTreeMap<String, String>,
+    pub meta: BTreeMap<String, String>,
+    pub ports: Vec<Port>,
+}
+
+/// One of a VM's network ports: the tap it is plugged into and the
+/// addresses it may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub device: DeviceName,
+    pub mac: Mac,
+    pub network_id: String,
+    pub ips: Vec<PortAddress>,
+}
+
+impl Port {
+    /// The port's fixed IPv4 addresses.
+    pub fn ipv4(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.ips.iter().filter_map(|ip| match ip.addr {
+            IpAddr::V4(addr) => Some(addr),
+            IpAddr::V6(_) => None,
+        })
+    }
+}
+
+/// A fixed address of a port, optionally with its prefix length
+/// ("10.0.0.5" or "10.0.0.5/24").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortAddress {
+    pub addr: IpAddr,
+    pub prefix_len: Option<u8>,
+}
+
+impl FromStr for PortAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{text}` is not an IP address (optionally with /prefix)");
+        let (addr, prefix_len) = match text.split_once('/') {
+            Some((addr, len)) => (addr, Some(len.parse::<u8>().map_err(|_| bad())?)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix_len.is_some_and(|len| len > max) {
+            return Err(bad());
+        }
+        Ok(Self { addr, prefix_len })
+    }
+}
+
+/// An Ethernet MAC address written "fa:16:3e:11:22:33".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Mac(pub [u8; 6]);
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{text}` is not a MAC address like fa:16:3e:11:22:33");
+        let mut mac = [0u8; 6];
+        let mut parts = text.split(':');
+        for byte in &mut mac {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        if mac[0] & 1 != 0 {
+            return Err(format!("`{text}` is a multicast address, not a port's MAC"));
+        }
+        Ok(Self(mac))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+macro_rules! deserialize_from_str {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(Mac, PortAddress);
+
+/// The instances file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstancesFile {
+    #[serde(default)]
+    instance: Vec<InstanceRecord>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceRecord {
+    id: Spanned<String>,
+    project_id: String,
+    name: Option<String>,
+    hostname: Option<String>,
+    #[serde(default = "default_availability_zone")]
+    availability_zone: String,
+    #[serde(default)]
+    launch_index: u32,
+    user_data: Option<String>,
+    #[serde(default)]
+    public_keys: BTreeMap<String, String>,
+    #[serde(default)]
+    meta: BTreeMap<String, String>,
+    #[serde(default, rename = "port")]
+    ports: Vec<PortRecord>,
+}
+
+fn default_availability_zone() -> String {
+    "nova".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortRecord {
+    device: Spanned<DeviceName>,
+    mac: Mac,
+    network_id: String,
+    #[serde(default)]
+    ips: Vec<Spanned<PortAddress>>,
+}
+
+/// All port records, indexed the ways the daemon looks them up.
+#[derive(Debug, Default)]
+pub struct PortIndex {
+    instances: Vec<Arc<Instance>>,
+    by_device: HashMap<String, (Arc<Instance>, usize)>,
+}
+
+impl PortIndex {
+    /// Reads and checks the instances file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let (file, source): (InstancesFile, String) = parse_file(path)?;
+        Self::from_records(path, &source, file)
+    }
+
+    /// Parses instances-file text that came from `path`.
+    pub fn parse(path: &Path, source: &str) -> Result<Self, ConfigError> {
+        let file: InstancesFile = crate::config::parse_str(path, source)?;
+        Self::from_records(path, source, file)
+    }
+
+    fn from_records(path: &Path, source: &str, file: InstancesFile) -> Result<Self, ConfigError> {
+        let mut index = Self::default();
+        let mut ids = HashSet::new();
+        // A guest address may appear once per tap: it is the datapath key.
+        let mut addresses = HashSet::new();
+        for record in file.instance {
+            let id_span = record.id.span();
+            let id = record.id.into_inner();
+            if id.trim().is_empty() {
+                return Err(ConfigError::at(path, source, id_span, "must not be empty".into()));
+            }
+            if !ids.insert(id.clone()) {
+                return Err(ConfigError::at(
+                    path,
+                    source,
+                    id_span,
+                    format!("instance `{id}` is listed twice"),
+                ));
+            }
+            let mut ports = Vec::new();
+            for port in record.ports {
+                let device_span = port.device.span();
+                let device = port.device.into_inner();
+                if index.by_device.contains_key(&device.0)
+                    || ports.iter().any(|p: &Port| p.device == device)
+                {
+                    return Err(ConfigError::at(
+                        path,
+                        source,
+                        device_span,
+                        format!("device `{device}` belongs to more than one port"),
+                    ));
+                }
+                let mut ips = Vec::new();
+                for ip in port.ips {
+                    let span = ip.span();
+                    let ip = ip.into_inner();
+                    if !addresses.insert((device.0.clone(), ip.addr)) {
+                        return Err(ConfigError::at(
+                            path,
+                            source,
+                            span,
+                            format!("address {} is listed twice on `{device}`", ip.addr),
+                        ));
+                    }
+                    ips.push(ip);
+                }
+                ports.push(Port {
+                    device,
+                    mac: port.mac,
+                    network_id: port.network_id,
+                    ips,
+                });
+            }
+            let name = record.name.unwrap_or_else(|| id.clone());
+            let instance = Arc::new(Instance {
+                hostname: record.hostname.unwrap_or_else(|| name.clone()),
+                name,
+                id,
+                project_id: record.project_id,
+                availability_zone: record.availability_zone,
+                launch_index: record.launch_index,
+                user_data: record.user_data,
+                public_keys: record.public_keys,
+                meta: record.meta,
+                ports,
+            });
+            for (i, port) in instance.ports.iter().enumerate() {
+                index
+                    .by_device
+                    .insert(port.device.0.clone(), (Arc::clone(&instance), i));
+            }
+            index.instances.push(instance);
+        }
+        Ok(index)
+    }
+
+    /// The instance and port plugged into `device`, if any.
+    pub fn by_device(&self, device: &str) -> Option<(&Arc<Instance>, &Port)> {
+        self.by_device
+            .get(device)
+            .map(|(instance, i)| (instance, &instance.ports[*i]))
+    }
+
+    pub fn instances(&self) -> &[Arc<Instance>] {
+        &self.instances
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r##"
+[[instance]]
+id = "4f0c6f3e-8d1b-4a39-9a53-0c9f2d7e1b11"
+project_id = "a1b2c3d4e5f6"
+name = "vm-a"
+user_data = "#cloud-config\n"
+public_keys = { default = "ssh-ed25519 AAAA demo" }
+meta = { role = "web" }
+
+[[instance.port]]
+device = "tapa1b2c3d4-e5"
+mac = "fa:16:3e:11:22:33"
+network_id = "0b9c5d1e"
+ips = ["10.0.0.5", "10.0.1.5/24", "fd00::5"]
+"##;
+
+    fn parse(text: &str) -> Result<PortIndex, ConfigError> {
+        PortIndex::parse(Path::new("instances.toml"), text)
+    }
+
+    #[test]
+    fn example_record_parses_with_defaults() {
+        let index = parse(EXAMPLE).unwrap();
+        let (instance, port) = index.by_device("tapa1b2c3d4-e5").unwrap();
+        assert_eq!(instance.name, "vm-a");
+        assert_eq!(instance.hostname, "vm-a");
+        assert_eq!(instance.availability_zone, "nova");
+        assert_eq!(port.mac.to_string(), "fa:16:3e:11:22:33");
+        let v4: Vec<_> = port.ipv4().collect();
+        assert_eq!(v4, [Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 1, 5)]);
+        assert_eq!(port.ips[1].prefix_len, Some(24));
+    }
+
+    #[test]
+    fn bad_mac_names_line_and_key() {
+        let text = EXAMPLE.replace("fa:16:3e:11:22:33", "fa:16:3e:11:22");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("instances.toml:12: key `instance.port.mac`: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_id_and_unknown_key_are_errors() {
+        let err = parse("[[instance]]\nproject_id = \"p\"\n").unwrap_err().to_string();
+        assert!(err.contains("missing field `id`"), "{err}");
+        let err = parse("[[instance]]\nid = \"i\"\nproject_id = \"p\"\nflavour = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("instances.toml:4: key `instance.flavour`"), "{err}");
+    }
+
+    #[test]
+    fn a_device_belongs_to_one_port() {
+        let text = format!("{EXAMPLE}{}", EXAMPLE.replace("4f0c6f3e", "5f0c6f3e"));
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("key `instance.port.device`"), "{err}");
+        assert!(err.contains("more than one port"), "{err}");
+    }
+}

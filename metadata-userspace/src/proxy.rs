@@ -1,0 +1,111 @@
+//! The HTTP side: accepts the connections the datapath steers to the host
+//! device, tells guests apart by their slot address, and hands each
+//! request to the backend.
+
+use std::{
+    convert::Infallible,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use log::{debug, warn};
+use tokio::net::TcpListener;
+
+use crate::{
+    backends::{Backend, Reply},
+    datapath::Registry,
+};
+
+/// Largest request body accepted (the password POST needs about 1 KB).
+const MAX_BODY: usize = 64 * 1024;
+/// Time a client gets to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The registry shared between the datapath owner and the proxy.
+pub type SharedRegistry = Arc<RwLock<Arc<Registry>>>;
+
+/// Serves connections from `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, registry: SharedRegistry, backend: Arc<Backend>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!("accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let registry = Arc::clone(&registry);
+        let backend = Arc::clone(&backend);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let registry = Arc::clone(&registry);
+                let backend = Arc::clone(&backend);
+                async move { Ok::<_, Infallible>(handle(request, peer, &registry, &backend).await) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = connection.await {
+                debug!("connection from {peer}: {err}");
+            }
+        });
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    registry: &SharedRegistry,
+    backend: &Backend,
+) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let identity = {
+        let registry = registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        registry.get(&canonical(peer.ip())).cloned()
+    };
+    let Some(identity) = identity else {
+        // Not a slot address: not a guest the datapath steered here.
+        warn!("refused {method} {} from {peer}: not a known guest", request.uri().path());
+        return Reply::status(StatusCode::FORBIDDEN).into_response(&method);
+    };
+    let path = request.uri().path().to_owned();
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => {
+            let status = if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return Reply::status(status).into_response(&method);
+        }
+    };
+    let reply = backend.handle(&identity, &method, &path, body).await;
+    debug!(
+        "{} {method} {path} -> {} ({} {})",
+        identity.guest_addr,
+        reply.status.as_u16(),
+        identity.instance.id,
+        identity.device
+    );
+    reply.into_response(&method)
+}
+
+/// IPv4 peers of a dual-stack socket arrive as ::ffff:a.b.c.d.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
