@@ -1,1 +1,686 @@
+//! Test harness: a hypervisor and its VMs as real network namespaces.
+//!
+//! - [`Hypervisor`]: a network namespace standing in for the host, where
+//!   the taps, bridges and the host device live and where the daemon runs
+//!   (entered with `nsenter --net`, so bpffs stays the machine's own).
+//! - [`Vm`]: a network namespace whose `eth0` is one end of a veth pair; the
+//!   other end, in the hypervisor, is the VM's tap.
+//!
+//! Every name is unique per process and call, and every object removes
+//! what it created when dropped, also when a test panics, so tests run in
+//! parallel and leave nothing behind.
+//!
+//! The demo (`cargo xtask demo`) uses the same harness.
 
+pub mod packet;
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+
+/// A suffix no other live object of any test process has.
+pub fn unique_suffix() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{}{}", base36(std::process::id()), base36(n))
+}
+
+fn base36(mut n: u32) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ASCII")
+}
+
+/// Runs a command to completion; fails with its stderr if it fails.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} {}", args.join(" ")))?;
+    ensure!(
+        output.status.success(),
+        "{program} {} failed ({}): {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `ip ARGS`.
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run("ip", args)
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let name = format!("{prefix}-{}", unique_suffix());
+        ip(&["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n NS ARGS`.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Runs `program ARGS` inside the namespace.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["netns", "exec", &self.name, program];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (only that
+    /// thread; the test's other threads stay where they are).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                    // SAFETY: setns on a valid namespace fd affects only
+                    // this thread, which ends when `f` returns.
+                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    ensure!(rc == 0, "setns {path}: {}", std::io::Error::last_os_error());
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| anyhow!("thread in {path} panicked"))?
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// A port record of the instances file.
+#[derive(Debug, Clone)]
+pub struct PortSpec {
+    pub device: String,
+    pub mac: String,
+    pub network_id: String,
+    pub ips: Vec<String>,
+}
+
+/// An instance record of the instances file.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub user_data: Option<String>,
+    pub public_key: Option<String>,
+    pub ports: Vec<PortSpec>,
+}
+
+impl InstanceSpec {
+    /// An instance with one port on `vm`'s tap.
+    pub fn for_vm(vm: &Vm, name: &str) -> Self {
+        Self {
+            id: uuid_like(),
+            project_id: "demo-project".into(),
+            name: name.into(),
+            user_data: None,
+            public_key: Some(format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{name} {name}@demo")),
+            ports: vec![PortSpec {
+                device: vm.tap.clone(),
+                mac: vm.mac.clone(),
+                network_id: format!("net-{}", vm.tap),
+                ips: vec![vm.ip.to_string()],
+            }],
+        }
+    }
+
+    fn to_toml(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "[[instance]]");
+        let _ = writeln!(out, "id = {}", quote(&self.id));
+        let _ = writeln!(out, "project_id = {}", quote(&self.project_id));
+        let _ = writeln!(out, "name = {}", quote(&self.name));
+        if let Some(data) = &self.user_data {
+            let _ = writeln!(out, "user_data = {}", quote(data));
+        }
+        if let Some(key) = &self.public_key {
+            let _ = writeln!(out, "public_keys = {{ default = {} }}", quote(key));
+        }
+        for port in &self.ports {
+            let _ = writeln!(out, "\n[[instance.port]]");
+            let _ = writeln!(out, "device = {}", quote(&port.device));
+            let _ = writeln!(out, "mac = {}", quote(&port.mac));
+            let _ = writeln!(out, "network_id = {}", quote(&port.network_id));
+            let ips: Vec<String> = port.ips.iter().map(|ip| quote(ip)).collect();
+            let _ = writeln!(out, "ips = [{}]", ips.join(", "));
+        }
+        out.push('\n');
+        out
+    }
+}
+
+/// A TOML basic string.
+fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A random version-4 UUID string.
+pub fn uuid_like() -> String {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("reading /dev/urandom");
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Where the daemon binary is: `MDR_BIN`, or the release build.
+pub fn daemon_binary() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("MDR_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/metadata-redirector"),
+    };
+    ensure!(
+        path.exists(),
+        "{} does not exist: run the tests with `cargo xtask test`, which builds it",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A host with its own network namespace, config files and daemon.
+#[derive(Debug)]
+pub struct Hypervisor {
+    ns: Netns,
+    dir: PathBuf,
+    bpffs: PathBuf,
+    daemon: Option<Child>,
+    instances: Vec<InstanceSpec>,
+    /// Extra TOML appended to the generated config.
+    pub extra_config: String,
+}
+
+impl Hypervisor {
+    pub fn new() -> anyhow::Result<Self> {
+        let ns = Netns::new("mdr-hv")?;
+        let suffix = ns.name().trim_start_matches("mdr-hv-").to_owned();
+        let dir = std::env::temp_dir().join(format!("mdr-test-{suffix}"));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self {
+            ns,
+            dir,
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/mdr-test-{suffix}")),
+            daemon: None,
+            instances: Vec::new(),
+            extra_config: String::new(),
+        })
+    }
+
+    pub fn ns(&self) -> &Netns {
+        &self.ns
+    }
+
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("metadata-redirector.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    /// Creates a VM: a namespace whose eth0 is wired to a new tap here,
+    /// with `ip/24` and a route to 169.254.169.254 on-link.
+    pub fn add_vm(&self, ip: Ipv4Addr) -> anyhow::Result<Vm> {
+        let ns = Netns::new("mdr-vm")?;
+        let suffix = ns.name().trim_start_matches("mdr-vm-").to_owned();
+        let tap = format!("tap{suffix}");
+        let mac = random_mac();
+        self.ns.ip(&[
+            "link", "add", &tap, "type", "veth", "peer", "name", "eth0", "netns", ns.name(),
+        ])?;
+        ns.ip(&["link", "set", "eth0", "address", &mac, "up"])?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        self.ns.ip(&["link", "set", &tap, "up"])?;
+        let vm = Vm { ns, tap, mac, ip };
+        vm.ns.ip(&["route", "add", "169.254.169.254/32", "dev", "eth0"])?;
+        Ok(vm)
+    }
+
+    /// Creates a Linux bridge here, up.
+    pub fn add_bridge(&self) -> anyhow::Result<String> {
+        let name = format!("br{}", unique_suffix());
+        self.ns.ip(&["link", "add", &name, "type", "bridge"])?;
+        self.ns.ip(&["link", "set", &name, "up"])?;
+        Ok(name)
+    }
+
+    /// Enslaves `device` to `bridge`.
+    pub fn plug(&self, device: &str, bridge: &str) -> anyhow::Result<()> {
+        self.ns.ip(&["link", "set", device, "master", bridge])?;
+        Ok(())
+    }
+
+    /// Sets the instance records the daemon serves (written on start, or
+    /// now with a reload if the daemon runs).
+    pub fn set_instances(&mut self, instances: Vec<InstanceSpec>) -> anyhow::Result<()> {
+        self.instances = instances;
+        self.write_files()
+    }
+
+    fn write_files(&self) -> anyhow::Result<()> {
+        let instances: String = self.instances.iter().map(InstanceSpec::to_toml).collect();
+        let path = self.dir.join("instances.toml");
+        fs::write(&path, instances).with_context(|| format!("writing {}", path.display()))?;
+        let config = format!(
+            "[daemon]\nstate_dir = {}\n\n[datapath]\nbpffs = {}\n\n[ports]\nfile = \"instances.toml\"\n{}",
+            quote(&self.dir.join("state").display().to_string()),
+            quote(&self.bpffs.display().to_string()),
+            self.extra_config
+        );
+        let path = self.config_path();
+        fs::write(&path, config).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Starts the daemon here and waits until it prints `ready`.
+    pub fn start_daemon(&mut self) -> anyhow::Result<()> {
+        ensure!(self.daemon.is_none(), "daemon already running");
+        self.write_files()?;
+        let binary = daemon_binary()?;
+        let log = fs::File::create(self.log_path()).context("creating the daemon log")?;
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns.name()))
+            .arg(&binary)
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        self.daemon = Some(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.trim() == "ready" {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+                bail!("daemon did not become ready within 30 s; its log:\n{log}")
+            }
+        }
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL after 10 s).
+    pub fn stop_daemon(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.daemon.take() else {
+            return Ok(());
+        };
+        let pid = i32::try_from(child.id()).context("pid")?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("daemon ignored SIGTERM for 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGHUP to the daemon (reload the instances file).
+    pub fn reload(&mut self) -> anyhow::Result<()> {
+        self.write_files()?;
+        let child = self.daemon.as_ref().context("daemon not running")?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(child.id())?, libc::SIGHUP) };
+        Ok(())
+    }
+
+    /// Runs a daemon subcommand (status, teardown) in this namespace.
+    pub fn daemon_command(&self, args: &[&str]) -> anyhow::Result<String> {
+        let binary = daemon_binary()?;
+        let config = self.config_path();
+        let mut full = vec![
+            format!("--net=/run/netns/{}", self.ns.name()),
+            binary.display().to_string(),
+        ];
+        full.extend(args.iter().map(|a| (*a).to_owned()));
+        full.push("--config".into());
+        full.push(config.display().to_string());
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        run("nsenter", &full)
+    }
+
+    /// `metadata-redirector status --json`.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let text = self.daemon_command(&["status", "--json"])?;
+        serde_json::from_str(&text).with_context(|| format!("status output: {text}"))
+    }
+
+    /// The counters of `tap` from `status --json`.
+    pub fn counters(&self, tap: &str) -> anyhow::Result<serde_json::Value> {
+        let status = self.status()?;
+        status["taps"]
+            .as_array()
+            .and_then(|taps| taps.iter().find(|t| t["device"] == tap))
+            .map(|tap| tap["counters"].clone())
+            .with_context(|| format!("{tap} not in status: {status}"))
+    }
+
+    /// The MAC address of a device in this namespace.
+    pub fn mac_of(&self, device: &str) -> anyhow::Result<String> {
+        let json = self.ns.ip(&["-json", "link", "show", "dev", device])?;
+        let links: serde_json::Value = serde_json::from_str(&json)?;
+        links[0]["address"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no address")
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Hypervisor {
+    fn drop(&mut self) {
+        let _ = self.stop_daemon();
+        if self.config_path().exists() {
+            let _ = self.daemon_command(&["teardown"]);
+        }
+        // In case teardown could not run: nothing may stay pinned.
+        let _ = fs::remove_dir_all(&self.bpffs);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A VM: a namespace with eth0 wired to a tap in the hypervisor.
+#[derive(Debug)]
+pub struct Vm {
+    pub ns: Netns,
+    pub tap: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+}
+
+/// What cloud-init's OpenStack reader returned, reduced to what tests check.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct CloudInitView {
+    pub uuid: String,
+    pub name: String,
+    pub hostname: String,
+    pub public_keys: serde_json::Value,
+    pub userdata: Option<String>,
+}
+
+const READ_OPENSTACK: &str = r#"
+import json, sys
+from cloudinit.sources.DataSourceOpenStack import read_metadata_service
+r = read_metadata_service(sys.argv[1], timeout=10, retries=2)
+md = r["metadata"]
+ud = r.get("userdata")
+if isinstance(ud, bytes):
+    ud = ud.decode()
+print(json.dumps({"uuid": md["uuid"], "name": md.get("name"), "hostname": md.get("hostname"),
+                  "public_keys": md.get("public_keys"), "userdata": ud or None}))
+"#;
+
+impl Vm {
+    /// Reads the metadata service with cloud-init's own OpenStack reader
+    /// (Debian's cloud-init under /usr/bin/python3).
+    pub fn cloud_init_openstack(&self, base_url: &str) -> anyhow::Result<CloudInitView> {
+        let out = self
+            .ns
+            .exec("/usr/bin/python3", &["-c", READ_OPENSTACK, base_url])
+            .context("cloud-init's read_metadata_service")?;
+        let line = out.lines().last().unwrap_or_default();
+        serde_json::from_str(line).with_context(|| format!("cloud-init reader printed {out:?}"))
+    }
+
+    /// An HTTP/1.1 GET from inside the VM, with a deadline.
+    pub fn http_get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+        self.http_get_from(None, addr, path)
+    }
+
+    /// Like [`Self::http_get`], from a given local address.
+    pub fn http_get_from(
+        &self,
+        from: Option<Ipv4Addr>,
+        addr: SocketAddr,
+        path: &str,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        self.ns.run(|| http_get(from, addr, path, Duration::from_secs(5)))?
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request, `Connection: close`.
+pub fn http_get(
+    from: Option<Ipv4Addr>,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut stream = match from {
+        None => TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connecting to {addr}"))?,
+        Some(local) => connect_from(local, addr, timeout)?,
+    };
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        addr.ip()
+    )?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .with_context(|| format!("reading the response to GET {path}"))?;
+    parse_response(&response)
+}
+
+fn connect_from(local: Ipv4Addr, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
+    // std cannot bind before connect: do it with libc, then hand over.
+    // SAFETY: plain socket syscalls on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(local.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::bind(
+            fd,
+            (&raw const sin).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        );
+        ensure!(rc == 0, "bind {local}: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
+        let SocketAddr::V4(v4) = addr else {
+            bail!("IPv4 only");
+        };
+        let dst = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&raw const dst).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        );
+        ensure!(
+            rc == 0,
+            "connect {addr} from {local}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(stream)
+    }
+}
+
+/// Splits a raw HTTP/1.1 response into status and body (plain or chunked).
+pub fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers in the response")?;
+    let head = std::str::from_utf8(&raw[..split]).context("non-UTF-8 headers")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    let body = raw[split + 4..].to_vec();
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    if !chunked {
+        return Ok((status, body));
+    }
+    let mut out = Vec::new();
+    let mut rest = &body[..];
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").context("chunk size")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end])?.trim(), 16)?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok((status, out));
+        }
+        out.extend_from_slice(rest.get(..size).context("short chunk")?);
+        rest = rest.get(size + 2..).context("chunk end")?;
+    }
+}
+
+/// A locally administered unicast MAC.
+pub fn random_mac() -> String {
+    let mut bytes = [0u8; 5];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("reading /dev/urandom");
+    format!(
+        "fa:16:3e:{:02x}:{:02x}:{:02x}",
+        bytes[0], bytes[1], bytes[2]
+    )
+}
+
+/// The metadata service as a guest addresses it.
+pub const METADATA: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::new(169, 254, 169, 254), 80));

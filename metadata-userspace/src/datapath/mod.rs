@@ -42,7 +42,7 @@ use crate::{
 };
 
 /// The eBPF object built by build.rs from the metadata-ebpf crate.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
 
 const TAP_PROGRAM: &str = "tap_ingress";
 const HOST_PROGRAM: &str = "host_egress";
