@@ -119,12 +119,7 @@ fn headers<'a>(
 /// Fixes the IPv4 header checksum in place, then the TCP checksum through
 /// the helper. Helper calls are skipped for fields that did not change.
 #[inline(always)]
-fn apply(
-    ctx: &TcContext,
-    ip: &mut Ipv4Hdr,
-    l4_off: usize,
-    rewrite: &Rewrite,
-) -> Step<()> {
+fn apply(ctx: &TcContext, ip: &mut Ipv4Hdr, l4_off: usize, rewrite: &Rewrite) -> Step<()> {
     let Rewrite { src, dst, port } = rewrite;
     csum::replace(&mut ip.check, &src.0.0, &src.1.0);
     csum::replace(&mut ip.check, &dst.0.0, &dst.1.0);
@@ -133,8 +128,13 @@ fn apply(
     let pseudo = u64::from(BPF_F_PSEUDO_HDR);
     for (old, new) in [src, dst] {
         if old != new {
-            ctx.l4_csum_replace(check_off, csum::wire4(old.0), csum::wire4(new.0), pseudo | 4)
-                .map_err(|_| helper_failed(ctx))?;
+            ctx.l4_csum_replace(
+                check_off,
+                csum::wire4(old.0),
+                csum::wire4(new.0),
+                pseudo | 4,
+            )
+            .map_err(|_| helper_failed(ctx))?;
         }
     }
     if port.0 != port.1 {

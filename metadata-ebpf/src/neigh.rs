@@ -20,20 +20,16 @@ const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
 /// address) into the reply, in place, and sends it back out of the tap.
 /// Other ARP packets pass untouched.
 #[inline(always)]
-pub fn answer_arp(
-    ctx: &TcContext,
-    tap: Ifindex,
-    cfg: Option<&DatapathConfig>,
-) -> Step<Verdict> {
+pub fn answer_arp(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) -> Step<Verdict> {
     if !ensure_linear(ctx, ETH_LEN + size_of::<ArpEthIpv4>()) {
         return Ok(Verdict::Pass);
     }
     let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
-            return Err(Verdict::DropMalformed);
-        };
+        return Err(Verdict::DropMalformed);
+    };
     let Some(arp) = header_mut::<ArpEthIpv4>(ctx, ETH_LEN) else {
-            return Err(Verdict::DropMalformed);
-        };
+        return Err(Verdict::DropMalformed);
+    };
     // SAFETY: both bounds-checked just above; no helper runs before use.
     let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
     if arp.tpa != METADATA_V4 || arp.op != ARPOP_REQUEST {

@@ -81,7 +81,10 @@ fn locate(source: &str, offset: usize) -> (usize, String) {
     for text in before.lines() {
         let text = text.trim();
         if let Some(header) = text.strip_prefix('[') {
-            table = header.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+            table = header
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned();
         }
     }
     let line_text = source.lines().nth(line - 1).unwrap_or_default().trim();
@@ -192,17 +195,12 @@ pub enum PortSourceKind {
     File,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
 pub enum BackendConfig {
     /// Serve metadata from the instances file.
+    #[default]
     Local,
-}
-
-impl Default for BackendConfig {
-    fn default() -> Self {
-        Self::Local
-    }
 }
 
 impl Config {
@@ -243,11 +241,15 @@ impl FromStr for DeviceName {
             && name.len() <= 15
             && name != "."
             && name != ".."
-            && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+            && !name
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace());
         if valid {
             Ok(Self(name.to_owned()))
         } else {
-            Err(format!("`{name}` is not a valid device name (1-15 bytes, no '/', ':' or spaces)"))
+            Err(format!(
+                "`{name}` is not a valid device name (1-15 bytes, no '/', ':' or spaces)"
+            ))
         }
     }
 }
@@ -308,7 +310,9 @@ impl FromStr for Ipv4Net {
         if prefix_len > 30 {
             return Err(format!("`{text}`: the prefix must be /30 or shorter"));
         }
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(prefix_len))
+            .unwrap_or(0);
         if addr.to_bits() & !mask != 0 {
             return Err(format!("`{text}` has host bits set"));
         }
@@ -375,7 +379,8 @@ mod tests {
         assert!(text.contains("host bits"), "{text}");
         let err = parse("[proxy]\naddress = \"169.254.169\"\n").unwrap_err();
         assert!(
-            err.to_string().starts_with("/etc/mdr.toml:2: key `proxy.address`: "),
+            err.to_string()
+                .starts_with("/etc/mdr.toml:2: key `proxy.address`: "),
             "{err}"
         );
         let err = parse("[datapath]\nhost_device = \"a-very-long-device-name\"\n").unwrap_err();

@@ -89,7 +89,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
         match datapath.sync(&index) {
             Ok(new) => {
-                *registry.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
+                *registry
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
                 log_attached(&datapath);
             }
             Err(err) => error!("updating the datapath: {err}"),
@@ -134,7 +136,11 @@ pub fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     );
     for tap in &status.taps {
         let c = &tap.counters;
-        let dropped = c.drop_unregistered + c.drop_malformed + c.drop_fragment + c.drop_no_slot + c.drop_error;
+        let dropped = c.drop_unregistered
+            + c.drop_malformed
+            + c.drop_fragment
+            + c.drop_no_slot
+            + c.drop_error;
         println!(
             "{:<16} {:>7} {:<38} {:>10} {:>10} {:>10} {:>6} {:>8}",
             tap.device,
@@ -152,7 +158,11 @@ pub fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
         if dropped > 0 {
             println!(
                 "    dropped: unregistered {} malformed {} fragment {} no-slot {} error {}",
-                c.drop_unregistered, c.drop_malformed, c.drop_fragment, c.drop_no_slot, c.drop_error
+                c.drop_unregistered,
+                c.drop_malformed,
+                c.drop_fragment,
+                c.drop_no_slot,
+                c.drop_error
             );
         }
     }

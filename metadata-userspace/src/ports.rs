@@ -196,7 +196,12 @@ impl PortIndex {
             let id_span = record.id.span();
             let id = record.id.into_inner();
             if id.trim().is_empty() {
-                return Err(ConfigError::at(path, source, id_span, "must not be empty".into()));
+                return Err(ConfigError::at(
+                    path,
+                    source,
+                    id_span,
+                    "must not be empty".into(),
+                ));
             }
             if !ids.insert(id.clone()) {
                 return Err(ConfigError::at(
@@ -325,12 +330,17 @@ ips = ["10.0.0.5", "10.0.1.5/24", "fd00::5"]
 
     #[test]
     fn missing_id_and_unknown_key_are_errors() {
-        let err = parse("[[instance]]\nproject_id = \"p\"\n").unwrap_err().to_string();
+        let err = parse("[[instance]]\nproject_id = \"p\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("missing field `id`"), "{err}");
         let err = parse("[[instance]]\nid = \"i\"\nproject_id = \"p\"\nflavour = \"x\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("instances.toml:4: key `instance.flavour`"), "{err}");
+        assert!(
+            err.starts_with("instances.toml:4: key `instance.flavour`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -71,19 +71,27 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let identity = {
-        let registry = registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let registry = registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         registry.get(&canonical(peer.ip())).cloned()
     };
     let Some(identity) = identity else {
         // Not a slot address: not a guest the datapath steered here.
-        warn!("refused {method} {} from {peer}: not a known guest", request.uri().path());
+        warn!(
+            "refused {method} {} from {peer}: not a known guest",
+            request.uri().path()
+        );
         return Reply::status(StatusCode::FORBIDDEN).into_response(&method);
     };
     let path = request.uri().path().to_owned();
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(err) => {
-            let status = if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            let status = if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 StatusCode::PAYLOAD_TOO_LARGE
             } else {
                 StatusCode::BAD_REQUEST

@@ -182,7 +182,9 @@ impl InstanceSpec {
             project_id: "demo-project".into(),
             name: name.into(),
             user_data: None,
-            public_key: Some(format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{name} {name}@demo")),
+            public_key: Some(format!(
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{name} {name}@demo"
+            )),
             ports: vec![PortSpec {
                 device: vm.tap.clone(),
                 mac: vm.mac.clone(),
@@ -322,13 +324,23 @@ impl Hypervisor {
         let tap = format!("tap{suffix}");
         let mac = random_mac();
         self.ns.ip(&[
-            "link", "add", &tap, "type", "veth", "peer", "name", "eth0", "netns", ns.name(),
+            "link",
+            "add",
+            &tap,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
         ])?;
         ns.ip(&["link", "set", "eth0", "address", &mac, "up"])?;
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         self.ns.ip(&["link", "set", &tap, "up"])?;
         let vm = Vm { ns, tap, mac, ip };
-        vm.ns.ip(&["route", "add", "169.254.169.254/32", "dev", "eth0"])?;
+        vm.ns
+            .ip(&["route", "add", "169.254.169.254/32", "dev", "eth0"])?;
         Ok(vm)
     }
 
@@ -378,7 +390,10 @@ impl Hypervisor {
             .arg(&binary)
             .args(["run", "--config"])
             .arg(self.config_path())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -549,7 +564,8 @@ impl Vm {
         addr: SocketAddr,
         path: &str,
     ) -> anyhow::Result<(u16, Vec<u8>)> {
-        self.ns.run(|| http_get(from, addr, path, Duration::from_secs(5)))?
+        self.ns
+            .run(|| http_get(from, addr, path, Duration::from_secs(5)))?
     }
 }
 
@@ -649,16 +665,20 @@ pub fn parse_response(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("bad status line in {head:?}"))?;
     let body = raw[split + 4..].to_vec();
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
     if !chunked {
         return Ok((status, body));
     }
     let mut out = Vec::new();
     let mut rest = &body[..];
     loop {
-        let line_end = rest.windows(2).position(|w| w == b"\r\n").context("chunk size")?;
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("chunk size")?;
         let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end])?.trim(), 16)?;
         rest = &rest[line_end + 2..];
         if size == 0 {
@@ -682,5 +702,7 @@ pub fn random_mac() -> String {
 }
 
 /// The metadata service as a guest addresses it.
-pub const METADATA: SocketAddr =
-    SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::new(169, 254, 169, 254), 80));
+pub const METADATA: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    Ipv4Addr::new(169, 254, 169, 254),
+    80,
+));

@@ -170,7 +170,10 @@ mod tests {
             [169, 254, 169, 254],
             (40000, 80),
             b"GET / HTTP/1.1\r\n\r\n",
-            Ipv4Opts { option_words: 2, frag_off: 0 },
+            Ipv4Opts {
+                option_words: 2,
+                frag_off: 0,
+            },
         );
         let view = parse_tcp_frame(&frame);
         assert!(view.ip_checksum_ok && view.tcp_checksum_ok, "{view:?}");

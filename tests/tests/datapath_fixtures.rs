@@ -94,11 +94,14 @@ impl Fixture {
 
     /// The programs loaded with fresh, empty maps (no daemon config yet).
     fn unconfigured() -> Self {
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).expect("loading the object");
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .expect("loading the object");
         for name in ["tap_ingress", "host_egress"] {
-            let program: &mut SchedClassifier =
-                ebpf.program_mut(name).unwrap().try_into().unwrap();
-            program.load().unwrap_or_else(|err| panic!("verifier rejected {name}: {err}"));
+            let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            program
+                .load()
+                .unwrap_or_else(|err| panic!("verifier rejected {name}: {err}"));
         }
         let cpus = aya::util::nr_cpus().unwrap();
         let mut counters: PerCpuHashMap<&mut MapData, Ifindex, DeviceCounters> =
@@ -142,13 +145,27 @@ impl Fixture {
     }
 
     /// Runs a fixture and checks verdict, output and the one counter.
-    fn expect(&self, program: &str, input: &[u8], action: u32, counter: fn(&DeviceCounters) -> u64) -> Vec<u8> {
+    fn expect(
+        &self,
+        program: &str,
+        input: &[u8],
+        action: u32,
+        counter: fn(&DeviceCounters) -> u64,
+    ) -> Vec<u8> {
         let before = self.counters();
         let (got, out) = self.run(program, input);
         assert_eq!(got, action, "{program}: action");
         let after = self.counters();
-        assert_eq!(counter(&after), counter(&before) + 1, "{program}: counter {after:?}");
-        assert_eq!(sum(&after), sum(&before) + 1, "{program}: exactly one counter moved");
+        assert_eq!(
+            counter(&after),
+            counter(&before) + 1,
+            "{program}: counter {after:?}"
+        );
+        assert_eq!(
+            sum(&after),
+            sum(&before) + 1,
+            "{program}: exactly one counter moved"
+        );
         out
     }
 }
@@ -158,7 +175,14 @@ fn sum(c: &DeviceCounters) -> u64 {
 }
 
 fn request(dport: u16, src: [u8; 4], opts: Ipv4Opts) -> Vec<u8> {
-    tcp_frame((ROUTER_MAC, GUEST_MAC), src, METADATA, (40000, dport), b"GET / HTTP/1.1\r\n\r\n", opts)
+    tcp_frame(
+        (ROUTER_MAC, GUEST_MAC),
+        src,
+        METADATA,
+        (40000, dport),
+        b"GET / HTTP/1.1\r\n\r\n",
+        opts,
+    )
 }
 
 #[test]
@@ -169,8 +193,16 @@ fn tap_ingress_steers_a_registered_request_to_the_proxy() {
     let view = parse_tcp_frame(&out);
     assert_eq!(view.dst_mac, HOST_MAC, "addressed to the host device");
     assert_eq!(view.src_mac, GUEST_MAC);
-    assert_eq!((view.src, view.sport), (SLOT_ADDR, 40000), "source NATed to the slot");
-    assert_eq!((view.dst, view.dport), (PROXY, PROXY_PORT), "destination is the proxy");
+    assert_eq!(
+        (view.src, view.sport),
+        (SLOT_ADDR, 40000),
+        "source NATed to the slot"
+    );
+    assert_eq!(
+        (view.dst, view.dport),
+        (PROXY, PROXY_PORT),
+        "destination is the proxy"
+    );
     assert!(view.ip_checksum_ok, "IPv4 header checksum");
     assert!(view.tcp_checksum_ok, "TCP checksum");
     assert_eq!(view.payload, b"GET / HTTP/1.1\r\n\r\n");
@@ -181,7 +213,14 @@ fn tap_ingress_steers_a_registered_request_to_the_proxy() {
 #[test]
 fn tap_ingress_handles_ip_options() {
     let fx = Fixture::new();
-    let input = request(80, GUEST, Ipv4Opts { option_words: 3, frag_off: 0x4000 });
+    let input = request(
+        80,
+        GUEST,
+        Ipv4Opts {
+            option_words: 3,
+            frag_off: 0x4000,
+        },
+    );
     let out = fx.expect("tap_ingress", &input, TC_ACT_REDIRECT, |c| c.steered);
     let view = parse_tcp_frame(&out);
     assert_eq!((view.dst, view.dport), (PROXY, PROXY_PORT));
@@ -202,9 +241,27 @@ fn tap_ingress_passes_other_traffic_untouched() {
         // Another port on the metadata address.
         request(8080, GUEST, Ipv4Opts::default()),
         // Port 80 elsewhere.
-        tcp_frame((ROUTER_MAC, GUEST_MAC), GUEST, [10, 0, 0, 1], (40000, 80), b"", Ipv4Opts::default()),
+        tcp_frame(
+            (ROUTER_MAC, GUEST_MAC),
+            GUEST,
+            [10, 0, 0, 1],
+            (40000, 80),
+            b"",
+            Ipv4Opts::default(),
+        ),
         // ICMP to the metadata address.
-        ethernet(ROUTER_MAC, GUEST_MAC, 0x0800, &ipv4(GUEST, METADATA, 1, &[8, 0, 0, 0, 0, 0, 0, 0], Ipv4Opts::default())),
+        ethernet(
+            ROUTER_MAC,
+            GUEST_MAC,
+            0x0800,
+            &ipv4(
+                GUEST,
+                METADATA,
+                1,
+                &[8, 0, 0, 0, 0, 0, 0, 0],
+                Ipv4Opts::default(),
+            ),
+        ),
         // IPv6 (not steered in this datapath yet).
         ethernet(ROUTER_MAC, GUEST_MAC, ETH_P_IPV6, &[0x60; 60]),
         // An unknown ethertype, and a bare Ethernet header. (A runt IPv4
@@ -229,14 +286,25 @@ fn tap_ingress_drops_malformed_and_fragmented_metadata_traffic() {
     fx.expect("tap_ingress", &bad_ihl, TC_ACT_SHOT, |c| c.drop_malformed);
     // TCP header cut short.
     let full = request(80, GUEST, Ipv4Opts::default());
-    fx.expect("tap_ingress", &full[..14 + 20 + 10], TC_ACT_SHOT, |c| c.drop_malformed);
+    fx.expect("tap_ingress", &full[..14 + 20 + 10], TC_ACT_SHOT, |c| {
+        c.drop_malformed
+    });
     // IHL pointing past the end of the packet.
     let mut long_ihl = request(80, GUEST, Ipv4Opts::default());
     long_ihl[14] = 0x4f;
-    fx.expect("tap_ingress", &long_ihl[..14 + 40], TC_ACT_SHOT, |c| c.drop_malformed);
+    fx.expect("tap_ingress", &long_ihl[..14 + 40], TC_ACT_SHOT, |c| {
+        c.drop_malformed
+    });
     // First fragment (MF) and a later fragment (offset).
     for frag_off in [0x2000, 0x0010] {
-        let input = request(80, GUEST, Ipv4Opts { option_words: 0, frag_off });
+        let input = request(
+            80,
+            GUEST,
+            Ipv4Opts {
+                option_words: 0,
+                frag_off,
+            },
+        );
         fx.expect("tap_ingress", &input, TC_ACT_SHOT, |c| c.drop_fragment);
     }
 }
@@ -280,7 +348,14 @@ fn tap_ingress_drops_arp_from_unregistered_sources_and_malformed_arp() {
 }
 
 fn reply(dst: [u8; 4], src: [u8; 4], sport: u16) -> Vec<u8> {
-    tcp_frame((HOST_MAC, HOST_MAC), src, dst, (sport, 40000), b"HTTP/1.1 200 OK\r\n\r\n", Ipv4Opts::default())
+    tcp_frame(
+        (HOST_MAC, HOST_MAC),
+        src,
+        dst,
+        (sport, 40000),
+        b"HTTP/1.1 200 OK\r\n\r\n",
+        Ipv4Opts::default(),
+    )
 }
 
 #[test]
@@ -327,5 +402,7 @@ fn host_egress_passes_everything_else() {
 fn host_egress_drops_malformed_replies() {
     let fx = Fixture::new();
     let input = reply(SLOT_ADDR, PROXY, PROXY_PORT);
-    fx.expect("host_egress", &input[..14 + 20 + 8], TC_ACT_SHOT, |c| c.drop_malformed);
+    fx.expect("host_egress", &input[..14 + 20 + 8], TC_ACT_SHOT, |c| {
+        c.drop_malformed
+    });
 }

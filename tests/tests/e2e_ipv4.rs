@@ -11,7 +11,9 @@ use metadata_tests::{Hypervisor, InstanceSpec, METADATA, Vm, wait_for};
 const SAME_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 
 fn counter(hv: &Hypervisor, vm: &Vm, name: &str) -> u64 {
-    hv.counters(&vm.tap).expect("status")[name].as_u64().expect("a number")
+    hv.counters(&vm.tap).expect("status")[name]
+        .as_u64()
+        .expect("a number")
 }
 
 #[test]
@@ -22,7 +24,8 @@ fn two_vms_with_the_same_ip_each_get_their_own_metadata() {
     let mut spec_a = InstanceSpec::for_vm(&a, "vm-a");
     spec_a.user_data = Some("#cloud-config\nruncmd: [echo vm-a]\n".into());
     let spec_b = InstanceSpec::for_vm(&b, "vm-b");
-    hv.set_instances(vec![spec_a.clone(), spec_b.clone()]).unwrap();
+    hv.set_instances(vec![spec_a.clone(), spec_b.clone()])
+        .unwrap();
     hv.start_daemon().unwrap();
 
     // Concurrently, through cloud-init's own reader.
@@ -44,7 +47,9 @@ fn two_vms_with_the_same_ip_each_get_their_own_metadata() {
     assert_eq!(view_b.userdata, None, "vm-b has no user data");
 
     // EC2 paths identify them too.
-    let (status, body) = b.http_get(METADATA, "/latest/meta-data/local-ipv4").unwrap();
+    let (status, body) = b
+        .http_get(METADATA, "/latest/meta-data/local-ipv4")
+        .unwrap();
     assert_eq!((status, body.as_slice()), (200, b"10.0.0.5".as_slice()));
     let (status, _) = b.http_get(METADATA, "/latest/user-data").unwrap();
     assert_eq!(status, 404, "no user data is a 404");
@@ -59,8 +64,14 @@ fn on_link_vm_gets_arp_from_the_program_and_routed_vm_via_its_gateway() {
     // VM "routed" sits on a bridge with a gateway namespace and sends to
     // 169.254.169.254 via the gateway's MAC, like a VM behind a router.
     let routed = hv.add_vm(SAME_IP).unwrap();
-    routed.ns.ip(&["route", "del", "169.254.169.254/32"]).unwrap();
-    routed.ns.ip(&["route", "add", "default", "via", "10.0.0.1"]).unwrap();
+    routed
+        .ns
+        .ip(&["route", "del", "169.254.169.254/32"])
+        .unwrap();
+    routed
+        .ns
+        .ip(&["route", "add", "default", "via", "10.0.0.1"])
+        .unwrap();
     let bridge = hv.add_bridge().unwrap();
     hv.plug(&routed.tap, &bridge).unwrap();
     let gateway = Gateway::new(&hv, &bridge).unwrap();
@@ -72,20 +83,38 @@ fn on_link_vm_gets_arp_from_the_program_and_routed_vm_via_its_gateway() {
     .unwrap();
     hv.start_daemon().unwrap();
 
-    let (status, body) = onlink.http_get(METADATA, "/openstack/latest/meta_data.json").unwrap();
+    let (status, body) = onlink
+        .http_get(METADATA, "/openstack/latest/meta_data.json")
+        .unwrap();
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("\"name\":\"onlink\""));
-    assert_eq!(counter(&hv, &onlink, "arp_replied"), 1, "the program answered ARP");
+    assert_eq!(
+        counter(&hv, &onlink, "arp_replied"),
+        1,
+        "the program answered ARP"
+    );
     let neigh = onlink.ns.ip(&["neigh", "show", "169.254.169.254"]).unwrap();
     let mdr0 = hv.mac_of("mdr0").unwrap();
-    assert!(neigh.contains(&mdr0), "guest resolved 169.254.169.254 to the host device: {neigh}");
+    assert!(
+        neigh.contains(&mdr0),
+        "guest resolved 169.254.169.254 to the host device: {neigh}"
+    );
 
-    let (status, body) = routed.http_get(METADATA, "/openstack/latest/meta_data.json").unwrap();
+    let (status, body) = routed
+        .http_get(METADATA, "/openstack/latest/meta_data.json")
+        .unwrap();
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("\"name\":\"routed\""));
-    assert_eq!(counter(&hv, &routed, "arp_replied"), 0, "the gateway answered ARP");
+    assert_eq!(
+        counter(&hv, &routed, "arp_replied"),
+        0,
+        "the gateway answered ARP"
+    );
     let neigh = routed.ns.ip(&["neigh", "show", "10.0.0.1"]).unwrap();
-    assert!(neigh.contains(&gateway.mac), "routed via the gateway: {neigh}");
+    assert!(
+        neigh.contains(&gateway.mac),
+        "routed via the gateway: {neigh}"
+    );
 }
 
 /// A router namespace on a bridge: 10.0.0.1/24, and 169.254.169.254 on
@@ -100,7 +129,18 @@ impl Gateway {
     fn new(hv: &Hypervisor, bridge: &str) -> anyhow::Result<Self> {
         let ns = metadata_tests::Netns::new("mdr-gw")?;
         let port = format!("gw{}", metadata_tests::unique_suffix());
-        hv.ns().ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+        hv.ns().ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
         hv.plug(&port, bridge)?;
         hv.ns().ip(&["link", "set", &port, "up"])?;
         ns.ip(&["addr", "add", "10.0.0.1/24", "dev", "eth0"])?;
@@ -118,15 +158,20 @@ fn other_traffic_from_a_vm_passes_unchanged() {
     let mut hv = Hypervisor::new().unwrap();
     let vm = hv.add_vm(SAME_IP).unwrap();
     vm.ns.ip(&["route", "del", "169.254.169.254/32"]).unwrap();
-    vm.ns.ip(&["route", "add", "default", "via", "10.0.0.1"]).unwrap();
+    vm.ns
+        .ip(&["route", "add", "default", "via", "10.0.0.1"])
+        .unwrap();
     let bridge = hv.add_bridge().unwrap();
     hv.plug(&vm.tap, &bridge).unwrap();
     let gateway = Gateway::new(&hv, &bridge).unwrap();
-    hv.set_instances(vec![InstanceSpec::for_vm(&vm, "vm")]).unwrap();
+    hv.set_instances(vec![InstanceSpec::for_vm(&vm, "vm")])
+        .unwrap();
     hv.start_daemon().unwrap();
 
     // ping across the bridge.
-    vm.ns.exec("ping", &["-c", "2", "-W", "2", "10.0.0.1"]).unwrap();
+    vm.ns
+        .exec("ping", &["-c", "2", "-W", "2", "10.0.0.1"])
+        .unwrap();
 
     // TCP to the gateway, and TCP to 169.254.169.254 on another port: both
     // arrive at the gateway with the VM's own address as source.
@@ -143,7 +188,9 @@ fn other_traffic_from_a_vm_passes_unchanged() {
         (&listeners.0, SocketAddr::from(([10, 0, 0, 1], 8080))),
         (&listeners.1, SocketAddr::from(([169, 254, 169, 254], 8080))),
     ] {
-        let client = vm.ns.run(move || std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)));
+        let client = vm
+            .ns
+            .run(move || std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)));
         let client = client.unwrap().unwrap();
         let (server_side, peer) = listener.accept().unwrap();
         assert_eq!(peer.ip(), SAME_IP, "source untouched for {target}");
@@ -160,7 +207,8 @@ fn other_traffic_from_a_vm_passes_unchanged() {
 fn metadata_requests_from_unregistered_sources_are_dropped_and_counted() {
     let mut hv = Hypervisor::new().unwrap();
     let vm = hv.add_vm(SAME_IP).unwrap();
-    hv.set_instances(vec![InstanceSpec::for_vm(&vm, "vm")]).unwrap();
+    hv.set_instances(vec![InstanceSpec::for_vm(&vm, "vm")])
+        .unwrap();
     hv.start_daemon().unwrap();
     // Served from its registered address first (this also resolves ARP).
     let (status, _) = vm.http_get(METADATA, "/openstack").unwrap();
@@ -168,16 +216,25 @@ fn metadata_requests_from_unregistered_sources_are_dropped_and_counted() {
     let steered = counter(&hv, &vm, "steered");
 
     // A second address the port record does not list.
-    vm.ns.ip(&["addr", "add", "10.0.0.99/24", "dev", "eth0"]).unwrap();
+    vm.ns
+        .ip(&["addr", "add", "10.0.0.99/24", "dev", "eth0"])
+        .unwrap();
     let spoofed = vm.http_get_from(Some(Ipv4Addr::new(10, 0, 0, 99)), METADATA, "/openstack");
-    assert!(spoofed.is_err(), "an unregistered source must not be served: {spoofed:?}");
+    assert!(
+        spoofed.is_err(),
+        "an unregistered source must not be served: {spoofed:?}"
+    );
     let dropped = wait_for("the drop counter", Duration::from_secs(5), || {
         let dropped = counter(&hv, &vm, "drop_unregistered");
         (dropped > 0).then_some(dropped)
     })
     .unwrap();
     assert!(dropped >= 1);
-    assert_eq!(counter(&hv, &vm, "steered"), steered, "nothing reached the proxy");
+    assert_eq!(
+        counter(&hv, &vm, "steered"),
+        steered,
+        "nothing reached the proxy"
+    );
     assert!(
         hv.log().contains("unregistered source 10.0.0.99"),
         "the program reported it through aya-log:\n{}",
@@ -218,7 +275,8 @@ fn status_lists_taps_slots_and_instances() {
     let a = hv.add_vm(SAME_IP).unwrap();
     let b = hv.add_vm(SAME_IP).unwrap();
     let spec_a = InstanceSpec::for_vm(&a, "a");
-    hv.set_instances(vec![spec_a.clone(), InstanceSpec::for_vm(&b, "b")]).unwrap();
+    hv.set_instances(vec![spec_a.clone(), InstanceSpec::for_vm(&b, "b")])
+        .unwrap();
     hv.start_daemon().unwrap();
     let status = hv.status().unwrap();
     let taps = status["taps"].as_array().unwrap();
@@ -226,8 +284,14 @@ fn status_lists_taps_slots_and_instances() {
     let tap_a = taps.iter().find(|t| t["device"] == a.tap.as_str()).unwrap();
     assert_eq!(tap_a["instance"], spec_a.id.as_str());
     assert_eq!(tap_a["slots"][0]["guest"], "10.0.0.5");
-    let nats: Vec<&str> = taps.iter().map(|t| t["slots"][0]["nat"].as_str().unwrap()).collect();
+    let nats: Vec<&str> = taps
+        .iter()
+        .map(|t| t["slots"][0]["nat"].as_str().unwrap())
+        .collect();
     assert_ne!(nats[0], nats[1], "same guest IP, different slots");
     let table = hv.daemon_command(&["status"]).unwrap();
-    assert!(table.contains(&a.tap) && table.contains(&spec_a.id), "{table}");
+    assert!(
+        table.contains(&a.tap) && table.contains(&spec_a.id),
+        "{table}"
+    );
 }

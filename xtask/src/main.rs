@@ -1,1 +1,148 @@
-fn main(){}
+//! `cargo xtask`: everything a developer or CI does with this repository.
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run, demo and test metadata-redirector"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (idempotent): the nightly
+    /// toolchain's rust-src, bpf-linker and the Debian packages the tests use.
+    Setup,
+    /// Build target/release/metadata-redirector.
+    Build,
+    /// Build, then run the daemon with ARGS (e.g. `run --config FILE`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Two VMs with the same IP, served by the daemon; prints what
+    /// cloud-init reads in each, then waits for Ctrl-C.
+    Demo {
+        /// Exit after printing instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Unit tests, BPF_PROG_TEST_RUN fixtures and end-to-end tests.
+    Test {
+        /// Extra arguments for `cargo test` (a filter, `--nocapture`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Setup => setup::all(),
+        Task::Build => {
+            setup::toolchain()?;
+            build()?;
+            Ok(())
+        }
+        Task::Run { args } => {
+            setup::toolchain()?;
+            let binary = build()?;
+            let status = Command::new(&binary)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", binary.display()))?;
+            if !status.success() {
+                bail!("metadata-redirector exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Demo { once } => {
+            require_root("the demo")?;
+            setup::all()?;
+            build()?;
+            demo::run(once)
+        }
+        Task::Test { args } => {
+            require_root("the tests (they create namespaces and load eBPF)")?;
+            setup::all()?;
+            test(&args)
+        }
+    }
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+/// Builds the release binary and returns its path.
+fn build() -> anyhow::Result<PathBuf> {
+    eprintln!("xtask: building target/release/metadata-redirector");
+    let status = cargo()
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "metadata-userspace",
+            "--bin",
+            "metadata-redirector",
+        ])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    Ok(root().join("target/release/metadata-redirector"))
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let binary = build()?;
+    eprintln!("xtask: running unit, fixture and end-to-end tests");
+    // Release profile: shares the build above instead of compiling the
+    // daemon a second time.
+    let status = cargo()
+        .args(["test", "--release"])
+        .args(args)
+        .env("MDR_BIN", &binary)
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("{what} must run as root");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

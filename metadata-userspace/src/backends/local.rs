@@ -55,9 +55,9 @@ impl LocalBackend {
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         match segments.as_slice() {
             [] => Reply::text(listing(EC2_VERSIONS.iter().copied().chain(["latest"]))),
-            ["openstack"] => {
-                Reply::text(listing(OPENSTACK_VERSIONS.iter().copied().chain(["latest"])))
-            }
+            ["openstack"] => Reply::text(listing(
+                OPENSTACK_VERSIONS.iter().copied().chain(["latest"]),
+            )),
             ["openstack", version, rest @ ..] => match openstack_version(version) {
                 Some(_) => openstack(who, rest),
                 None => Reply::status(StatusCode::NOT_FOUND),
@@ -171,12 +171,20 @@ fn network_data(who: &Identity) -> Value {
                     "netmask": std::net::Ipv6Addr::from(u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)).to_string(),
                     "routes": [], "network_id": port.network_id,
                 }),
-                (std::net::IpAddr::V4(_), None) if j == 0 || !port.ips[..j].iter().any(|p| p.addr.is_ipv4()) => json!({
-                    "id": id, "link": link_id, "type": "ipv4_dhcp", "network_id": port.network_id,
-                }),
-                (std::net::IpAddr::V6(_), None) if !port.ips[..j].iter().any(|p| p.addr.is_ipv6()) => json!({
-                    "id": id, "link": link_id, "type": "ipv6_dhcp", "network_id": port.network_id,
-                }),
+                (std::net::IpAddr::V4(_), None)
+                    if j == 0 || !port.ips[..j].iter().any(|p| p.addr.is_ipv4()) =>
+                {
+                    json!({
+                        "id": id, "link": link_id, "type": "ipv4_dhcp", "network_id": port.network_id,
+                    })
+                }
+                (std::net::IpAddr::V6(_), None)
+                    if !port.ips[..j].iter().any(|p| p.addr.is_ipv6()) =>
+                {
+                    json!({
+                        "id": id, "link": link_id, "type": "ipv6_dhcp", "network_id": port.network_id,
+                    })
+                }
                 _ => continue,
             };
             networks.push(network);
@@ -243,7 +251,10 @@ impl Ec2Node {
         match self {
             Self::Leaf(value) => Self::Leaf(value.clone()),
             Self::Folder(children) => Self::Folder(
-                children.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect(),
+                children
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                    .collect(),
             ),
             Self::PublicKeys(keys) => Self::PublicKeys(keys.clone()),
         }
@@ -261,7 +272,9 @@ impl Ec2Node {
                 }
             }))),
             Self::PublicKeys(keys) => Some(listing(
-                keys.iter().enumerate().map(|(i, (name, _))| format!("{i}={name}")),
+                keys.iter()
+                    .enumerate()
+                    .map(|(i, (name, _))| format!("{i}={name}")),
             )),
         }
     }
@@ -272,7 +285,12 @@ fn leaf(value: impl Into<String>) -> Ec2Node {
 }
 
 fn folder<const N: usize>(children: [(&str, Ec2Node); N]) -> Ec2Node {
-    Ec2Node::Folder(children.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    Ec2Node::Folder(
+        children
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    )
 }
 
 /// The EC2 meta-data tree Nova serves for an instance.
@@ -280,7 +298,12 @@ fn ec2_meta_data(who: &Identity) -> Ec2Node {
     let instance = &who.instance;
     // EC2 ids are "i-" plus 8 hex digits; Nova derives them from its
     // database id, which the local backend does not have: use the uuid.
-    let short: String = instance.id.chars().filter(char::is_ascii_hexdigit).take(8).collect();
+    let short: String = instance
+        .id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(8)
+        .collect();
     let ec2_id = format!("i-{short:0>8}");
     let local_ipv4 = match who.guest_addr {
         std::net::IpAddr::V4(addr) => addr.to_string(),
@@ -303,18 +326,29 @@ fn ec2_meta_data(who: &Identity) -> Ec2Node {
         ("local-ipv4", leaf(local_ipv4)),
         (
             "placement",
-            folder([("availability-zone", leaf(instance.availability_zone.clone()))]),
+            folder([(
+                "availability-zone",
+                leaf(instance.availability_zone.clone()),
+            )]),
         ),
         ("public-hostname", leaf(instance.hostname.clone())),
         ("public-ipv4", leaf("")),
-        ("reservation-id", leaf(format!("r-{}", &instance.id.chars().take(8).collect::<String>()))),
+        (
+            "reservation-id",
+            leaf(format!(
+                "r-{}",
+                &instance.id.chars().take(8).collect::<String>()
+            )),
+        ),
         ("security-groups", leaf("default")),
     ] {
         tree.insert(key.to_owned(), value);
     }
     if !instance.public_keys.is_empty() {
         let keys = instance.public_keys.iter();
-        let keys = keys.map(|(name, key)| (name.clone(), key.clone())).collect();
+        let keys = keys
+            .map(|(name, key)| (name.clone(), key.clone()))
+            .collect();
         tree.insert("public-keys".to_owned(), Ec2Node::PublicKeys(keys));
     }
     Ec2Node::Folder(tree)
@@ -325,13 +359,8 @@ fn fill_random(buf: &mut [u8]) {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: writes at most the remaining length into our buffer.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n <= 0 {
             break;
         }

@@ -61,7 +61,10 @@ impl Reply {
         let mut response = http::Response::new(http_body_util::Full::new(body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         response
     }

@@ -42,7 +42,8 @@ use crate::{
 };
 
 /// The eBPF object built by build.rs from the metadata-ebpf crate.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
 
 const TAP_PROGRAM: &str = "tap_ingress";
 const HOST_PROGRAM: &str = "host_egress";
@@ -166,11 +167,15 @@ impl Datapath {
         )?;
         let bpffs = dp.bpffs.clone();
         ensure_bpffs(&bpffs)?;
-        fs::create_dir_all(bpffs.join(LINKS_DIR))
-            .map_err(io_err(format!("creating {}", bpffs.join(LINKS_DIR).display())))?;
+        fs::create_dir_all(bpffs.join(LINKS_DIR)).map_err(io_err(format!(
+            "creating {}",
+            bpffs.join(LINKS_DIR).display()
+        )))?;
 
-        let pins: Vec<(&str, PathBuf)> =
-            PINNED_MAPS.iter().map(|&name| (name, bpffs.join(name))).collect();
+        let pins: Vec<(&str, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|&name| (name, bpffs.join(name)))
+            .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
@@ -178,12 +183,15 @@ impl Datapath {
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         start_logger(&mut ebpf);
 
-        let mut config_map: Array<MapData, DatapathConfigEntry> = take_map(&mut ebpf, map_names::CONFIG)?;
+        let mut config_map: Array<MapData, DatapathConfigEntry> =
+            take_map(&mut ebpf, map_names::CONFIG)?;
         let ports_v4 = take_map(&mut ebpf, map_names::PORTS_V4)?;
         let slots_v4 = take_map(&mut ebpf, map_names::SLOTS_V4)?;
         let counters = take_map(&mut ebpf, map_names::COUNTERS)?;
 
-        let capacity = u32::try_from(dp.nat_v4.size()).unwrap_or(u32::MAX).min(MAX_SLOTS_V4);
+        let capacity = u32::try_from(dp.nat_v4.size())
+            .unwrap_or(u32::MAX)
+            .min(MAX_SLOTS_V4);
         let entry = DatapathConfigEntry {
             host_ifindex: host.ifindex,
             proxy_v4: Ipv4Be(config.proxy.address.octets()),
@@ -198,9 +206,10 @@ impl Datapath {
 
         for name in [TAP_PROGRAM, HOST_PROGRAM] {
             let program = classifier(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| DatapathError::Program { program: name, source })?;
+            program.load().map_err(|source| DatapathError::Program {
+                program: name,
+                source,
+            })?;
         }
         let host_link = attach_pinned(
             classifier(&mut ebpf, HOST_PROGRAM)?,
@@ -246,7 +255,12 @@ impl Datapath {
         let mut taps = Vec::new();
         for link in &links {
             if link.ifindex == self.host.ifindex
-                || !self.config.datapath.interfaces.iter().any(|p| p.matches(&link.name))
+                || !self
+                    .config
+                    .datapath
+                    .interfaces
+                    .iter()
+                    .any(|p| p.matches(&link.name))
             {
                 continue;
             }
@@ -281,8 +295,12 @@ impl Datapath {
             if !self.tap_links.contains_key(&link.ifindex) {
                 let pin = self.link_pin(link.ifindex);
                 let program = classifier(&mut self.ebpf, TAP_PROGRAM)?;
-                let pinned = attach_pinned(program, TAP_PROGRAM, link, TcAttachType::Ingress, &pin)?;
-                info!("attached {TAP_PROGRAM} to {} (ifindex {})", link.name, link.ifindex.0);
+                let pinned =
+                    attach_pinned(program, TAP_PROGRAM, link, TcAttachType::Ingress, &pin)?;
+                info!(
+                    "attached {TAP_PROGRAM} to {} (ifindex {})",
+                    link.name, link.ifindex.0
+                );
                 self.tap_links.insert(link.ifindex, pinned);
             }
             let port_index = instance
@@ -294,7 +312,11 @@ impl Datapath {
                 name: link.name.clone(),
                 slots: Vec::new(),
             };
-            for &(key, slot) in plan.assigned.iter().filter(|(key, _)| key.ifindex == link.ifindex) {
+            for &(key, slot) in plan
+                .assigned
+                .iter()
+                .filter(|(key, _)| key.ifindex == link.ifindex)
+            {
                 let slot_addr = self.slot_addr(slot);
                 let guest = Ipv4Addr::from(key.addr.0);
                 registry.insert(
@@ -400,10 +422,10 @@ impl Datapath {
     }
 
     fn remove_counters(&mut self, ifindex: Ifindex) {
-        if let Err(err) = self.counters.remove(&ifindex) {
-            if !matches!(err, MapError::KeyNotFound) {
-                warn!("removing counters of ifindex {}: {err}", ifindex.0);
-            }
+        if let Err(err) = self.counters.remove(&ifindex)
+            && !matches!(err, MapError::KeyNotFound)
+        {
+            warn!("removing counters of ifindex {}: {err}", ifindex.0);
         }
     }
 
@@ -469,9 +491,10 @@ fn classifier<'a>(
         program: name,
         source: ProgramError::UnexpectedProgramType,
     })?;
-    program
-        .try_into()
-        .map_err(|source| DatapathError::Program { program: name, source })
+    program.try_into().map_err(|source| DatapathError::Program {
+        program: name,
+        source,
+    })
 }
 
 /// Attaches `program` to `link` through a TCX link pinned at `pin`. If a
@@ -495,14 +518,22 @@ fn attach_pinned(
             path: pin.to_owned(),
             source,
         })?;
-        let old = old.unpin().map_err(io_err(format!("unpinning {}", pin.display())))?;
+        let old = old
+            .unpin()
+            .map_err(io_err(format!("unpinning {}", pin.display())))?;
         match SchedClassifierLink::try_from(old) {
             Ok(old) => match program.attach_to_link(old) {
                 Ok(id) => link_id = Some(id),
                 // A link whose device is gone cannot be updated; attach anew.
-                Err(err) => warn!("replacing the program in {}: {err}; attaching anew", pin.display()),
+                Err(err) => warn!(
+                    "replacing the program in {}: {err}; attaching anew",
+                    pin.display()
+                ),
             },
-            Err(err) => warn!("{} is not a TCX link ({err}); attaching anew", pin.display()),
+            Err(err) => warn!(
+                "{} is not a TCX link ({err}); attaching anew",
+                pin.display()
+            ),
         }
     }
     let link_id = match link_id {
@@ -577,7 +608,10 @@ fn start_logger(ebpf: &mut Ebpf) {
             // SAFETY: the logger owns its ring buffer's fd, which stays open
             // and unchanged for as long as the logger (moved into AsyncFd).
             let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    logger,
+                    tokio::io::Interest::READABLE,
+                )
             };
             let fd = match registered {
                 Ok(fd) => fd,
@@ -680,7 +714,8 @@ pub fn read_status(config: &Config, index: &PortIndex) -> Result<Status, Datapat
     let ports: BpfHashMap<MapData, PortKeyV4, PortV4> =
         BpfHashMap::try_from(open(map_names::PORTS_V4)?).map_err(map_err(map_names::PORTS_V4))?;
     let counters: PerCpuHashMap<MapData, Ifindex, DeviceCounters> =
-        PerCpuHashMap::try_from(open(map_names::COUNTERS)?).map_err(map_err(map_names::COUNTERS))?;
+        PerCpuHashMap::try_from(open(map_names::COUNTERS)?)
+            .map_err(map_err(map_names::COUNTERS))?;
 
     let names: HashMap<Ifindex, String> = host::list_links()?
         .into_iter()
@@ -699,7 +734,10 @@ pub fn read_status(config: &Config, index: &PortIndex) -> Result<Status, Datapat
             else {
                 continue;
             };
-            let device = names.get(&ifindex).cloned().unwrap_or_else(|| "(gone)".into());
+            let device = names
+                .get(&ifindex)
+                .cloned()
+                .unwrap_or_else(|| "(gone)".into());
             let instance = index.by_device(&device).map(|(instance, _)| instance);
             taps.insert(
                 ifindex,
@@ -747,7 +785,8 @@ pub fn teardown(config: &Config) -> Result<Vec<String>, DatapathError> {
             let path = entry.path();
             match PinnedLink::from_pin(&path) {
                 Ok(link) => detach_pinned(link, &path),
-                Err(_) => fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?,
+                Err(_) => fs::remove_file(&path)
+                    .map_err(io_err(format!("removing {}", path.display())))?,
             }
             removed.push(path.display().to_string());
         }

@@ -100,11 +100,19 @@ mod tests {
 
     #[test]
     fn out_of_range_or_duplicate_slots_are_reassigned() {
-        let current = [(key(5, 5), Slot(9)), (key(6, 5), Slot(1)), (key(7, 5), Slot(1))];
+        let current = [
+            (key(5, 5), Slot(9)),
+            (key(6, 5), Slot(1)),
+            (key(7, 5), Slot(1)),
+        ];
         let plan = plan(&current, &[key(5, 5), key(6, 5), key(7, 5)], 4).unwrap();
         assert_eq!(
             plan.assigned,
-            [(key(5, 5), Slot(0)), (key(6, 5), Slot(1)), (key(7, 5), Slot(2))]
+            [
+                (key(5, 5), Slot(0)),
+                (key(6, 5), Slot(1)),
+                (key(7, 5), Slot(2))
+            ]
         );
         assert_eq!(plan.removed, [(key(5, 5), Slot(9)), (key(7, 5), Slot(1))]);
     }
