@@ -32,7 +32,64 @@ use anyhow::{Context as _, anyhow, bail, ensure};
 pub fn unique_suffix() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{}{}", base36(std::process::id()), base36(n))
+    format!("{}_{}", base36(std::process::id()), base36(n))
+}
+
+/// Removes what test or demo processes that no longer run left behind
+/// (killed with SIGKILL, say): namespaces, pins and temporary folders
+/// whose names carry a dead process id. Returns what was removed.
+pub fn sweep_stale() -> Vec<String> {
+    let alive = |suffix: &str| {
+        let pid = suffix
+            .split('_')
+            .next()
+            .and_then(|p| u32::from_str_radix(p, 36).ok());
+        pid.is_none_or(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let mut removed = Vec::new();
+    let namespaces = ip(&["netns", "list"]).unwrap_or_default();
+    for line in namespaces.lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(suffix) = ["mdr-hv-", "mdr-vm-", "mdr-gw-"]
+            .iter()
+            .find_map(|prefix| name.strip_prefix(prefix))
+        else {
+            continue;
+        };
+        if alive(suffix) {
+            continue;
+        }
+        if name.starts_with("mdr-hv-") {
+            let config =
+                std::env::temp_dir().join(format!("mdr-test-{suffix}/metadata-redirector.toml"));
+            if let (true, Ok(binary)) = (config.exists(), daemon_binary()) {
+                let _ = Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{name}"))
+                    .arg(binary)
+                    .args(["teardown", "--config"])
+                    .arg(&config)
+                    .output();
+            }
+        }
+        if ip(&["netns", "del", name]).is_ok() {
+            removed.push(format!("netns {name}"));
+        }
+    }
+    for folder in [PathBuf::from("/sys/fs/bpf"), std::env::temp_dir()] {
+        let Ok(entries) = fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(suffix) = name.strip_prefix("mdr-test-")
+                && !alive(suffix)
+                && fs::remove_dir_all(entry.path()).is_ok()
+            {
+                removed.push(entry.path().display().to_string());
+            }
+        }
+    }
+    removed
 }
 
 fn base36(mut n: u32) -> String {

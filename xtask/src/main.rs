@@ -73,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             require_root("the demo")?;
             setup::all()?;
             build()?;
+            sweep();
             demo::run(once)
         }
         Task::Test { args } => {
@@ -117,8 +118,16 @@ fn build() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release/metadata-redirector"))
 }
 
+/// Removes what earlier, killed test or demo runs left behind.
+fn sweep() {
+    for item in metadata_tests::sweep_stale() {
+        eprintln!("xtask: removed leftover {item}");
+    }
+}
+
 fn test(args: &[String]) -> anyhow::Result<()> {
     let binary = build()?;
+    sweep();
     eprintln!("xtask: running unit, fixture and end-to-end tests");
     // Release profile: shares the build above instead of compiling the
     // daemon a second time.
