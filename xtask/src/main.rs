@@ -4,8 +4,9 @@ mod demo;
 mod setup;
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -130,17 +131,42 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     sweep();
     eprintln!("xtask: running unit, fixture and end-to-end tests");
     // Release profile: shares the build above instead of compiling the
-    // daemon a second time.
-    let status = cargo()
-        .args(["test", "--release"])
+    // daemon a second time. No doc tests: there are none, and their empty
+    // summaries would be the last lines of the run.
+    let mut child = cargo()
+        .args(["test", "--release", "--lib", "--bins", "--tests"])
         .args(args)
         .env("MDR_BIN", &binary)
-        .status()
+        .stdout(Stdio::piped())
+        .spawn()
         .context("running cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            passed += count_before(result, " passed");
+            failed += count_before(result, " failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("summary: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("tests failed");
     }
     Ok(())
+}
+
+/// The number right before `label` in a libtest summary such as
+/// "ok. 12 passed; 0 failed; ...".
+fn count_before(summary: &str, label: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| part.trim().strip_suffix(label))
+        .and_then(|n| n.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
