@@ -11,6 +11,7 @@ use std::{
 };
 
 use serde::{Deserialize, Deserializer, de};
+use toml::Spanned;
 
 /// A configuration or instances file that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +109,42 @@ pub struct Config {
     pub datapath: DatapathConfig,
     pub proxy: ProxyConfig,
     pub ports: PortsConfig,
+    /// `[backend]` as written; [`Config::backend`] is what it means.
+    #[serde(rename = "backend")]
+    backend_section: BackendSection,
+    #[serde(skip)]
     pub backend: BackendConfig,
+}
+
+/// `[backend]` as written: one flat table whose `type` says which keys
+/// apply. Parsed flat rather than as a tagged enum so that every error
+/// keeps the line of the key it is about.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendSection {
+    #[serde(rename = "type")]
+    kind: Option<Spanned<BackendKind>>,
+    // local
+    vendor_data: Option<Spanned<toml::Table>>,
+    vendor_data2: Option<Spanned<toml::Table>>,
+    dns: Option<Spanned<Vec<std::net::IpAddr>>>,
+    // nova
+    url: Option<Spanned<NovaUrl>>,
+    shared_secret: Option<Spanned<String>>,
+    shared_secret_file: Option<Spanned<PathBuf>>,
+    ca_file: Option<Spanned<PathBuf>>,
+    client_cert: Option<Spanned<PathBuf>>,
+    client_key: Option<Spanned<PathBuf>>,
+    insecure: Option<Spanned<bool>>,
+    connect_timeout_s: Option<Spanned<u64>>,
+    timeout_s: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum BackendKind {
+    Local,
+    Nova,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,28 +231,198 @@ pub enum PortSourceKind {
     File,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
+#[derive(Debug, Clone)]
 pub enum BackendConfig {
     /// Serve metadata from the instances file.
-    #[default]
-    Local,
+    Local(LocalBackendConfig),
+    /// Forward to Nova's metadata API like neutron-metadata-agent.
+    Nova(NovaBackendConfig),
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self::Local(LocalBackendConfig::default())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LocalBackendConfig {
+    /// vendor_data.json for every instance.
+    pub vendor_data: toml::Table,
+    /// vendor_data2.json for every instance.
+    pub vendor_data2: toml::Table,
+    /// DNS servers listed in network_data.json when a port names none.
+    pub dns: Vec<std::net::IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NovaBackendConfig {
+    /// Nova's metadata API, e.g. "http://controller:8775".
+    pub url: NovaUrl,
+    /// The secret shared with Nova (`[neutron] metadata_proxy_shared_secret`).
+    pub shared_secret: Option<String>,
+    /// A file holding the shared secret (trailing newline ignored).
+    pub shared_secret_file: Option<PathBuf>,
+    /// CA bundle (PEM) that verifies Nova's certificate over https.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for Nova, both or neither.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Do not verify Nova's certificate.
+    pub insecure: bool,
+    pub connect_timeout_s: u64,
+    pub timeout_s: u64,
+}
+
+impl BackendSection {
+    /// What the section means, or an error naming the offending key.
+    fn resolve(self, path: &Path, source: &str) -> Result<BackendConfig, ConfigError> {
+        let err = |span: std::ops::Range<usize>, message: String| {
+            Err(ConfigError::at(path, source, span, message))
+        };
+        let kind = self
+            .kind
+            .as_ref()
+            .map_or(BackendKind::Local, |k| *k.get_ref());
+        let kind_span = self.kind.as_ref().map_or(0..0, Spanned::span);
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let file = |p: Option<Spanned<PathBuf>>| {
+            p.map(|p| {
+                let p = p.into_inner();
+                if p.is_relative() { base.join(p) } else { p }
+            })
+        };
+        let nova_only: [(&str, Option<std::ops::Range<usize>>); 9] = [
+            ("url", self.url.as_ref().map(Spanned::span)),
+            (
+                "shared_secret",
+                self.shared_secret.as_ref().map(Spanned::span),
+            ),
+            (
+                "shared_secret_file",
+                self.shared_secret_file.as_ref().map(Spanned::span),
+            ),
+            ("ca_file", self.ca_file.as_ref().map(Spanned::span)),
+            ("client_cert", self.client_cert.as_ref().map(Spanned::span)),
+            ("client_key", self.client_key.as_ref().map(Spanned::span)),
+            ("insecure", self.insecure.as_ref().map(Spanned::span)),
+            (
+                "connect_timeout_s",
+                self.connect_timeout_s.as_ref().map(Spanned::span),
+            ),
+            ("timeout_s", self.timeout_s.as_ref().map(Spanned::span)),
+        ];
+        let local_only: [(&str, Option<std::ops::Range<usize>>); 3] = [
+            ("vendor_data", self.vendor_data.as_ref().map(Spanned::span)),
+            (
+                "vendor_data2",
+                self.vendor_data2.as_ref().map(Spanned::span),
+            ),
+            ("dns", self.dns.as_ref().map(Spanned::span)),
+        ];
+        match kind {
+            BackendKind::Local => {
+                if let Some((key, Some(span))) = nova_only.into_iter().find(|(_, s)| s.is_some()) {
+                    return err(span, format!("`{key}` applies to type = \"nova\" only"));
+                }
+                Ok(BackendConfig::Local(LocalBackendConfig {
+                    vendor_data: self
+                        .vendor_data
+                        .map(Spanned::into_inner)
+                        .unwrap_or_default(),
+                    vendor_data2: self
+                        .vendor_data2
+                        .map(Spanned::into_inner)
+                        .unwrap_or_default(),
+                    dns: self.dns.map(Spanned::into_inner).unwrap_or_default(),
+                }))
+            }
+            BackendKind::Nova => {
+                if let Some((key, Some(span))) = local_only.into_iter().find(|(_, s)| s.is_some()) {
+                    return err(span, format!("`{key}` applies to type = \"local\" only"));
+                }
+                let Some(url) = self.url else {
+                    return err(kind_span, "type = \"nova\" needs `url`".into());
+                };
+                if self.shared_secret.is_some() == self.shared_secret_file.is_some() {
+                    return err(
+                        kind_span,
+                        "give exactly one of `shared_secret` and `shared_secret_file`".into(),
+                    );
+                }
+                if let (Some(cert), None) | (None, Some(cert)) =
+                    (&self.client_cert, &self.client_key)
+                {
+                    return err(
+                        cert.span(),
+                        "give both `client_cert` and `client_key`, or neither".into(),
+                    );
+                }
+                Ok(BackendConfig::Nova(NovaBackendConfig {
+                    url: url.into_inner(),
+                    shared_secret: self.shared_secret.map(Spanned::into_inner),
+                    shared_secret_file: file(self.shared_secret_file),
+                    ca_file: file(self.ca_file),
+                    client_cert: file(self.client_cert),
+                    client_key: file(self.client_key),
+                    insecure: self.insecure.is_some_and(|i| *i.get_ref()),
+                    connect_timeout_s: self.connect_timeout_s.map_or(5, Spanned::into_inner),
+                    timeout_s: self.timeout_s.map_or(60, Spanned::into_inner),
+                }))
+            }
+        }
+    }
+}
+
+/// An http or https URL with no path beyond "/".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NovaUrl(pub http::Uri);
+
+impl FromStr for NovaUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|err| format!("`{text}` is not a URL: {err}"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err(format!("`{text}`: the scheme must be http or https")),
+        }
+        if uri.host().is_none() {
+            return Err(format!("`{text}` has no host"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!("`{text}`: give only scheme, host and port"));
+        }
+        Ok(Self(uri))
+    }
 }
 
 impl Config {
     /// Loads the config file; relative paths in it become relative to the
     /// file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let (mut config, source): (Self, String) = parse_file(path)?;
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &source)
+    }
+
+    /// Parses config text that came from `path`.
+    pub fn parse(path: &Path, source: &str) -> Result<Self, ConfigError> {
+        let mut config: Self = parse_str(path, source)?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         if config.ports.file.is_relative() {
             config.ports.file = base.join(&config.ports.file);
         }
+        config.backend = std::mem::take(&mut config.backend_section).resolve(path, source)?;
         if config.datapath.host_mtu < 1280 || config.datapath.host_mtu > 65_535 {
             let at = source.find("host_mtu").unwrap_or(0);
             return Err(ConfigError::at(
                 path,
-                &source,
+                source,
                 at..at,
                 format!(
                     "{} is not an MTU between 1280 and 65535",
@@ -337,14 +543,14 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(DeviceName, GlobPattern, Ipv4Net);
+deserialize_from_str!(DeviceName, GlobPattern, Ipv4Net, NovaUrl);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        parse_str(Path::new("/etc/mdr.toml"), text)
+        Config::parse(Path::new("/etc/mdr.toml"), text)
     }
 
     #[test]
@@ -356,7 +562,7 @@ mod tests {
         assert_eq!(config.proxy.address, Ipv4Addr::new(169, 254, 169, 254));
         assert_eq!(config.proxy.port, 80);
         assert_eq!(config.ports.source, PortSourceKind::File);
-        assert!(matches!(config.backend, BackendConfig::Local));
+        assert!(matches!(config.backend, BackendConfig::Local(_)));
     }
 
     #[test]
@@ -391,6 +597,33 @@ mod tests {
     fn unknown_backend_type_is_an_error() {
         let err = parse("[backend]\ntype = \"carrier-pigeon\"\n").unwrap_err();
         assert!(err.to_string().contains(":2: key `backend.type`"), "{err}");
+    }
+
+    #[test]
+    fn nova_backend_keys_are_checked() {
+        let config = parse(
+            "[backend]\ntype = \"nova\"\nurl = \"https://nova:8775\"\nshared_secret = \"s\"\n",
+        )
+        .unwrap();
+        let BackendConfig::Nova(nova) = config.backend else {
+            panic!("not nova");
+        };
+        assert_eq!((nova.connect_timeout_s, nova.timeout_s), (5, 60));
+        let err =
+            parse("[backend]\ntype = \"nova\"\nurl = \"ftp://nova\"\nshared_secret = \"s\"\n")
+                .unwrap_err();
+        assert!(err.to_string().contains(":3: key `backend.url`"), "{err}");
+        let err = parse("[backend]\ntype = \"local\"\nurl = \"http://nova\"\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/mdr.toml:3: key `backend.url`: `url` applies to type = \"nova\" only"
+        );
+        let err = parse("[backend]\ntype = \"nova\"\nurl = \"http://nova\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(":2: key `backend.type`: give exactly one"),
+            "{err}"
+        );
     }
 
     #[test]

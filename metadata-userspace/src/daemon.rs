@@ -41,7 +41,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             config.proxy.address, config.proxy.port
         )
     })?;
-    let backend = Arc::new(Backend::new(&config.backend));
+    let backend = Backend::new(&config.backend, &config.daemon.state_dir)
+        .context("setting up the backend")?;
+    let backend = Arc::new(backend);
     let server = tokio::spawn(proxy::serve(listener, Arc::clone(&registry), backend));
     info!(
         "serving metadata on {}:{} via {}",
@@ -56,6 +58,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
     let mut links = datapath::host::list_links().unwrap_or_default();
+    let mut ports_mtime = modified(&config.ports.file);
     loop {
         let reload = tokio::select! {
             _ = sigint.recv() => break,
@@ -67,6 +70,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             match PortIndex::load(&config.ports.file) {
                 Ok(new) => {
                     info!("reloaded {}", config.ports.file.display());
+                    index = new;
+                }
+                Err(err) => {
+                    error!("keeping the previous port records: {err}");
+                    continue;
+                }
+            }
+        } else if modified(&config.ports.file) != ports_mtime {
+            // The instances file changed on disk: reload it like SIGHUP.
+            ports_mtime = modified(&config.ports.file);
+            match PortIndex::load(&config.ports.file) {
+                Ok(new) => {
+                    info!("reloaded {} (changed on disk)", config.ports.file.display());
                     index = new;
                 }
                 Err(err) => {
@@ -102,6 +118,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // where nothing listens until the next daemon starts (fail closed).
     info!("stopped; programs stay attached until `metadata-redirector teardown`");
     Ok(())
+}
+
+/// The modification time of `path`, if it can be read.
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 fn log_attached(datapath: &Datapath) {

@@ -29,6 +29,8 @@ pub struct Instance {
     pub user_data: Option<String>,
     pub public_keys: BTreeMap<String, String>,
     pub meta: BTreeMap<String, String>,
+    /// Files injected through meta_data.json's "files" (path, content).
+    pub files: Vec<(String, String)>,
     pub ports: Vec<Port>,
 }
 
@@ -40,6 +42,10 @@ pub struct Port {
     pub mac: Mac,
     pub network_id: String,
     pub ips: Vec<PortAddress>,
+    /// Default gateway of the port's subnet (network_data.json route).
+    pub gateway: Option<IpAddr>,
+    pub mtu: Option<u32>,
+    pub dns: Vec<IpAddr>,
 }
 
 impl Port {
@@ -149,8 +155,17 @@ struct InstanceRecord {
     public_keys: BTreeMap<String, String>,
     #[serde(default)]
     meta: BTreeMap<String, String>,
+    #[serde(default)]
+    files: Vec<FileRecord>,
     #[serde(default, rename = "port")]
     ports: Vec<PortRecord>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRecord {
+    path: String,
+    content: String,
 }
 
 fn default_availability_zone() -> String {
@@ -165,6 +180,10 @@ struct PortRecord {
     network_id: String,
     #[serde(default)]
     ips: Vec<Spanned<PortAddress>>,
+    gateway: Option<IpAddr>,
+    mtu: Option<u32>,
+    #[serde(default)]
+    dns: Vec<IpAddr>,
 }
 
 /// All port records, indexed the ways the daemon looks them up.
@@ -244,6 +263,9 @@ impl PortIndex {
                     mac: port.mac,
                     network_id: port.network_id,
                     ips,
+                    gateway: port.gateway,
+                    mtu: port.mtu,
+                    dns: port.dns,
                 });
             }
             let name = record.name.unwrap_or_else(|| id.clone());
@@ -257,6 +279,11 @@ impl PortIndex {
                 user_data: record.user_data,
                 public_keys: record.public_keys,
                 meta: record.meta,
+                files: record
+                    .files
+                    .into_iter()
+                    .map(|f| (f.path, f.content))
+                    .collect(),
                 ports,
             });
             for (i, port) in instance.ports.iter().enumerate() {

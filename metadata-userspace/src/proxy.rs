@@ -84,8 +84,9 @@ async fn handle(
         );
         return Reply::status(StatusCode::FORBIDDEN).into_response(&method);
     };
-    let path = request.uri().path().to_owned();
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(err) => {
             let status = if err
@@ -99,7 +100,7 @@ async fn handle(
             return Reply::status(status).into_response(&method);
         }
     };
-    let reply = backend.handle(&identity, &method, &path, body).await;
+    let reply = backend.handle(&identity, &parts, body).await;
     debug!(
         "{} {method} {path} -> {} ({} {})",
         identity.guest_addr,

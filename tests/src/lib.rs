@@ -12,6 +12,7 @@
 //!
 //! The demo (`cargo xtask demo`) uses the same harness.
 
+pub mod nova_peer;
 pub mod packet;
 
 use std::{
@@ -612,6 +613,39 @@ impl Vm {
     /// An HTTP/1.1 GET from inside the VM, with a deadline.
     pub fn http_get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
         self.http_get_from(None, addr, path)
+    }
+
+    /// Any request from inside the VM: method, path, extra header lines
+    /// ("Name: value") and body.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: &[u8],
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
+        let (method, path) = (method.to_owned(), path.to_owned());
+        let headers: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+        let body = body.to_vec();
+        self.ns.run(move || {
+            let timeout = Duration::from_secs(10);
+            let mut stream = TcpStream::connect_timeout(&METADATA, timeout)?;
+            stream.set_read_timeout(Some(timeout))?;
+            let mut request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+            for header in &headers {
+                request.push_str(header);
+                request.push_str("\r\n");
+            }
+            request.push_str("\r\n");
+            stream.write_all(request.as_bytes())?;
+            stream.write_all(&body)?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response)?;
+            parse_response(&response)
+        })?
     }
 
     /// Like [`Self::http_get`], from a given local address.

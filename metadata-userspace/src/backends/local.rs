@@ -11,8 +11,11 @@ use base64::Engine as _;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::Reply;
-use crate::datapath::Identity;
+use super::{
+    Reply,
+    password::{PasswordError, PasswordStore},
+};
+use crate::{config::LocalBackendConfig, datapath::Identity};
 
 /// OpenStack metadata versions, oldest first, as Nova lists them.
 pub const OPENSTACK_VERSIONS: [&str; 10] = [
@@ -42,29 +45,110 @@ pub const EC2_VERSIONS: [&str; 9] = [
 ];
 
 /// Serves metadata from the instance records.
-#[derive(Debug, Default)]
-pub struct LocalBackend;
+#[derive(Debug)]
+pub struct LocalBackend {
+    vendor_data: Value,
+    vendor_data2: Value,
+    dns: Vec<std::net::IpAddr>,
+    passwords: PasswordStore,
+}
 
 impl LocalBackend {
-    /// Answers `method path` for the guest `who`.
-    pub fn handle(&self, who: &Identity, method: &Method, path: &str) -> Reply {
+    pub fn new(config: &LocalBackendConfig, state_dir: &std::path::Path) -> Self {
+        let to_json =
+            |table: &toml::Table| serde_json::to_value(table).unwrap_or_else(|_| json!({}));
+        Self {
+            vendor_data: to_json(&config.vendor_data),
+            vendor_data2: to_json(&config.vendor_data2),
+            dns: config.dns.clone(),
+            passwords: PasswordStore::new(state_dir),
+        }
+    }
+
+    /// Answers `method path` (with `body` for POST) for the guest `who`.
+    pub fn handle(&self, who: &Identity, method: &Method, path: &str, body: &[u8]) -> Reply {
+        // Nova ignores empty segments ("//") and a trailing slash alike.
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if let ["openstack", version, "password"] = segments.as_slice() {
+            return match openstack_version(version) {
+                Some(_) => self.password(who, method, body),
+                None => Reply::status(StatusCode::NOT_FOUND),
+            };
+        }
         if method != Method::GET && method != Method::HEAD {
             return Reply::status(StatusCode::METHOD_NOT_ALLOWED);
         }
-        // Nova ignores empty segments ("//") and a trailing slash alike.
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         match segments.as_slice() {
             [] => Reply::text(listing(EC2_VERSIONS.iter().copied().chain(["latest"]))),
             ["openstack"] => Reply::text(listing(
                 OPENSTACK_VERSIONS.iter().copied().chain(["latest"]),
             )),
+            ["openstack", "content", name] => content(who, name),
             ["openstack", version, rest @ ..] => match openstack_version(version) {
-                Some(_) => openstack(who, rest),
+                Some(_) => self.openstack(who, rest),
                 None => Reply::status(StatusCode::NOT_FOUND),
             },
             [version, rest @ ..] if ec2_version(version) => ec2(who, rest),
             _ => Reply::status(StatusCode::NOT_FOUND),
         }
+    }
+
+    /// GET returns the password ("" when none); POST sets it once (Nova's
+    /// nova/api/metadata/password.py: 409 when set, 400 when too long or
+    /// another method).
+    fn password(&self, who: &Identity, method: &Method, body: &[u8]) -> Reply {
+        let instance = &who.instance.id;
+        match *method {
+            Method::GET | Method::HEAD => match self.passwords.get(instance) {
+                Ok(password) => Reply::bytes(password),
+                Err(err) => {
+                    log::error!("reading the password of {instance}: {err}");
+                    Reply::status(StatusCode::INTERNAL_SERVER_ERROR)
+                }
+            },
+            Method::POST => match self.passwords.set_once(instance, body) {
+                Ok(()) => Reply::text(String::new()),
+                Err(PasswordError::AlreadySet) => Reply::status(StatusCode::CONFLICT),
+                Err(PasswordError::TooLong) => Reply::status(StatusCode::BAD_REQUEST),
+                Err(err) => {
+                    log::error!("{err}");
+                    Reply::status(StatusCode::INTERNAL_SERVER_ERROR)
+                }
+            },
+            _ => Reply::status(StatusCode::BAD_REQUEST),
+        }
+    }
+
+    fn openstack(&self, who: &Identity, rest: &[&str]) -> Reply {
+        let instance = &who.instance;
+        match rest {
+            [] => {
+                let mut items = vec!["meta_data.json", "password"];
+                if instance.user_data.is_some() {
+                    items.push("user_data");
+                }
+                items.extend(["vendor_data.json", "network_data.json", "vendor_data2.json"]);
+                Reply::text(listing(items))
+            }
+            ["meta_data.json"] => Reply::json(&openstack_meta_data(who)),
+            ["user_data"] => match &instance.user_data {
+                Some(data) => Reply::bytes(data.as_bytes().to_vec()),
+                None => Reply::status(StatusCode::NOT_FOUND),
+            },
+            ["vendor_data.json"] => Reply::json(&self.vendor_data),
+            ["vendor_data2.json"] => Reply::json(&self.vendor_data2),
+            ["network_data.json"] => Reply::json(&network_data(who, &self.dns)),
+            _ => Reply::status(StatusCode::NOT_FOUND),
+        }
+    }
+}
+
+/// /openstack/content/NNNN: the files listed in meta_data.json.
+fn content(who: &Identity, name: &str) -> Reply {
+    let index: Option<usize> = name.parse().ok();
+    match index.and_then(|i| who.instance.files.get(i)) {
+        Some((_, data)) => Reply::bytes(data.as_bytes().to_vec()),
+        None => Reply::status(StatusCode::NOT_FOUND),
     }
 }
 
@@ -87,28 +171,6 @@ fn listing<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
     text
 }
 
-fn openstack(who: &Identity, rest: &[&str]) -> Reply {
-    let instance = &who.instance;
-    match rest {
-        [] => {
-            let mut items = vec!["meta_data.json"];
-            if instance.user_data.is_some() {
-                items.push("user_data");
-            }
-            items.extend(["vendor_data.json", "network_data.json", "vendor_data2.json"]);
-            Reply::text(listing(items))
-        }
-        ["meta_data.json"] => Reply::json(&openstack_meta_data(who)),
-        ["user_data"] => match &instance.user_data {
-            Some(data) => Reply::bytes(data.as_bytes().to_vec()),
-            None => Reply::status(StatusCode::NOT_FOUND),
-        },
-        ["vendor_data.json"] | ["vendor_data2.json"] => Reply::json(&json!({})),
-        ["network_data.json"] => Reply::json(&network_data(who)),
-        _ => Reply::status(StatusCode::NOT_FOUND),
-    }
-}
-
 /// meta_data.json as Nova builds it (nova/api/metadata/base.py).
 fn openstack_meta_data(who: &Identity) -> Value {
     let instance = &who.instance;
@@ -119,7 +181,7 @@ fn openstack_meta_data(who: &Identity) -> Value {
         .collect();
     let mut seed = [0u8; 512];
     fill_random(&mut seed);
-    json!({
+    let mut meta = json!({
         "uuid": instance.id,
         "name": instance.name,
         "hostname": instance.hostname,
@@ -131,7 +193,17 @@ fn openstack_meta_data(who: &Identity) -> Value {
         "meta": instance.meta,
         "devices": [],
         "random_seed": base64::engine::general_purpose::STANDARD.encode(seed),
-    })
+    });
+    if !instance.files.is_empty() {
+        let files: Vec<Value> = instance
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, (path, _))| json!({"path": path, "content_path": format!("/content/{i:04}")}))
+            .collect();
+        meta["files"] = Value::Array(files);
+    }
+    meta
 }
 
 fn key_type(key: &str) -> &'static str {
@@ -142,11 +214,15 @@ fn key_type(key: &str) -> &'static str {
     }
 }
 
-/// network_data.json from the port records: one link per port, one
-/// network per address (DHCP when the record gives no prefix length).
-fn network_data(who: &Identity) -> Value {
+/// network_data.json from the port records, as Nova's
+/// nova/virt/netutils.py builds it: one link per port, one network per
+/// fixed address with its netmask and routes, or a DHCP network when the
+/// record gives no prefix length; DNS servers as services.
+fn network_data(who: &Identity, default_dns: &[std::net::IpAddr]) -> Value {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let mut links = Vec::new();
     let mut networks = Vec::new();
+    let mut services = Vec::new();
     for (i, port) in who.instance.ports.iter().enumerate() {
         let link_id = format!("tap{i}");
         links.push(json!({
@@ -154,43 +230,64 @@ fn network_data(who: &Identity) -> Value {
             "vif_id": port.device.0,
             "type": "ethernet",
             "ethernet_mac_address": port.mac.to_string(),
-            "mtu": Value::Null,
+            "mtu": port.mtu,
         }));
-        for (j, ip) in port.ips.iter().enumerate() {
+        let mut dhcp_v4 = false;
+        for ip in &port.ips {
             let id = format!("network{}", networks.len());
             let network = match (ip.addr, ip.prefix_len) {
-                (std::net::IpAddr::V4(addr), Some(len)) => json!({
-                    "id": id, "link": link_id, "type": "ipv4",
-                    "ip_address": addr.to_string(),
-                    "netmask": std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)).to_string(),
-                    "routes": [], "network_id": port.network_id,
-                }),
-                (std::net::IpAddr::V6(addr), Some(len)) => json!({
-                    "id": id, "link": link_id, "type": "ipv6",
-                    "ip_address": addr.to_string(),
-                    "netmask": std::net::Ipv6Addr::from(u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)).to_string(),
-                    "routes": [], "network_id": port.network_id,
-                }),
-                (std::net::IpAddr::V4(_), None)
-                    if j == 0 || !port.ips[..j].iter().any(|p| p.addr.is_ipv4()) =>
-                {
+                (IpAddr::V4(addr), Some(len)) => {
+                    let mask =
+                        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0));
+                    let routes: Vec<Value> = match port.gateway {
+                        Some(IpAddr::V4(gw)) => vec![json!({
+                            "network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": gw.to_string(),
+                        })],
+                        _ => Vec::new(),
+                    };
                     json!({
-                        "id": id, "link": link_id, "type": "ipv4_dhcp", "network_id": port.network_id,
+                        "id": id, "link": link_id, "type": "ipv4",
+                        "ip_address": addr.to_string(), "netmask": mask.to_string(),
+                        "routes": routes, "network_id": port.network_id,
                     })
                 }
-                (std::net::IpAddr::V6(_), None)
-                    if !port.ips[..j].iter().any(|p| p.addr.is_ipv6()) =>
-                {
+                (IpAddr::V6(addr), Some(len)) => {
+                    let mask =
+                        Ipv6Addr::from(u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0));
+                    let routes: Vec<Value> = match port.gateway {
+                        Some(IpAddr::V6(gw)) => vec![json!({
+                            "network": "::", "netmask": "::", "gateway": gw.to_string(),
+                        })],
+                        _ => Vec::new(),
+                    };
                     json!({
-                        "id": id, "link": link_id, "type": "ipv6_dhcp", "network_id": port.network_id,
+                        "id": id, "link": link_id, "type": "ipv6",
+                        "ip_address": addr.to_string(), "netmask": mask.to_string(),
+                        "routes": routes, "network_id": port.network_id,
                     })
+                }
+                // One DHCP network per link is enough for cloud-init.
+                (IpAddr::V4(_), None) if !dhcp_v4 => {
+                    dhcp_v4 = true;
+                    json!({"id": id, "link": link_id, "type": "ipv4_dhcp", "network_id": port.network_id})
                 }
                 _ => continue,
             };
             networks.push(network);
         }
+        let dns = if port.dns.is_empty() {
+            default_dns
+        } else {
+            &port.dns
+        };
+        for server in dns {
+            let service = json!({"type": "dns", "address": server.to_string()});
+            if !services.contains(&service) {
+                services.push(service);
+            }
+        }
     }
-    json!({"links": links, "networks": networks, "services": []})
+    json!({"links": links, "networks": networks, "services": services})
 }
 
 /// The EC2 tree under one version.

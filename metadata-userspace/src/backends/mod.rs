@@ -1,9 +1,13 @@
 //! What answers a guest's request once the proxy knows who the guest is.
 
 pub mod local;
+pub mod nova;
+pub mod password;
+
+use std::path::Path;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header, request::Parts};
 
 use crate::{config::BackendConfig, datapath::Identity};
 
@@ -11,9 +15,11 @@ use crate::{config::BackendConfig, datapath::Identity};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub status: StatusCode,
-    pub content_type: &'static str,
+    pub content_type: HeaderValue,
     pub body: Bytes,
 }
+
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=UTF-8");
 
 impl Reply {
     /// A bare status with its canonical reason as the body.
@@ -21,7 +27,7 @@ impl Reply {
         let reason = status.canonical_reason().unwrap_or("error");
         Self {
             status,
-            content_type: "text/plain; charset=UTF-8",
+            content_type: TEXT,
             body: Bytes::from(format!("{} {reason}\n", status.as_u16())),
         }
     }
@@ -29,7 +35,7 @@ impl Reply {
     pub fn text(text: String) -> Self {
         Self {
             status: StatusCode::OK,
-            content_type: "text/plain; charset=UTF-8",
+            content_type: TEXT,
             body: Bytes::from(text),
         }
     }
@@ -37,7 +43,7 @@ impl Reply {
     pub fn bytes(body: Vec<u8>) -> Self {
         Self {
             status: StatusCode::OK,
-            content_type: "application/octet-stream",
+            content_type: HeaderValue::from_static("application/octet-stream"),
             body: Bytes::from(body),
         }
     }
@@ -45,7 +51,7 @@ impl Reply {
     pub fn json(value: &serde_json::Value) -> Self {
         Self {
             status: StatusCode::OK,
-            content_type: "application/json",
+            content_type: HeaderValue::from_static("application/json"),
             body: Bytes::from(value.to_string()),
         }
     }
@@ -61,10 +67,7 @@ impl Reply {
         let mut response = http::Response::new(http_body_util::Full::new(body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(self.content_type),
-        );
+        headers.insert(header::CONTENT_TYPE, self.content_type);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         response
     }
@@ -74,19 +77,23 @@ impl Reply {
 #[derive(Debug)]
 pub enum Backend {
     Local(local::LocalBackend),
+    // Boxed: the connection pool is large, and there is one backend.
+    Nova(Box<nova::NovaBackend>),
 }
 
 impl Backend {
-    pub fn new(config: &BackendConfig) -> Self {
-        match config {
-            BackendConfig::Local => Self::Local(local::LocalBackend),
-        }
+    pub fn new(config: &BackendConfig, state_dir: &Path) -> Result<Self, nova::NovaError> {
+        Ok(match config {
+            BackendConfig::Local(local) => Self::Local(local::LocalBackend::new(local, state_dir)),
+            BackendConfig::Nova(nova) => Self::Nova(Box::new(nova::NovaBackend::new(nova)?)),
+        })
     }
 
     /// Answers one request from `who`.
-    pub async fn handle(&self, who: &Identity, method: &Method, path: &str, _body: Bytes) -> Reply {
+    pub async fn handle(&self, who: &Identity, parts: &Parts, body: Bytes) -> Reply {
         match self {
-            Self::Local(local) => local.handle(who, method, path),
+            Self::Local(local) => local.handle(who, &parts.method, parts.uri.path(), &body),
+            Self::Nova(nova) => nova.handle(who, parts, body).await,
         }
     }
 }

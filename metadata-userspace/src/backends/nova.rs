@@ -1,0 +1,345 @@
+//! The Nova backend: forwards each request to Nova's metadata API the way
+//! neutron-metadata-agent does, so Nova cannot tell the difference.
+//!
+//! Nova trusts exactly four headers, so exactly those are sent: the guest's
+//! real fixed address (never the slot address) in X-Forwarded-For, the
+//! instance and project from the port record, and the HMAC-SHA256 of the
+//! instance id under the shared secret. Nothing the guest sent in its own
+//! headers is forwarded except the content type of a body, so a guest
+//! cannot claim another identity.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac as _};
+use http::{HeaderValue, Method, Request, StatusCode, Uri, header, request::Parts};
+use http_body_util::{BodyExt as _, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use log::{error, warn};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+
+use super::Reply;
+use crate::{config::NovaBackendConfig, datapath::Identity};
+
+/// A Nova backend that could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NovaError {
+    #[error("reading {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {}: {message}", path.display())]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("the shared secret is empty")]
+    EmptySecret,
+}
+
+/// Statuses of Nova passed to the guest as they are (with their body);
+/// any other becomes 500, as in neutron-metadata-agent.
+const PASSED_THROUGH: [u16; 9] = [200, 400, 403, 404, 409, 500, 502, 503, 504];
+
+#[derive(Debug)]
+pub struct NovaBackend {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    base: Uri,
+    secret: Vec<u8>,
+    timeout: Duration,
+}
+
+impl NovaBackend {
+    pub fn new(config: &NovaBackendConfig) -> Result<Self, NovaError> {
+        let secret = match (&config.shared_secret, &config.shared_secret_file) {
+            (Some(secret), _) => secret.as_bytes().to_vec(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|source| NovaError::Read {
+                    what: "the shared secret file",
+                    path: path.clone(),
+                    source,
+                })?;
+                text.trim_end_matches(['\r', '\n']).as_bytes().to_vec()
+            }
+            (None, None) => Vec::new(),
+        };
+        if secret.is_empty() {
+            return Err(NovaError::EmptySecret);
+        }
+        let tls = tls_config(config)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(config.connect_timeout_s)));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Ok(Self {
+            client,
+            base: config.url.0.clone(),
+            secret,
+            timeout: Duration::from_secs(config.timeout_s),
+        })
+    }
+
+    /// lowercase hex HMAC-SHA256 of the instance id under the secret.
+    pub fn sign(&self, instance_id: &str) -> String {
+        sign(&self.secret, instance_id)
+    }
+
+    /// Forwards one request; Nova unreachable or too slow is a 503.
+    pub async fn handle(&self, who: &Identity, parts: &Parts, body: Bytes) -> Reply {
+        let request = match self.request(who, parts, body) {
+            Ok(request) => request,
+            Err(err) => {
+                warn!("cannot forward {} {}: {err}", parts.method, parts.uri);
+                return Reply::status(StatusCode::BAD_REQUEST);
+            }
+        };
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let (head, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((head, body))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok((head, body))) => {
+                let status = if PASSED_THROUGH.contains(&head.status.as_u16()) {
+                    head.status
+                } else {
+                    warn!(
+                        "Nova answered {} for {}: unexpected",
+                        head.status, parts.uri
+                    );
+                    return Reply::status(StatusCode::INTERNAL_SERVER_ERROR);
+                };
+                let content_type = head
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .cloned()
+                    .unwrap_or_else(|| HeaderValue::from_static("text/plain; charset=UTF-8"));
+                Reply {
+                    status,
+                    content_type,
+                    body,
+                }
+            }
+            Ok(Err(err)) => {
+                error!("Nova at {} unreachable: {}", self.base, chain(&*err));
+                Reply::status(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            Err(_) => {
+                error!(
+                    "Nova at {} did not answer within {:?}",
+                    self.base, self.timeout
+                );
+                Reply::status(StatusCode::SERVICE_UNAVAILABLE)
+            }
+        }
+    }
+
+    fn request(
+        &self,
+        who: &Identity,
+        parts: &Parts,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, http::Error> {
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let uri = Uri::builder()
+            .scheme(self.base.scheme_str().unwrap_or("http"))
+            .authority(self.base.authority().map_or("", |a| a.as_str()))
+            .path_and_query(path_and_query)
+            .build()?;
+        let instance = &who.instance;
+        let mut builder = Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .header("X-Forwarded-For", who.guest_addr.to_string())
+            .header("X-Instance-ID", instance.id.as_str())
+            .header("X-Tenant-ID", instance.project_id.as_str())
+            .header("X-Instance-ID-Signature", self.sign(&instance.id));
+        if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE)
+            && parts.method != Method::GET
+        {
+            builder = builder.header(header::CONTENT_TYPE, content_type);
+        }
+        builder.body(Full::new(body))
+    }
+}
+
+/// lowercase hex HMAC-SHA256 of `message` under `key`.
+pub fn sign(key: &[u8], message: &str) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(message.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// An error and its causes on one line.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn tls_config(config: &NovaBackendConfig) -> Result<rustls::ClientConfig, NovaError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    let builder = if config.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &config.ca_file {
+            Some(path) => {
+                for cert in read_certs("the CA file", path)? {
+                    roots.add(cert)?;
+                }
+            }
+            None => {
+                let native = rustls_native_certs();
+                roots.add_parsable_certificates(native);
+            }
+        }
+        builder.with_root_certificates(roots)
+    };
+    match (&config.client_cert, &config.client_key) {
+        (Some(cert), Some(key)) => {
+            let certs = read_certs("the client certificate", cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|err| NovaError::Pem {
+                what: "the client key",
+                path: key.clone(),
+                message: err.to_string(),
+            })?;
+            Ok(builder.with_client_auth_cert(certs, key)?)
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+fn read_certs(
+    what: &'static str,
+    path: &PathBuf,
+) -> Result<Vec<CertificateDer<'static>>, NovaError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|err| NovaError::Pem {
+            what,
+            path: path.clone(),
+            message: err.to_string(),
+        })?
+        .collect();
+    let certs = certs.map_err(|err| NovaError::Pem {
+        what,
+        path: path.clone(),
+        message: err.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(NovaError::Pem {
+            what,
+            path: path.clone(),
+            message: "no certificate in it".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The system's trust store, for https to Nova without a ca_file.
+fn rustls_native_certs() -> Vec<CertificateDer<'static>> {
+    let mut certs = Vec::new();
+    for path in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ] {
+        if let Ok(iter) = CertificateDer::pem_file_iter(path) {
+            certs.extend(iter.flatten());
+            break;
+        }
+    }
+    certs
+}
+
+/// `insecure = true`: accepts any server certificate (signatures on the
+/// handshake are still checked).
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_neutron() {
+        // hmac.new(b"secret", b"4f0c6f3e-8d1b-4a39-9a53-0c9f2d7e1b11", hashlib.sha256).hexdigest()
+        assert_eq!(
+            sign(b"secret", "4f0c6f3e-8d1b-4a39-9a53-0c9f2d7e1b11"),
+            "37f2d58cbe77d77f6404042360c5477b4f0c31d8ed752d7bbe39eaf4d92c7c7a"
+        );
+    }
+}
