@@ -22,29 +22,55 @@ use crate::{
     proxy,
 };
 
-/// How often the device list is checked for taps that came or went.
-const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the instances file is checked for changes on disk.
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Quiet time after a link event before resyncing, to batch bursts.
+const LINK_SETTLE: Duration = Duration::from_millis(5);
+/// How long requests in flight may take to finish on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A full resync now and then, whatever the events said.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let index = PortIndex::load(&config.ports.file)?;
+    // Subscribe before the first sync, so no tap appearing in between is missed.
+    let mut link_events =
+        datapath::events::LinkEvents::subscribe().context("subscribing to rtnetlink link events")?;
     let mut datapath = Datapath::start(&config).context("starting the datapath")?;
     let registry = datapath.sync(&index).context("attaching to taps")?;
     log_attached(&datapath);
     let registry: proxy::SharedRegistry = Arc::new(RwLock::new(Arc::new(registry)));
 
-    let address = (config.proxy.address, config.proxy.port);
-    let listener = TcpListener::bind(address).await.with_context(|| {
-        format!(
-            "listening on {}:{} (is another daemon using it?)",
-            config.proxy.address, config.proxy.port
-        )
-    })?;
+    let listener = match proxy::activated_listener().context("taking the activated socket")? {
+        Some(listener) => {
+            info!("using the listening socket passed by socket activation");
+            TcpListener::from_std(listener).context("registering the activated socket")?
+        }
+        None => {
+            let address = (config.proxy.address, config.proxy.port);
+            TcpListener::bind(address).await.with_context(|| {
+                format!(
+                    "listening on {}:{} (is another daemon using it?)",
+                    config.proxy.address, config.proxy.port
+                )
+            })?
+        }
+    };
     let backend = Backend::new(&config.backend, &config.daemon.state_dir)
         .context("setting up the backend")?;
     let backend = Arc::new(backend);
-    let server = tokio::spawn(proxy::serve(listener, Arc::clone(&registry), backend));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(proxy::serve(
+        listener,
+        Arc::clone(&registry),
+        backend,
+        async move {
+            let _ = stop_rx.await;
+        },
+        DRAIN_TIMEOUT,
+    ));
     info!(
         "serving metadata on {}:{} via {}",
         config.proxy.address, config.proxy.port, config.datapath.host_device
@@ -56,17 +82,33 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
-    let mut links = datapath::host::list_links().unwrap_or_default();
+    let mut file_check = tokio::time::interval(FILE_CHECK_INTERVAL);
+    let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     let mut ports_mtime = modified(&config.ports.file);
     loop {
-        let reload = tokio::select! {
+        enum Wake {
+            Reload,
+            FileCheck,
+            Links,
+        }
+        let wake = tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => true,
-            _ = rescan.tick() => false,
+            _ = sighup.recv() => Wake::Reload,
+            _ = file_check.tick() => Wake::FileCheck,
+            _ = resync.tick() => Wake::Links,
+            result = link_events.next(LINK_SETTLE) => {
+                if let Err(err) = result {
+                    error!("reading link events: {err}");
+                }
+                Wake::Links
+            }
         };
-        if reload {
+        if matches!(wake, Wake::FileCheck) && modified(&config.ports.file) == ports_mtime {
+            continue;
+        }
+        if matches!(wake, Wake::Reload | Wake::FileCheck) {
+            ports_mtime = modified(&config.ports.file);
             match PortIndex::load(&config.ports.file) {
                 Ok(new) => {
                     info!("reloaded {}", config.ports.file.display());
@@ -77,43 +119,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     continue;
                 }
             }
-        } else if modified(&config.ports.file) != ports_mtime {
-            // The instances file changed on disk: reload it like SIGHUP.
-            ports_mtime = modified(&config.ports.file);
-            match PortIndex::load(&config.ports.file) {
-                Ok(new) => {
-                    info!("reloaded {} (changed on disk)", config.ports.file.display());
-                    index = new;
-                }
-                Err(err) => {
-                    error!("keeping the previous port records: {err}");
-                    continue;
-                }
-            }
-        } else {
-            let now = match datapath::host::list_links() {
-                Ok(now) => now,
-                Err(err) => {
-                    error!("listing devices: {err}");
-                    continue;
-                }
-            };
-            if now == links {
-                continue;
-            }
-            links = now;
         }
         match datapath.sync(&index) {
             Ok(new) => {
                 *registry
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
-                log_attached(&datapath);
             }
             Err(err) => error!("updating the datapath: {err}"),
         }
     }
-    server.abort();
+    // Stop accepting, let requests in flight finish.
+    let _ = stop_tx.send(());
+    let _ = server.await;
     // The links stay pinned: guests keep being steered to the host device,
     // where nothing listens until the next daemon starts (fail closed).
     info!("stopped; programs stay attached until `metadata-redirector teardown`");

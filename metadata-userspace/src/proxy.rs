@@ -30,10 +30,27 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The registry shared between the datapath owner and the proxy.
 pub type SharedRegistry = Arc<RwLock<Arc<Registry>>>;
 
-/// Serves connections from `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, registry: SharedRegistry, backend: Arc<Backend>) {
+/// Serves connections from `listener` until `stop` resolves, then lets
+/// the requests in flight finish (up to `drain`) and returns.
+///
+/// The listener is dropped as soon as `stop` resolves. With socket
+/// activation another holder (systemd) keeps the socket open, so new
+/// connections wait in its backlog for the next daemon instead of failing.
+pub async fn serve(
+    listener: TcpListener,
+    registry: SharedRegistry,
+    backend: Arc<Backend>,
+    stop: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -45,6 +62,7 @@ pub async fn serve(listener: TcpListener, registry: SharedRegistry, backend: Arc
         let _ = stream.set_nodelay(true);
         let registry = Arc::clone(&registry);
         let backend = Arc::clone(&backend);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let registry = Arc::clone(&registry);
@@ -56,11 +74,43 @@ pub async fn serve(listener: TcpListener, registry: SharedRegistry, backend: Arc
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = connection.await {
+            if let Err(err) = watcher.watch(connection).await {
                 debug!("connection from {peer}: {err}");
             }
         });
     }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        warn!("requests still in flight after {drain:?}; closing them");
+    }
+}
+
+/// The listening socket passed by systemd socket activation (LISTEN_FDS),
+/// if this process was given one.
+pub fn activated_listener() -> std::io::Result<Option<std::net::TcpListener>> {
+    use std::os::fd::FromRawFd as _;
+    const SD_LISTEN_FDS_START: i32 = 3;
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| pid == std::process::id());
+    let count: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !for_us || count < 1 {
+        return Ok(None);
+    }
+    if count > 1 {
+        warn!("{count} sockets passed; using the first");
+    }
+    // SAFETY: systemd's protocol hands us fd 3 and we take ownership once.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(SD_LISTEN_FDS_START) };
+    // Not inherited by anything we start (ip, ...).
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(SD_LISTEN_FDS_START, libc::F_SETFD, libc::FD_CLOEXEC) };
+    listener.set_nonblocking(true)?;
+    Ok(Some(listener))
 }
 
 async fn handle(

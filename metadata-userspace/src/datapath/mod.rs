@@ -9,6 +9,7 @@
 //! listens: the guest sees a refused connection, and nothing leaks onto the
 //! tenant network.
 
+pub mod events;
 pub mod host;
 pub mod slots;
 
@@ -343,6 +344,8 @@ impl Datapath {
         for ifindex in stale {
             if let Some(link) = self.tap_links.remove(&ifindex) {
                 detach_pinned(link, &self.link_pin(ifindex));
+                let name = self.attached.get(&ifindex).map_or("(gone)", |t| t.name.as_str());
+                info!("detached {TAP_PROGRAM} from {name} (ifindex {})", ifindex.0);
             }
             self.remove_counters(ifindex);
         }
