@@ -36,8 +36,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let index = PortIndex::load(&config.ports.file)?;
     // Subscribe before the first sync, so no tap appearing in between is missed.
-    let mut link_events =
-        datapath::events::LinkEvents::subscribe().context("subscribing to rtnetlink link events")?;
+    let mut link_events = datapath::events::LinkEvents::subscribe()
+        .context("subscribing to rtnetlink link events")?;
     let mut datapath = Datapath::start(&config).context("starting the datapath")?;
     let registry = datapath.sync(&index).context("attaching to taps")?;
     log_attached(&datapath);

@@ -338,6 +338,8 @@ pub struct Hypervisor {
     bpffs: PathBuf,
     daemon: Option<Child>,
     instances: Vec<InstanceSpec>,
+    /// The socket handed to the daemon as systemd would (socket activation).
+    activated: Option<std::net::TcpListener>,
     /// Extra TOML appended to the generated config.
     pub extra_config: String,
 }
@@ -354,6 +356,7 @@ impl Hypervisor {
             bpffs: PathBuf::from(format!("/sys/fs/bpf/mdr-test-{suffix}")),
             daemon: None,
             instances: Vec::new(),
+            activated: None,
             extra_config: String::new(),
         })
     }
@@ -402,6 +405,47 @@ impl Hypervisor {
         Ok(vm)
     }
 
+    /// Deletes `vm`'s tap (its eth0 goes with it), like a VM shut down.
+    pub fn unplug(&self, vm: &Vm) -> anyhow::Result<()> {
+        self.ns.ip(&["link", "del", &vm.tap])?;
+        Ok(())
+    }
+
+    /// Re-creates `vm`'s tap under the same name (a new ifindex) and its
+    /// eth0 with the same MAC, address and route, like a VM restarted.
+    pub fn replug(&self, vm: &Vm) -> anyhow::Result<()> {
+        self.ns.ip(&[
+            "link",
+            "add",
+            &vm.tap,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            vm.ns.name(),
+        ])?;
+        vm.ns
+            .ip(&["link", "set", "eth0", "address", &vm.mac, "up"])?;
+        vm.ns
+            .ip(&["addr", "add", &format!("{}/24", vm.ip), "dev", "eth0"])?;
+        vm.ns
+            .ip(&["route", "add", "169.254.169.254/32", "dev", "eth0"])?;
+        self.ns.ip(&["link", "set", &vm.tap, "up"])?;
+        Ok(())
+    }
+
+    /// The ifindex of a device here.
+    pub fn ifindex_of(&self, device: &str) -> anyhow::Result<u32> {
+        let json = self.ns.ip(&["-json", "link", "show", "dev", device])?;
+        let links: serde_json::Value = serde_json::from_str(&json)?;
+        links[0]["ifindex"]
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .context("no ifindex")
+    }
+
     /// Creates a Linux bridge here, up.
     pub fn add_bridge(&self) -> anyhow::Result<String> {
         let name = format!("br{}", unique_suffix());
@@ -416,6 +460,11 @@ impl Hypervisor {
         Ok(())
     }
 
+    /// The instances file.
+    pub fn instances_path(&self) -> PathBuf {
+        self.dir.join("instances.toml")
+    }
+
     /// Sets the instance records the daemon serves (written on start, or
     /// now with a reload if the daemon runs).
     pub fn set_instances(&mut self, instances: Vec<InstanceSpec>) -> anyhow::Result<()> {
@@ -425,8 +474,11 @@ impl Hypervisor {
 
     fn write_files(&self) -> anyhow::Result<()> {
         let instances: String = self.instances.iter().map(InstanceSpec::to_toml).collect();
-        let path = self.dir.join("instances.toml");
-        fs::write(&path, instances).with_context(|| format!("writing {}", path.display()))?;
+        let path = self.instances_path();
+        // Written whole and renamed, so the daemon never reads half a file.
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, instances).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         let config = format!(
             "[daemon]\nstate_dir = {}\n\n[datapath]\nbpffs = {}\n\n[ports]\nfile = \"instances.toml\"\n{}",
             quote(&self.dir.join("state").display().to_string()),
@@ -437,13 +489,72 @@ impl Hypervisor {
         fs::write(&path, config).with_context(|| format!("writing {}", path.display()))
     }
 
+    /// From now on, start the daemon with a listening socket on
+    /// 169.254.169.254:80 that this harness holds across restarts, passed
+    /// as systemd passes it (fd 3, LISTEN_FDS, LISTEN_PID).
+    pub fn use_socket_activation(&mut self) -> anyhow::Result<()> {
+        let listener = self.ns.run(|| {
+            // SAFETY: plain socket syscalls on a descriptor we own.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+                let listener = <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd);
+                let one: libc::c_int = 1;
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IP,
+                    libc::IP_FREEBIND,
+                    (&raw const one).cast(),
+                    4,
+                );
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEADDR,
+                    (&raw const one).cast(),
+                    4,
+                );
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: 80u16.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes([169, 254, 169, 254]),
+                    },
+                    sin_zero: [0; 8],
+                };
+                let rc = libc::bind(
+                    fd,
+                    (&raw const sin).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                );
+                ensure!(rc == 0, "bind: {}", std::io::Error::last_os_error());
+                ensure!(
+                    libc::listen(fd, 1024) == 0,
+                    "listen: {}",
+                    std::io::Error::last_os_error()
+                );
+                Ok(listener)
+            }
+        })??;
+        self.activated = Some(listener);
+        Ok(())
+    }
+
     /// Starts the daemon here and waits until it prints `ready`.
     pub fn start_daemon(&mut self) -> anyhow::Result<()> {
         ensure!(self.daemon.is_none(), "daemon already running");
         self.write_files()?;
         let binary = daemon_binary()?;
-        let log = fs::File::create(self.log_path()).context("creating the daemon log")?;
-        let mut child = Command::new("nsenter")
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .context("opening the daemon log")?;
+        let mut command = Command::new("sh");
+        // `exec` keeps the pid through sh and nsenter, so LISTEN_PID names
+        // the daemon itself, as systemd's does.
+        command
+            .args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh", "nsenter"])
             .arg(format!("--net=/run/netns/{}", self.ns.name()))
             .arg(&binary)
             .args(["run", "--config"])
@@ -452,9 +563,27 @@ impl Hypervisor {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env_remove("LISTEN_FDS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(log);
+        if let Some(listener) = &self.activated {
+            let fd = listener.as_raw_fd();
+            command.env("LISTEN_FDS", "1");
+            // SAFETY: only dup2 and fcntl run in the child, both
+            // async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0);
+                    } else if libc::dup2(fd, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let stdout = child.stdout.take().expect("piped stdout");

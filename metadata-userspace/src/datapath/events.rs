@@ -50,7 +50,8 @@ impl LinkEvents {
         }
         // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open
         // and unchanged for as long as it is registered.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(|err| io::Error::other(err.to_string()))?;
+        let fd =
+            unsafe { AsyncFd::register(fd) }.map_err(|err| io::Error::other(err.to_string()))?;
         Ok(Self { fd })
     }
 

@@ -296,13 +296,21 @@ impl Datapath {
             if !self.tap_links.contains_key(&link.ifindex) {
                 let pin = self.link_pin(link.ifindex);
                 let program = classifier(&mut self.ebpf, TAP_PROGRAM)?;
-                let pinned =
-                    attach_pinned(program, TAP_PROGRAM, link, TcAttachType::Ingress, &pin)?;
-                info!(
-                    "attached {TAP_PROGRAM} to {} (ifindex {})",
-                    link.name, link.ifindex.0
-                );
-                self.tap_links.insert(link.ifindex, pinned);
+                match attach_pinned(program, TAP_PROGRAM, link, TcAttachType::Ingress, &pin) {
+                    Ok(pinned) => {
+                        info!(
+                            "attached {TAP_PROGRAM} to {} (ifindex {})",
+                            link.name, link.ifindex.0
+                        );
+                        self.tap_links.insert(link.ifindex, pinned);
+                    }
+                    Err(err) => {
+                        // Typically the device vanished since it was listed;
+                        // its entries go at the next sync.
+                        warn!("{err}");
+                        continue;
+                    }
+                }
             }
             let port_index = instance
                 .ports
@@ -344,12 +352,16 @@ impl Datapath {
         for ifindex in stale {
             if let Some(link) = self.tap_links.remove(&ifindex) {
                 detach_pinned(link, &self.link_pin(ifindex));
-                let name = self.attached.get(&ifindex).map_or("(gone)", |t| t.name.as_str());
+                let name = self
+                    .attached
+                    .get(&ifindex)
+                    .map_or("(gone)", |t| t.name.as_str());
                 info!("detached {TAP_PROGRAM} from {name} (ifindex {})", ifindex.0);
             }
             self.remove_counters(ifindex);
         }
         self.remove_stale_link_pins(&attached)?;
+        self.remove_stale_counters(&attached);
         self.attached = attached;
         Ok(registry)
     }
@@ -429,6 +441,21 @@ impl Datapath {
             && !matches!(err, MapError::KeyNotFound)
         {
             warn!("removing counters of ifindex {}: {err}", ifindex.0);
+        }
+    }
+
+    /// Removes counters of devices that are neither attached taps nor the
+    /// host device (a tap that vanished between listing and attaching).
+    fn remove_stale_counters(&mut self, attached: &BTreeMap<Ifindex, AttachedTap>) {
+        let host = self.host.ifindex;
+        let stale: Vec<Ifindex> = self
+            .counters
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|ifindex| *ifindex != host && !attached.contains_key(ifindex))
+            .collect();
+        for ifindex in stale {
+            self.remove_counters(ifindex);
         }
     }
 

@@ -1,0 +1,371 @@
+//! The datapath over time: taps that come and go, instance files that
+//! change, daemon restarts and program upgrades, and the daemon being down.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use metadata_tests::{Hypervisor, InstanceSpec, METADATA, Vm, wait_for};
+
+const IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+const META: &str = "/openstack/latest/meta_data.json";
+
+/// The uuid a VM gets from the service, if it gets one.
+fn uuid_of(vm: &Vm) -> Option<String> {
+    let (status, body) = vm.http_get(METADATA, META).ok()?;
+    if status != 200 {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    json["uuid"].as_str().map(str::to_owned)
+}
+
+fn served(vm: &Vm, spec: &InstanceSpec) {
+    let uuid = wait_for(
+        &format!("{} to be served", vm.tap),
+        Duration::from_secs(10),
+        || uuid_of(vm),
+    )
+    .unwrap();
+    assert_eq!(uuid, spec.id);
+}
+
+fn tap_listed(hv: &Hypervisor, tap: &str) -> bool {
+    let status = hv.status().unwrap();
+    status["taps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["device"] == tap)
+}
+
+/// Names of the pinned links.
+fn link_pins(hv: &Hypervisor) -> Vec<String> {
+    let mut pins: Vec<String> = std::fs::read_dir(hv.bpffs().join("links"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pins.sort();
+    pins
+}
+
+#[test]
+fn taps_that_appear_disappear_and_come_back_are_followed() {
+    let mut hv = Hypervisor::new().unwrap();
+    let a = hv.add_vm(IP).unwrap();
+    let b = hv.add_vm(IP).unwrap();
+    hv.unplug(&b).unwrap();
+    let (spec_a, spec_b) = (InstanceSpec::for_vm(&a, "a"), InstanceSpec::for_vm(&b, "b"));
+    hv.set_instances(vec![spec_a.clone(), spec_b.clone()])
+        .unwrap();
+    hv.start_daemon().unwrap();
+    served(&a, &spec_a);
+    assert!(!tap_listed(&hv, &b.tap));
+
+    // A tap created after the daemon is ready is served.
+    hv.replug(&b).unwrap();
+    let first = hv.ifindex_of(&b.tap).unwrap();
+    served(&b, &spec_b);
+
+    // A deleted one leaves no entries and no link.
+    hv.unplug(&b).unwrap();
+    wait_for("b to be detached", Duration::from_secs(10), || {
+        (!tap_listed(&hv, &b.tap)).then_some(())
+    })
+    .unwrap();
+    assert!(!link_pins(&hv).contains(&format!("tap_ingress-{first}")));
+
+    // The same name with a new ifindex is served again.
+    hv.replug(&b).unwrap();
+    let second = hv.ifindex_of(&b.tap).unwrap();
+    assert_ne!(first, second);
+    served(&b, &spec_b);
+    served(&a, &spec_a);
+}
+
+#[test]
+fn a_port_record_added_later_attaches_the_tap_and_a_bad_file_keeps_the_old_records() {
+    let mut hv = Hypervisor::new().unwrap();
+    let a = hv.add_vm(IP).unwrap();
+    let late = hv.add_vm(IP).unwrap();
+    let spec_a = InstanceSpec::for_vm(&a, "a");
+    hv.set_instances(vec![spec_a.clone()]).unwrap();
+    hv.start_daemon().unwrap();
+    served(&a, &spec_a);
+    assert!(!tap_listed(&hv, &late.tap));
+    assert_eq!(uuid_of(&late), None, "no record, no metadata");
+
+    // The record arrives: the file changes on disk, no signal needed.
+    let spec_late = InstanceSpec::for_vm(&late, "late");
+    hv.set_instances(vec![spec_a.clone(), spec_late.clone()])
+        .unwrap();
+    served(&late, &spec_late);
+
+    // A broken file is reported with file, line and key; nothing changes.
+    std::fs::write(
+        hv.instances_path(),
+        "[[instance]]\nid = \"x\"\nproject_id = \"p\"\nflavor = \"m1\"\n",
+    )
+    .unwrap();
+    let log = wait_for("the reload error", Duration::from_secs(10), || {
+        let log = hv.log();
+        log.contains("keeping the previous port records")
+            .then_some(log)
+    })
+    .unwrap();
+    assert!(
+        log.contains("instances.toml:4: key `instance.flavor`"),
+        "{log}"
+    );
+    served(&a, &spec_a);
+    served(&late, &spec_late);
+}
+
+#[test]
+fn a_thousand_tap_create_delete_cycles_leave_nothing_behind() {
+    let mut hv = Hypervisor::new().unwrap();
+    let a = hv.add_vm(IP).unwrap();
+    let spec_a = InstanceSpec::for_vm(&a, "a");
+    // A record for the churned tap name, so every incarnation is attached.
+    let churn = format!("tapc{}", metadata_tests::unique_suffix());
+    let mut spec_churn = InstanceSpec::for_vm(&a, "churn");
+    spec_churn.ports[0].device = churn.clone();
+    spec_churn.ports[0].mac = "fa:16:3e:00:00:99".into();
+    hv.set_instances(vec![spec_a.clone(), spec_churn]).unwrap();
+    hv.start_daemon().unwrap();
+    let base_pins = link_pins(&hv);
+
+    // 1000 cycles in 10 rounds; each round leaves the tap present until
+    // the daemon has attached it, so attach and detach both really happen.
+    let file = std::env::temp_dir().join(format!("mdr-churn-{churn}"));
+    for round in 0..10 {
+        let mut batch = String::new();
+        if round > 0 {
+            batch.push_str(&format!("link del {churn}\n"));
+        }
+        for _ in 0..99 {
+            batch.push_str(&format!(
+                "link add {churn} type veth peer name {churn}p\nlink set {churn} up\nlink del {churn}\n"
+            ));
+        }
+        batch.push_str(&format!(
+            "link add {churn} type veth peer name {churn}p\nlink set {churn} up\n"
+        ));
+        std::fs::write(&file, batch).unwrap();
+        hv.ns()
+            .ip(&["-batch", &file.display().to_string()])
+            .unwrap();
+        wait_for(
+            "the churned tap to be attached",
+            Duration::from_secs(10),
+            || tap_listed(&hv, &churn).then_some(()),
+        )
+        .unwrap();
+    }
+    hv.ns().ip(&["link", "del", &churn]).unwrap();
+    std::fs::remove_file(&file).unwrap();
+
+    // Settled: only a's tap, its slot and its link remain.
+    wait_for("the churn to settle", Duration::from_secs(30), || {
+        let status = hv.status().ok()?;
+        let taps = status["taps"].as_array()?;
+        (taps.len() == 1 && link_pins(&hv) == base_pins).then_some(())
+    })
+    .unwrap();
+    let ports = dump_map(&hv, "MDR_PORTS_V4");
+    assert_eq!(
+        ports.as_array().unwrap().len(),
+        1,
+        "one (tap, address) entry: {ports}"
+    );
+    let counters = dump_map(&hv, "MDR_COUNTERS");
+    assert_eq!(
+        counters.as_array().unwrap().len(),
+        2,
+        "counters for a's tap and the host device only"
+    );
+    served(&a, &spec_a);
+}
+
+/// `bpftool map dump` of a pinned map, as JSON.
+fn dump_map(hv: &Hypervisor, map: &str) -> serde_json::Value {
+    let pin = hv.bpffs().join(map).display().to_string();
+    let out = metadata_tests::run("bpftool", &["-j", "map", "dump", "pinned", &pin]).unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Runs GETs from `vm` until `stop`; returns (served, failed, wrong).
+fn client_loop(vm: &Vm, expected: &str, stop: &AtomicBool) -> (u32, u32, u32) {
+    let (mut ok, mut failed, mut wrong) = (0, 0, 0);
+    while !stop.load(Ordering::SeqCst) {
+        match vm.http_get(METADATA, META) {
+            Ok((200, body)) => {
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                if json["uuid"] == expected {
+                    ok += 1;
+                } else {
+                    wrong += 1;
+                }
+            }
+            Ok(_) | Err(_) => failed += 1,
+        }
+    }
+    (ok, failed, wrong)
+}
+
+fn tap_link_prog_id(hv: &Hypervisor, tap: &str) -> u64 {
+    let ifindex = hv.ifindex_of(tap).unwrap();
+    let pin = hv.bpffs().join(format!("links/tap_ingress-{ifindex}"));
+    let out = metadata_tests::run(
+        "bpftool",
+        &["-j", "link", "show", "pinned", &pin.display().to_string()],
+    )
+    .unwrap();
+    let link: serde_json::Value = serde_json::from_str(&out).unwrap();
+    link["prog_id"].as_u64().unwrap()
+}
+
+#[test]
+fn restarts_and_program_upgrades_under_load_lose_nothing_with_socket_activation() {
+    let mut hv = Hypervisor::new().unwrap();
+    hv.use_socket_activation().unwrap();
+    let vm = hv.add_vm(IP).unwrap();
+    let spec = InstanceSpec::for_vm(&vm, "busy");
+    hv.set_instances(vec![spec.clone()]).unwrap();
+    hv.start_daemon().unwrap();
+    served(&vm, &spec);
+    let mut prog_ids = vec![tap_link_prog_id(&hv, &vm.tap)];
+
+    let stop = AtomicBool::new(false);
+    let (ok, failed, wrong) = std::thread::scope(|s| {
+        let client = s.spawn(|| client_loop(&vm, &spec.id, &stop));
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(300));
+            hv.stop_daemon().unwrap();
+            // The new daemon loads its own program and swaps it into the
+            // pinned TCX link atomically: an upgrade.
+            hv.start_daemon().unwrap();
+            prog_ids.push(tap_link_prog_id(&hv, &vm.tap));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        client.join().unwrap()
+    });
+    assert_eq!(wrong, 0, "no wrong answer");
+    assert_eq!(failed, 0, "no failed request ({ok} served)");
+    assert!(ok > 20, "requests flowed throughout: {ok}");
+    prog_ids.dedup();
+    assert_eq!(
+        prog_ids.len(),
+        4,
+        "each start replaced the program in place: {prog_ids:?}"
+    );
+}
+
+#[test]
+fn restarts_without_socket_activation_never_give_a_wrong_answer() {
+    let mut hv = Hypervisor::new().unwrap();
+    let a = hv.add_vm(IP).unwrap();
+    let b = hv.add_vm(IP).unwrap();
+    let (spec_a, spec_b) = (InstanceSpec::for_vm(&a, "a"), InstanceSpec::for_vm(&b, "b"));
+    hv.set_instances(vec![spec_a.clone(), spec_b.clone()])
+        .unwrap();
+    hv.start_daemon().unwrap();
+    served(&a, &spec_a);
+    let stop = AtomicBool::new(false);
+    let (ra, rb) = std::thread::scope(|s| {
+        let ca = s.spawn(|| client_loop(&a, &spec_a.id, &stop));
+        let cb = s.spawn(|| client_loop(&b, &spec_b.id, &stop));
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(300));
+            hv.stop_daemon().unwrap();
+            hv.start_daemon().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        (ca.join().unwrap(), cb.join().unwrap())
+    });
+    assert_eq!((ra.2, rb.2), (0, 0), "no wrong answer: {ra:?} {rb:?}");
+    assert!(ra.0 > 0 && rb.0 > 0);
+}
+
+#[test]
+fn while_the_daemon_is_down_metadata_fails_closed_and_other_traffic_flows() {
+    let mut hv = Hypervisor::new().unwrap();
+    let vm = hv.add_vm(IP).unwrap();
+    vm.ns.ip(&["route", "del", "169.254.169.254/32"]).unwrap();
+    vm.ns
+        .ip(&["route", "add", "default", "via", "10.0.0.1"])
+        .unwrap();
+    let bridge = hv.add_bridge().unwrap();
+    hv.plug(&vm.tap, &bridge).unwrap();
+    // A router on the tenant network that would answer 169.254.169.254:80
+    // if a metadata packet ever reached it.
+    let gw = metadata_tests::Netns::new("mdr-gw").unwrap();
+    let port = format!("gw{}", metadata_tests::unique_suffix());
+    hv.ns()
+        .ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            gw.name(),
+        ])
+        .unwrap();
+    hv.plug(&port, &bridge).unwrap();
+    hv.ns().ip(&["link", "set", &port, "up"]).unwrap();
+    gw.ip(&["addr", "add", "10.0.0.1/24", "dev", "eth0"])
+        .unwrap();
+    gw.ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"])
+        .unwrap();
+    gw.ip(&["link", "set", "eth0", "up"]).unwrap();
+    let (trap, other) = gw
+        .run(|| {
+            (
+                TcpListener::bind("169.254.169.254:80").unwrap(),
+                TcpListener::bind("10.0.0.1:8080").unwrap(),
+            )
+        })
+        .unwrap();
+    trap.set_nonblocking(true).unwrap();
+
+    let spec = InstanceSpec::for_vm(&vm, "down");
+    hv.set_instances(vec![spec.clone()]).unwrap();
+    hv.start_daemon().unwrap();
+    served(&vm, &spec);
+    hv.stop_daemon().unwrap();
+
+    // Metadata: refused by the host (nothing listens), never forwarded.
+    for _ in 0..3 {
+        assert!(
+            vm.http_get(METADATA, META).is_err(),
+            "nothing serves while down"
+        );
+    }
+    assert!(
+        trap.accept().is_err(),
+        "no metadata connection reached the tenant network"
+    );
+    // Everything else flows.
+    vm.ns
+        .exec("ping", &["-c", "1", "-W", "2", "10.0.0.1"])
+        .unwrap();
+    let target = SocketAddr::from(([10, 0, 0, 1], 8080));
+    vm.ns
+        .run(move || std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    let (_conn, peer) = other.accept().unwrap();
+    assert_eq!(peer.ip(), IP);
+
+    hv.start_daemon().unwrap();
+    served(&vm, &spec);
+    assert!(trap.accept().is_err());
+}
