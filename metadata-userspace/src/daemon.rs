@@ -26,6 +26,8 @@ use crate::{
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Quiet time after a link event before resyncing, to batch bursts.
 const LINK_SETTLE: Duration = Duration::from_millis(5);
+/// Delay before retrying a failed sync.
+const SYNC_RETRY: Duration = Duration::from_millis(100);
 /// How long requests in flight may take to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A full resync now and then, whatever the events said.
@@ -85,6 +87,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut file_check = tokio::time::interval(FILE_CHECK_INTERVAL);
     let mut resync = tokio::time::interval(RESYNC_INTERVAL);
     let mut ports_mtime = modified(&config.ports.file);
+    // After a failed sync (a device vanished mid-listing, say), try again
+    // soon instead of waiting for the next event.
+    let retry = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(retry);
+    let mut retry_armed = false;
     loop {
         enum Wake {
             Reload,
@@ -97,6 +104,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = sighup.recv() => Wake::Reload,
             _ = file_check.tick() => Wake::FileCheck,
             _ = resync.tick() => Wake::Links,
+            () = &mut retry, if retry_armed => {
+                retry_armed = false;
+                Wake::Links
+            }
             result = link_events.next(LINK_SETTLE) => {
                 if let Err(err) = result {
                     error!("reading link events: {err}");
@@ -126,7 +137,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
             }
-            Err(err) => error!("updating the datapath: {err}"),
+            Err(err) => {
+                error!("updating the datapath (retrying shortly): {err}");
+                retry
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + SYNC_RETRY);
+                retry_armed = true;
+            }
         }
     }
     // Stop accepting, let requests in flight finish.

@@ -24,6 +24,8 @@ use crate::{
 
 /// Largest request body accepted (the password POST needs about 1 KB).
 const MAX_BODY: usize = 64 * 1024;
+/// On shutdown, time a just-accepted connection gets to send its request.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(200);
 /// Time a client gets to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -47,6 +49,7 @@ pub async fn serve(
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
+            biased;
             () = &mut stop => break,
             accepted = listener.accept() => accepted,
         };
@@ -80,6 +83,10 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // A connection accepted just before the stop may not have sent its
+    // request yet, and a graceful shutdown closes connections that have no
+    // request in progress: give such clients a moment first.
+    tokio::time::sleep(FIRST_REQUEST_GRACE).await;
     if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()

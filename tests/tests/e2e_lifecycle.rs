@@ -209,7 +209,14 @@ fn client_loop(vm: &Vm, expected: &str, stop: &AtomicBool) -> (u32, u32, u32) {
                     wrong += 1;
                 }
             }
-            Ok(_) | Err(_) => failed += 1,
+            Ok((status, _)) => {
+                eprintln!("{}: status {status}", vm.tap);
+                failed += 1;
+            }
+            Err(err) => {
+                eprintln!("{}: {err:#}", vm.tap);
+                failed += 1;
+            }
         }
     }
     (ok, failed, wrong)
