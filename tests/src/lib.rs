@@ -342,6 +342,8 @@ pub struct Hypervisor {
     activated: Option<std::net::TcpListener>,
     /// Extra TOML appended to the generated config.
     pub extra_config: String,
+    /// Capabilities the daemon keeps (`setpriv --bounding-set`), if limited.
+    pub capabilities: Option<Vec<&'static str>>,
 }
 
 impl Hypervisor {
@@ -357,6 +359,7 @@ impl Hypervisor {
             daemon: None,
             instances: Vec::new(),
             activated: None,
+            capabilities: None,
             extra_config: String::new(),
         })
     }
@@ -555,7 +558,18 @@ impl Hypervisor {
         // the daemon itself, as systemd's does.
         command
             .args(["-c", "LISTEN_PID=$$ exec \"$@\"", "sh", "nsenter"])
-            .arg(format!("--net=/run/netns/{}", self.ns.name()))
+            .arg(format!("--net=/run/netns/{}", self.ns.name()));
+        if let Some(caps) = &self.capabilities {
+            let set: String = caps.iter().map(|c| format!(",+{c}")).collect();
+            command.args([
+                "setpriv".to_owned(),
+                format!("--bounding-set=-all{set}"),
+                format!("--inh-caps=-all{set}"),
+                format!("--ambient-caps=-all{set}"),
+                "--".to_owned(),
+            ]);
+        }
+        command
             .arg(&binary)
             .args(["run", "--config"])
             .arg(self.config_path())

@@ -376,3 +376,30 @@ fn while_the_daemon_is_down_metadata_fails_closed_and_other_traffic_flows() {
     served(&vm, &spec);
     assert!(trap.accept().is_err());
 }
+
+#[test]
+fn the_daemon_runs_with_only_the_capabilities_of_its_systemd_unit() {
+    // deploy/metadata-redirector.service: CapabilityBoundingSet.
+    let unit = include_str!("../../deploy/metadata-redirector.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap();
+    let caps: Vec<&'static str> = line
+        .split_whitespace()
+        .map(|c| &*c.trim_start_matches("CAP_").to_ascii_lowercase().leak())
+        .collect();
+    assert_eq!(caps, ["bpf", "net_admin", "perfmon"]);
+    let mut hv = Hypervisor::new().unwrap();
+    hv.use_socket_activation().unwrap();
+    hv.capabilities = Some(caps);
+    let vm = hv.add_vm(IP).unwrap();
+    let spec = InstanceSpec::for_vm(&vm, "caps");
+    hv.set_instances(vec![spec.clone()]).unwrap();
+    hv.start_daemon().unwrap();
+    served(&vm, &spec);
+    // And a restart adopts the pinned state under the same limits.
+    hv.stop_daemon().unwrap();
+    hv.start_daemon().unwrap();
+    served(&vm, &spec);
+}
