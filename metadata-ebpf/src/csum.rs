@@ -40,3 +40,22 @@ pub fn wire4(bytes: [u8; 4]) -> u64 {
 pub fn wire2(bytes: [u8; 2]) -> u64 {
     u64::from(u16::from_ne_bytes(bytes))
 }
+
+/// One's complement sum of 16-bit words (memory order) of `bytes`, added
+/// to `sum`. Bounded: callers pass fixed-size arrays.
+#[inline(always)]
+pub fn add_words(sum: u32, bytes: &[u8]) -> u32 {
+    let mut sum = sum;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        sum += u32::from(u16::from_ne_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
+/// The checksum field value for a one's complement `sum`.
+#[inline(always)]
+pub fn finish(sum: u32) -> [u8; 2] {
+    (!fold(sum)).to_ne_bytes()
+}

@@ -31,16 +31,17 @@ mod verdict;
 mod programs {
     use aya_ebpf::{macros::classifier, programs::TcContext};
     use metadata_common::{
-        DatapathConfig, Ifindex, Ipv4Be, MAX_SLOTS_V4, METADATA_PORT, METADATA_V4, PortKeyV4,
+        DatapathConfig, Ifindex, Ipv4Be, Ipv6Be, MAX_SLOTS_V4, MAX_SLOTS_V6, METADATA_PORT,
+        METADATA_V4, METADATA_V6, PortKeyV4, PortKeyV6,
     };
 
     use crate::{
         log::{Event, allow},
-        maps::{MDR_CONFIG, MDR_PORTS_V4, MDR_SLOTS_V4},
+        maps::{MDR_CONFIG, MDR_PORTS_V4, MDR_PORTS_V6, MDR_SLOTS_V4, MDR_SLOTS_V6},
         nat, neigh,
         parse::{
-            ETH_LEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPPROTO_TCP, IPV4_LEN, Ipv4Hdr, TcpHdr,
-            ensure_linear, header_mut,
+            ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, IPV4_LEN, IPV6_LEN,
+            Ipv4Hdr, Ipv6Hdr, TcpHdr, ensure_linear, header_mut,
         },
         verdict::{Step, Verdict},
     };
@@ -94,6 +95,7 @@ mod programs {
         match ether_type {
             ETH_P_IP => ipv4_request(ctx, tap),
             ETH_P_ARP => neigh::answer_arp(ctx, tap, config().as_ref()),
+            ETH_P_IPV6 => ipv6_request(ctx, tap),
             _ => Ok(Verdict::Pass),
         }
     }
@@ -184,11 +186,145 @@ mod programs {
         nat::steer_request_v4(ctx, l4_off, &cfg, slot_addr)
     }
 
+    /// IPv6: answers Neighbour Solicitations for fe80::a9fe:a9fe, steers TCP
+    /// to [fe80::a9fe:a9fe]:80 from a registered source, passes the rest of
+    /// a registered source's traffic to that address (extension headers,
+    /// fragments, other ICMPv6, other ports) untouched, and drops an
+    /// unregistered source's.
+    #[inline(always)]
+    fn ipv6_request(ctx: &TcContext, tap: Ifindex) -> Step<Verdict> {
+        if !ensure_linear(ctx, ETH_LEN + IPV6_LEN) {
+            return Ok(Verdict::Pass);
+        }
+        if neigh::is_metadata_solicitation(ctx) {
+            return neigh::answer_ns(ctx, tap, config().as_ref());
+        }
+        let Some(ip) = header_mut::<Ipv6Hdr>(ctx, ETH_LEN) else {
+            return Ok(Verdict::Pass);
+        };
+        // SAFETY: bounds-checked by header_mut; copied out before any pull.
+        let (src, dst, next_header) = unsafe { ((*ip).src, (*ip).dst, (*ip).next_header) };
+        if dst != METADATA_V6 {
+            return Ok(Verdict::Pass);
+        }
+        let key = PortKeyV6 {
+            ifindex: tap,
+            addr: src,
+        };
+        let Some(port) = MDR_PORTS_V6.get_ptr(key) else {
+            if allow(Event::Unregistered) {
+                aya_log_ebpf::warn!(
+                    ctx,
+                    "dropped IPv6 metadata traffic from an unregistered source {:i} on ifindex {}",
+                    src.0,
+                    tap.0
+                );
+            }
+            return Err(Verdict::DropUnregistered);
+        };
+        // SAFETY: see ipv4_request.
+        let slot = unsafe { (*port).slot };
+        if next_header != IPPROTO_TCP {
+            return Ok(Verdict::Pass);
+        }
+        if !ensure_linear(ctx, nat::TCP6_OFF + TCP_LEN) {
+            return Err(Verdict::DropMalformed);
+        }
+        let (Some(eth), Some(tcp)) = (
+            header_mut::<EthHdr>(ctx, 0),
+            header_mut::<TcpHdr>(ctx, nat::TCP6_OFF),
+        ) else {
+            return Err(Verdict::DropMalformed);
+        };
+        // SAFETY: both bounds-checked just above.
+        let (addressed_mac, dport) = unsafe { ((*eth).dst, (*tcp).dest) };
+        if dport != METADATA_PORT {
+            return Ok(Verdict::Pass);
+        }
+        let Some(cfg) = config() else {
+            return Err(Verdict::DropError);
+        };
+        if slot.0 >= cfg.nat_v6_size || slot.0 >= MAX_SLOTS_V6 {
+            return Err(Verdict::DropError);
+        }
+        if let Some(entry) = MDR_SLOTS_V6.get_ptr_mut(slot.0) {
+            // SAFETY: see ipv4_request.
+            unsafe {
+                if (*entry).router_mac != addressed_mac {
+                    (*entry).router_mac = addressed_mac;
+                }
+            }
+        }
+        let mut slot_addr = cfg.nat_v6_base;
+        let [a, b, c, d] = slot.0.to_be_bytes();
+        slot_addr.0[12] = a;
+        slot_addr.0[13] = b;
+        slot_addr.0[14] = c;
+        slot_addr.0[15] = d;
+        nat::steer_request_v6(ctx, &cfg, slot_addr)
+    }
+
+    /// The slot a NAT /96 address stands for, if it is one.
+    #[inline(always)]
+    fn slot_v6(cfg: &DatapathConfig, addr: &Ipv6Be) -> Option<u32> {
+        let base = &cfg.nat_v6_base.0;
+        let mut i = 0;
+        while i < 12 {
+            if addr.0[i] != base[i] {
+                return None;
+            }
+            i += 1;
+        }
+        let slot = u32::from_be_bytes([addr.0[12], addr.0[13], addr.0[14], addr.0[15]]);
+        (slot < cfg.nat_v6_size).then_some(slot)
+    }
+
+    /// IPv6 replies from the proxy to a slot.
+    #[inline(always)]
+    fn ipv6_reply(ctx: &TcContext) -> Step<Verdict> {
+        if !ensure_linear(ctx, nat::TCP6_OFF + TCP_LEN) {
+            return Ok(Verdict::Pass);
+        }
+        let (Some(ip), Some(tcp)) = (
+            header_mut::<Ipv6Hdr>(ctx, ETH_LEN),
+            header_mut::<TcpHdr>(ctx, nat::TCP6_OFF),
+        ) else {
+            return Ok(Verdict::Pass);
+        };
+        // SAFETY: bounds-checked by header_mut.
+        let (src, dst, next_header, sport) =
+            unsafe { ((*ip).src, (*ip).dst, (*ip).next_header, (*tcp).source) };
+        let Some(cfg) = config() else {
+            return Ok(Verdict::Pass);
+        };
+        if src != cfg.proxy_v6 || next_header != IPPROTO_TCP || sport != cfg.proxy_port {
+            return Ok(Verdict::Pass);
+        }
+        let Some(slot) = slot_v6(&cfg, &dst) else {
+            return Ok(Verdict::Pass);
+        };
+        let entry = MDR_SLOTS_V6.get(slot).copied().filter(|e| e.ifindex.0 != 0);
+        let Some(entry) = entry else {
+            if allow(Event::MissingSlot) {
+                aya_log_ebpf::warn!(ctx, "dropped IPv6 reply to slot {} with no entry", slot);
+            }
+            return Err(Verdict::DropNoSlot);
+        };
+        nat::return_reply_v6(ctx, &cfg, &entry)
+    }
+
     /// Returns proxy replies addressed to a slot to their guest; passes
     /// everything else the host sends on the device.
     fn try_host_egress(ctx: &TcContext) -> Step<Verdict> {
         if !ensure_linear(ctx, ETH_LEN + IPV4_LEN) {
             return Ok(Verdict::Pass);
+        }
+        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+            return Ok(Verdict::Pass);
+        };
+        // SAFETY: bounds-checked by header_mut.
+        if unsafe { (*eth).ether_type } == ETH_P_IPV6 {
+            return ipv6_reply(ctx);
         }
         let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
             return Err(Verdict::DropMalformed);

@@ -7,7 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use metadata_common::{
-    DatapathConfig, DeviceCounters, Ifindex, MAX_DEVICES, MAX_SLOTS_V4, PortKeyV4, PortV4, SlotV4,
+    DatapathConfig, DeviceCounters, Ifindex, MAX_DEVICES, MAX_SLOTS_V4, MAX_SLOTS_V6, PortKeyV4,
+    PortKeyV6, PortV4, PortV6, SlotV4, SlotV6,
 };
 
 /// Host device, proxy address and NAT range; one entry, written by the
@@ -24,6 +25,15 @@ pub static MDR_PORTS_V4: HashMap<PortKeyV4, PortV4, { MAX_SLOTS_V4 as usize }> =
 /// the reply. An array because the slot is already a dense index.
 #[btf_map]
 pub static MDR_SLOTS_V4: Array<SlotV4, { MAX_SLOTS_V4 as usize }> = Array::new();
+
+/// (tap ifindex, guest IPv6) -> slot: fixed addresses and the EUI-64
+/// link-local address of each port.
+#[btf_map]
+pub static MDR_PORTS_V6: HashMap<PortKeyV6, PortV6, { MAX_SLOTS_V6 as usize }> = HashMap::new();
+
+/// Slot -> (tap, guest IPv6, guest MAC, router MAC).
+#[btf_map]
+pub static MDR_SLOTS_V6: Array<SlotV6, { MAX_SLOTS_V6 as usize }> = Array::new();
 
 /// Per-CPU counters per device. Entries are created by the daemon when it
 /// attaches a device; the programs only look them up, never insert.

@@ -16,16 +16,22 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, BPF_F_PSEUDO_HDR},
-    helpers::bpf_redirect,
+    helpers::{bpf_csum_diff, bpf_redirect},
     programs::TcContext,
 };
-use metadata_common::{DatapathConfig, Ipv4Be, METADATA_PORT, METADATA_V4, PortBe, SlotV4};
+use metadata_common::{
+    DatapathConfig, Ipv4Be, Ipv6Be, METADATA_PORT, METADATA_V4, METADATA_V6, PortBe, SlotV4, SlotV6,
+};
 
 use crate::{
     csum,
-    parse::{ETH_LEN, EthHdr, Ipv4Hdr, TCP_CHECK_OFF, TcpHdr, header_mut},
+    parse::{ETH_LEN, EthHdr, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, TCP_CHECK_OFF, TcpHdr, header_mut},
     verdict::{Step, Verdict, count},
 };
+
+/// Offset of the TCP header behind an IPv6 header with no extension
+/// headers (the only kind steered).
+pub const TCP6_OFF: usize = ETH_LEN + IPV6_LEN;
 
 /// The addresses and port a rewrite changes, before and after.
 struct Rewrite {
@@ -150,4 +156,103 @@ fn helper_failed(ctx: &TcContext) -> Verdict {
         aya_log_ebpf::warn!(ctx, "bpf_l4_csum_replace failed; packet dropped");
     }
     Verdict::DropError
+}
+
+/// The IPv6 counterpart of [`steer_request_v4`]: the guest's source becomes
+/// its slot in the NAT /96, the destination the proxy's IPv6 address.
+#[inline(always)]
+pub fn steer_request_v6(ctx: &TcContext, cfg: &DatapathConfig, slot_addr: Ipv6Be) -> Step<Verdict> {
+    let Some((eth, ip, tcp)) = headers_v6(ctx) else {
+        return Err(Verdict::DropMalformed);
+    };
+    eth.dst = cfg.host_mac;
+    let old = (ip.src, ip.dst, tcp.dest);
+    ip.src = slot_addr;
+    ip.dst = cfg.proxy_v6;
+    tcp.dest = cfg.proxy_port;
+    apply_v6(ctx, old, (slot_addr, cfg.proxy_v6, cfg.proxy_port))?;
+    // SAFETY: bpf_redirect takes plain integers.
+    let action = unsafe { bpf_redirect(cfg.host_ifindex.0, u64::from(BPF_F_INGRESS)) };
+    Ok(Verdict::Steered.redirected(action))
+}
+
+/// The IPv6 counterpart of [`return_reply_v4`].
+#[inline(always)]
+pub fn return_reply_v6(ctx: &TcContext, cfg: &DatapathConfig, slot: &SlotV6) -> Step<Verdict> {
+    let Some((eth, ip, tcp)) = headers_v6(ctx) else {
+        return Err(Verdict::DropMalformed);
+    };
+    eth.dst = slot.guest_mac;
+    eth.src = if slot.router_mac.is_zero() {
+        cfg.host_mac
+    } else {
+        slot.router_mac
+    };
+    let old = (ip.src, ip.dst, tcp.source);
+    ip.src = METADATA_V6;
+    ip.dst = slot.guest_addr;
+    tcp.source = METADATA_PORT;
+    apply_v6(ctx, old, (METADATA_V6, slot.guest_addr, METADATA_PORT))?;
+    // SAFETY: bpf_redirect takes plain integers.
+    let action = unsafe { bpf_redirect(slot.ifindex.0, 0) };
+    let verdict = Verdict::Replied.redirected(action);
+    count(slot.ifindex, verdict);
+    Ok(verdict)
+}
+
+/// The Ethernet, IPv6 and TCP headers of an already validated packet.
+#[inline(always)]
+fn headers_v6<'a>(ctx: &TcContext) -> Option<(&'a mut EthHdr, &'a mut Ipv6Hdr, &'a mut TcpHdr)> {
+    let eth = header_mut::<EthHdr>(ctx, 0)?;
+    let ip = header_mut::<Ipv6Hdr>(ctx, ETH_LEN)?;
+    let tcp = header_mut::<TcpHdr>(ctx, TCP6_OFF)?;
+    // SAFETY: bounds-checked just above; no helper runs before use.
+    Some(unsafe { (&mut *eth, &mut *ip, &mut *tcp) })
+}
+
+/// Fixes the TCP checksum for new IPv6 addresses and port: one
+/// `bpf_csum_diff` over both addresses, one pseudo-header update, one port
+/// update.
+#[inline(always)]
+fn apply_v6(
+    ctx: &TcContext,
+    old: (Ipv6Be, Ipv6Be, PortBe),
+    new: (Ipv6Be, Ipv6Be, PortBe),
+) -> Step<()> {
+    let check_off = TCP6_OFF + TCP_CHECK_OFF;
+    if old.0 != new.0 || old.1 != new.1 {
+        let mut from = [0u32; 8];
+        let mut to = [0u32; 8];
+        words(&mut from, &old.0, &old.1);
+        words(&mut to, &new.0, &new.1);
+        // SAFETY: both buffers are 32-byte stack arrays, as passed.
+        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 32, to.as_mut_ptr(), 32, 0) };
+        if diff < 0 {
+            return Err(helper_failed(ctx));
+        }
+        ctx.l4_csum_replace(
+            check_off,
+            0,
+            diff as u32 as u64,
+            u64::from(BPF_F_PSEUDO_HDR),
+        )
+        .map_err(|_| helper_failed(ctx))?;
+    }
+    if old.2 != new.2 {
+        ctx.l4_csum_replace(check_off, csum::wire2(old.2.0), csum::wire2(new.2.0), 2)
+            .map_err(|_| helper_failed(ctx))?;
+    }
+    Ok(())
+}
+
+/// Two addresses as eight 32-bit words in memory order.
+#[inline(always)]
+fn words(out: &mut [u32; 8], a: &Ipv6Be, b: &Ipv6Be) {
+    let mut i = 0;
+    while i < 4 {
+        out[i] = u32::from_ne_bytes([a.0[4 * i], a.0[4 * i + 1], a.0[4 * i + 2], a.0[4 * i + 3]]);
+        out[i + 4] =
+            u32::from_ne_bytes([b.0[4 * i], b.0[4 * i + 1], b.0[4 * i + 2], b.0[4 * i + 3]]);
+        i += 1;
+    }
 }

@@ -1,15 +1,133 @@
-//! Answers ARP for the metadata address from the tap itself, so a guest
-//! whose route to 169.254.169.254 is on-link needs no responder on the
-//! tenant network.
+//! Answers ARP (IPv4) and Neighbour Solicitations (IPv6) for the metadata
+//! address from the tap itself, so a guest whose route to 169.254.169.254 is
+//! on-link, and every guest asking for fe80::a9fe:a9fe, needs no responder
+//! on the tenant network.
 
-use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
-use metadata_common::{DatapathConfig, Ifindex, METADATA_V4, PortKeyV4};
+use aya_ebpf::{
+    helpers::{bpf_redirect, bpf_skb_change_tail},
+    programs::TcContext,
+};
+use metadata_common::{DatapathConfig, Ifindex, METADATA_V4, METADATA_V6, PortKeyV4, PortKeyV6};
 
 use crate::{
-    maps::MDR_PORTS_V4,
-    parse::{ArpEthIpv4, ETH_LEN, EthHdr, ensure_linear, header_mut},
+    csum,
+    maps::{MDR_PORTS_V4, MDR_PORTS_V6},
+    parse::{
+        ArpEthIpv4, ETH_LEN, EthHdr, IPPROTO_ICMPV6, IPV6_LEN, Ipv6Hdr, LinkLayerOpt, NeighMsg,
+        ensure_linear, header_mut,
+    },
     verdict::{Step, Verdict},
 };
+
+const ND_NEIGHBOR_SOLICIT: u8 = 135;
+const ND_NEIGHBOR_ADVERT: u8 = 136;
+const ND_OPT_TARGET_LL_ADDR: u8 = 2;
+/// Solicited and Override flags of a Neighbour Advertisement.
+const NA_FLAGS: [u8; 4] = [0x60, 0, 0, 0];
+const NEIGH_OFF: usize = ETH_LEN + IPV6_LEN;
+/// An advertisement with its target link-layer address option.
+const NA_LEN: usize = NEIGH_OFF + size_of::<NeighMsg>() + size_of::<LinkLayerOpt>();
+const NA_PAYLOAD: u16 = (size_of::<NeighMsg>() + size_of::<LinkLayerOpt>()) as u16;
+
+/// Whether an IPv6 packet is a Neighbour Solicitation for fe80::a9fe:a9fe
+/// (it is sent to the solicited-node multicast address, so the destination
+/// says nothing).
+#[inline(always)]
+pub fn is_metadata_solicitation(ctx: &TcContext) -> bool {
+    if !ensure_linear(ctx, NEIGH_OFF + size_of::<NeighMsg>()) {
+        return false;
+    }
+    let (Some(ip), Some(msg)) = (
+        header_mut::<Ipv6Hdr>(ctx, ETH_LEN),
+        header_mut::<NeighMsg>(ctx, NEIGH_OFF),
+    ) else {
+        return false;
+    };
+    // SAFETY: both bounds-checked by header_mut.
+    unsafe {
+        (*ip).next_header == IPPROTO_ICMPV6
+            && (*msg).icmp_type == ND_NEIGHBOR_SOLICIT
+            && (*msg).target == METADATA_V6
+    }
+}
+
+/// Answers a Neighbour Solicitation for fe80::a9fe:a9fe from a registered
+/// (tap, source) with a Neighbour Advertisement carrying the host device's
+/// MAC, built in place and sent back out of the tap.
+#[inline(always)]
+pub fn answer_ns(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) -> Step<Verdict> {
+    let Some(ip) = header_mut::<Ipv6Hdr>(ctx, ETH_LEN) else {
+        return Err(Verdict::DropMalformed);
+    };
+    let Some(msg) = header_mut::<NeighMsg>(ctx, NEIGH_OFF) else {
+        return Err(Verdict::DropMalformed);
+    };
+    // SAFETY: bounds-checked by header_mut; copied out before the resize.
+    let (asker, hop_limit, code) = unsafe { ((*ip).src, (*ip).hop_limit, (*msg).code) };
+    // RFC 4861 7.1.1: anything else did not come from the link.
+    if hop_limit != 255 || code != 0 {
+        return Err(Verdict::DropMalformed);
+    }
+    let Some(cfg) = cfg else {
+        return Err(Verdict::DropError);
+    };
+    let key = PortKeyV6 {
+        ifindex: tap,
+        addr: asker,
+    };
+    if MDR_PORTS_V6.get_ptr(key).is_none() {
+        // Includes DAD probes from "::": nobody may claim our address.
+        return Err(Verdict::DropUnregistered);
+    }
+    if ctx.len() as usize != NA_LEN {
+        // SAFETY: resizing the skb this program owns.
+        if unsafe { bpf_skb_change_tail(ctx.skb.skb, NA_LEN as u32, 0) } != 0 {
+            return Err(Verdict::DropError);
+        }
+    }
+    if !ensure_linear(ctx, NA_LEN) {
+        return Err(Verdict::DropError);
+    }
+    let (Some(eth), Some(ip), Some(msg), Some(opt)) = (
+        header_mut::<EthHdr>(ctx, 0),
+        header_mut::<Ipv6Hdr>(ctx, ETH_LEN),
+        header_mut::<NeighMsg>(ctx, NEIGH_OFF),
+        header_mut::<LinkLayerOpt>(ctx, NEIGH_OFF + size_of::<NeighMsg>()),
+    ) else {
+        return Err(Verdict::DropError);
+    };
+    // SAFETY: all bounds-checked just above, after the resize.
+    let (eth, ip, msg, opt) = unsafe { (&mut *eth, &mut *ip, &mut *msg, &mut *opt) };
+    eth.dst = eth.src;
+    eth.src = cfg.host_mac;
+    ip.vtc_flow = [0x60, 0, 0, 0];
+    ip.payload_len = NA_PAYLOAD.to_be_bytes();
+    ip.next_header = IPPROTO_ICMPV6;
+    ip.hop_limit = 255;
+    ip.dst = asker;
+    ip.src = METADATA_V6;
+    msg.icmp_type = ND_NEIGHBOR_ADVERT;
+    msg.code = 0;
+    msg.flags = NA_FLAGS;
+    msg.target = METADATA_V6;
+    opt.opt_type = ND_OPT_TARGET_LL_ADDR;
+    opt.len = 1;
+    opt.addr = cfg.host_mac;
+    // The checksum from scratch, from the values just written: pseudo
+    // header (source, destination, length, next header), then the message.
+    let mut sum = csum::add_words(0, &METADATA_V6.0);
+    sum = csum::add_words(sum, &asker.0);
+    sum = csum::add_words(sum, &[0, 0, 0, NA_PAYLOAD as u8, 0, 0, 0, IPPROTO_ICMPV6]);
+    sum = csum::add_words(sum, &[ND_NEIGHBOR_ADVERT, 0, 0, 0]);
+    sum = csum::add_words(sum, &NA_FLAGS);
+    sum = csum::add_words(sum, &METADATA_V6.0);
+    sum = csum::add_words(sum, &[ND_OPT_TARGET_LL_ADDR, 1]);
+    sum = csum::add_words(sum, &cfg.host_mac.0);
+    msg.check = csum::finish(sum);
+    // SAFETY: bpf_redirect takes plain integers. Out of the tap.
+    let action = unsafe { bpf_redirect(tap.0, 0) };
+    Ok(Verdict::ArpReplied.redirected(action))
+}
 
 const ARPHRD_ETHER: [u8; 2] = 1u16.to_be_bytes();
 const ARPOP_REQUEST: [u8; 2] = 1u16.to_be_bytes();

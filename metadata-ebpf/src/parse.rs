@@ -10,11 +10,13 @@
 //! padding, whatever offset it sits at.
 
 use aya_ebpf::programs::TcContext;
-use metadata_common::{Ipv4Be, MacAddr, PortBe};
+use metadata_common::{Ipv4Be, Ipv6Be, MacAddr, PortBe};
 
 pub const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
 pub const ETH_P_ARP: [u8; 2] = 0x0806u16.to_be_bytes();
+pub const ETH_P_IPV6: [u8; 2] = 0x86ddu16.to_be_bytes();
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// An Ethernet II header.
 #[repr(C)]
@@ -58,6 +60,39 @@ impl Ipv4Hdr {
         // MF is 0x2000, the offset the low 13 bits; DF (0x4000) is fine.
         u16::from_be_bytes(self.frag_off) & 0x3fff != 0
     }
+}
+
+/// An IPv6 header.
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub vtc_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub src: Ipv6Be,
+    pub dst: Ipv6Be,
+}
+pub const IPV6_LEN: usize = size_of::<Ipv6Hdr>();
+
+/// An ICMPv6 Neighbour Solicitation or Advertisement (RFC 4861), without
+/// options.
+#[repr(C)]
+pub struct NeighMsg {
+    pub icmp_type: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    /// Reserved (NS) or R/S/O flags and reserved (NA).
+    pub flags: [u8; 4],
+    pub target: Ipv6Be,
+}
+
+/// A link-layer address option (RFC 4861 4.6.1) for Ethernet.
+#[repr(C)]
+pub struct LinkLayerOpt {
+    pub opt_type: u8,
+    /// In units of 8 bytes.
+    pub len: u8,
+    pub addr: MacAddr,
 }
 
 /// The fixed part of a TCP header.

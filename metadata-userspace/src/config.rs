@@ -174,6 +174,9 @@ pub struct DatapathConfig {
     pub host_mtu: u32,
     /// Range the (tap, guest address) slots are NATed into.
     pub nat_v4: Ipv4Net,
+    /// The IPv6 /96 the (tap, guest IPv6) slots are NATed into; the proxy
+    /// listens on its address ::ffff:fffe.
+    pub nat_v6: Ipv6Net96,
     /// bpffs folder where maps and links are pinned.
     pub bpffs: PathBuf,
 }
@@ -185,6 +188,7 @@ impl Default for DatapathConfig {
             host_device: DeviceName("mdr0".into()),
             host_mtu: 9000,
             nat_v4: Ipv4Net::from_str("100.64.0.0/10").expect("valid default range"),
+            nat_v6: Ipv6Net96::from_str("fd00:a9fe:6464::/96").expect("valid default range"),
             bpffs: PathBuf::from("/sys/fs/bpf/metadata-redirector"),
         }
     }
@@ -532,6 +536,47 @@ impl fmt::Display for Ipv4Net {
     }
 }
 
+/// An IPv6 /96 such as "fd00:a9fe:6464::/96".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Net96 {
+    pub prefix: std::net::Ipv6Addr,
+}
+
+impl Ipv6Net96 {
+    /// Slot `n`'s address: the prefix with `n` in the last 32 bits.
+    pub fn slot(&self, n: u32) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::from(self.prefix.to_bits() | u128::from(n))
+    }
+
+    /// The proxy's IPv6 address (never a slot: slots stay far below it).
+    pub fn proxy(&self) -> std::net::Ipv6Addr {
+        self.slot(0xffff_fffe)
+    }
+}
+
+impl FromStr for Ipv6Net96 {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{text}` is not an IPv6 /96 like fd00:a9fe:6464::/96");
+        let (addr, len) = text.split_once('/').ok_or_else(bad)?;
+        let prefix: std::net::Ipv6Addr = addr.parse().map_err(|_| bad())?;
+        if len != "96" {
+            return Err(format!("`{text}`: the IPv6 NAT range must be a /96"));
+        }
+        if prefix.to_bits() & 0xffff_ffff != 0 {
+            return Err(format!("`{text}` has host bits set"));
+        }
+        Ok(Self { prefix })
+    }
+}
+
+impl fmt::Display for Ipv6Net96 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/96", self.prefix)
+    }
+}
+
 /// Deserializes any `FromStr` type whose error is a message, from a string.
 macro_rules! deserialize_from_str {
     ($($ty:ty),*) => {$(
@@ -543,7 +588,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(DeviceName, GlobPattern, Ipv4Net, NovaUrl);
+deserialize_from_str!(DeviceName, GlobPattern, Ipv4Net, Ipv6Net96, NovaUrl);
 
 #[cfg(test)]
 mod tests {

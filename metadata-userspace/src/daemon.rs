@@ -45,34 +45,46 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     log_attached(&datapath);
     let registry: proxy::SharedRegistry = Arc::new(RwLock::new(Arc::new(registry)));
 
-    let listener = match proxy::activated_listener().context("taking the activated socket")? {
-        Some(listener) => {
-            info!("using the listening socket passed by socket activation");
-            TcpListener::from_std(listener).context("registering the activated socket")?
+    let mut listeners = Vec::new();
+    for listener in proxy::activated_listeners().context("taking the activated sockets")? {
+        let addr = listener
+            .local_addr()
+            .context("reading an activated socket's address")?;
+        info!("using the listening socket {addr} passed by socket activation");
+        listeners.push(TcpListener::from_std(listener).context("registering an activated socket")?);
+    }
+    let wanted = [
+        std::net::SocketAddr::from((config.proxy.address, config.proxy.port)),
+        std::net::SocketAddr::from((config.datapath.nat_v6.proxy(), config.proxy.port)),
+    ];
+    for addr in wanted {
+        let covered = listeners
+            .iter()
+            .any(|l| l.local_addr().is_ok_and(|local| local == addr));
+        if !covered {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (is another daemon using it?)"))?;
+            listeners.push(listener);
         }
-        None => {
-            let address = (config.proxy.address, config.proxy.port);
-            TcpListener::bind(address).await.with_context(|| {
-                format!(
-                    "listening on {}:{} (is another daemon using it?)",
-                    config.proxy.address, config.proxy.port
-                )
-            })?
-        }
-    };
+    }
     let backend = Backend::new(&config.backend, &config.daemon.state_dir)
         .context("setting up the backend")?;
     let backend = Arc::new(backend);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(proxy::serve(
-        listener,
-        Arc::clone(&registry),
-        backend,
-        async move {
-            let _ = stop_rx.await;
-        },
-        DRAIN_TIMEOUT,
-    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for listener in listeners {
+        let mut stop_rx = stop_rx.clone();
+        servers.push(tokio::spawn(proxy::serve(
+            listener,
+            Arc::clone(&registry),
+            Arc::clone(&backend),
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            },
+            DRAIN_TIMEOUT,
+        )));
+    }
     info!(
         "serving metadata on {}:{} via {}",
         config.proxy.address, config.proxy.port, config.datapath.host_device
@@ -147,8 +159,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
     // Stop accepting, let requests in flight finish.
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    let _ = stop_tx.send(true);
+    for server in servers {
+        let _ = server.await;
+    }
     // The links stay pinned: guests keep being steered to the host device,
     // where nothing listens until the next daemon starts (fail closed).
     info!("stopped; programs stay attached until `metadata-redirector teardown`");

@@ -49,6 +49,24 @@ pub struct Port {
 }
 
 impl Port {
+    /// The port's fixed IPv6 addresses and its EUI-64 link-local address
+    /// (what a guest uses for fe80::a9fe:a9fe).
+    pub fn ipv6(&self) -> Vec<std::net::Ipv6Addr> {
+        let mut addrs: Vec<std::net::Ipv6Addr> = self
+            .ips
+            .iter()
+            .filter_map(|ip| match ip.addr {
+                IpAddr::V6(addr) => Some(addr),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        let link_local = self.mac.eui64_link_local();
+        if !addrs.contains(&link_local) {
+            addrs.push(link_local);
+        }
+        addrs
+    }
+
     /// The port's fixed IPv4 addresses.
     pub fn ipv4(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         self.ips.iter().filter_map(|ip| match ip.addr {
@@ -109,6 +127,31 @@ impl FromStr for Mac {
             return Err(format!("`{text}` is a multicast address, not a port's MAC"));
         }
         Ok(Self(mac))
+    }
+}
+
+impl Mac {
+    /// fe80::/64 with the modified EUI-64 interface id of this MAC.
+    pub fn eui64_link_local(&self) -> std::net::Ipv6Addr {
+        let [a, b, c, d, e, f] = self.0;
+        std::net::Ipv6Addr::from([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            a ^ 0x02,
+            b,
+            c,
+            0xff,
+            0xfe,
+            d,
+            e,
+            f,
+        ])
     }
 }
 
@@ -343,6 +386,14 @@ ips = ["10.0.0.5", "10.0.1.5/24", "fd00::5"]
         let v4: Vec<_> = port.ipv4().collect();
         assert_eq!(v4, [Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 1, 5)]);
         assert_eq!(port.ips[1].prefix_len, Some(24));
+    }
+
+    #[test]
+    fn ipv6_sources_include_the_eui64_link_local_address() {
+        let index = parse(EXAMPLE).unwrap();
+        let (_, port) = index.by_device("tapa1b2c3d4-e5").unwrap();
+        let v6: Vec<String> = port.ipv6().iter().map(ToString::to_string).collect();
+        assert_eq!(v6, ["fd00::5", "fe80::f816:3eff:fe11:2233"]);
     }
 
     #[test]

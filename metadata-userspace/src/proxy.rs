@@ -95,9 +95,9 @@ pub async fn serve(
     }
 }
 
-/// The listening socket passed by systemd socket activation (LISTEN_FDS),
-/// if this process was given one.
-pub fn activated_listener() -> std::io::Result<Option<std::net::TcpListener>> {
+/// The listening sockets passed by systemd socket activation (LISTEN_FDS),
+/// if this process was given any.
+pub fn activated_listeners() -> std::io::Result<Vec<std::net::TcpListener>> {
     use std::os::fd::FromRawFd as _;
     const SD_LISTEN_FDS_START: i32 = 3;
     let for_us = std::env::var("LISTEN_PID")
@@ -108,19 +108,20 @@ pub fn activated_listener() -> std::io::Result<Option<std::net::TcpListener>> {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    if !for_us || count < 1 {
-        return Ok(None);
+    if !for_us {
+        return Ok(Vec::new());
     }
-    if count > 1 {
-        warn!("{count} sockets passed; using the first");
+    let mut listeners = Vec::new();
+    for fd in SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + count.clamp(0, 16) {
+        // Not inherited by anything we start (ip, ...).
+        // SAFETY: fcntl on a descriptor systemd's protocol hands to us.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        // SAFETY: we take ownership of each passed descriptor exactly once.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        listener.set_nonblocking(true)?;
+        listeners.push(listener);
     }
-    // SAFETY: systemd's protocol hands us fd 3 and we take ownership once.
-    let listener = unsafe { std::net::TcpListener::from_raw_fd(SD_LISTEN_FDS_START) };
-    // Not inherited by anything we start (ip, ...).
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe { libc::fcntl(SD_LISTEN_FDS_START, libc::F_SETFD, libc::FD_CLOEXEC) };
-    listener.set_nonblocking(true)?;
-    Ok(Some(listener))
+    Ok(listeners)
 }
 
 async fn handle(

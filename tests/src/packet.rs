@@ -158,6 +158,106 @@ pub fn parse_tcp_frame(frame: &[u8]) -> TcpView {
     }
 }
 
+/// An IPv6 packet (no extension headers unless in `payload`).
+pub fn ipv6(
+    src: [u8; 16],
+    dst: [u8; 16],
+    next_header: u8,
+    hop_limit: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut packet = vec![0x60, 0, 0, 0];
+    packet.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    packet.push(next_header);
+    packet.push(hop_limit);
+    packet.extend_from_slice(&src);
+    packet.extend_from_slice(&dst);
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// The checksum of an upper-layer payload over the IPv6 pseudo-header.
+pub fn checksum_v6(src: [u8; 16], dst: [u8; 16], next_header: u8, payload: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(40);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, next_header]);
+    !fold(sum16(payload, sum16(&pseudo, 0)))
+}
+
+/// A whole Ethernet/IPv6/TCP frame with a correct checksum.
+pub fn tcp6_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 16],
+    dst: [u8; 16],
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut segment = vec![0u8; 20];
+    segment[0..2].copy_from_slice(&ports.0.to_be_bytes());
+    segment[2..4].copy_from_slice(&ports.1.to_be_bytes());
+    segment[12] = 5 << 4;
+    segment[13] = 0x18;
+    segment[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    segment.extend_from_slice(payload);
+    let check = checksum_v6(src, dst, 6, &segment);
+    segment[16..18].copy_from_slice(&check.to_be_bytes());
+    ethernet(macs.0, macs.1, ETH_P_IPV6, &ipv6(src, dst, 6, 64, &segment))
+}
+
+/// A parsed Ethernet/IPv6/TCP frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Tcp6View {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub checksum_ok: bool,
+}
+
+pub fn parse_tcp6_frame(frame: &[u8]) -> Tcp6View {
+    let ip = &frame[14..];
+    let src: [u8; 16] = ip[8..24].try_into().expect("16 bytes");
+    let dst: [u8; 16] = ip[24..40].try_into().expect("16 bytes");
+    let segment = &ip[40..];
+    Tcp6View {
+        dst_mac: frame[0..6].try_into().expect("6 bytes"),
+        src_mac: frame[6..12].try_into().expect("6 bytes"),
+        src,
+        dst,
+        sport: u16::from_be_bytes([segment[0], segment[1]]),
+        dport: u16::from_be_bytes([segment[2], segment[3]]),
+        checksum_ok: checksum_v6(src, dst, 6, segment) == 0,
+    }
+}
+
+/// A Neighbour Solicitation for `target` from `src` (with the source
+/// link-layer address option), sent to the solicited-node address.
+pub fn neighbor_solicitation(src_mac: [u8; 6], src: [u8; 16], target: [u8; 16]) -> Vec<u8> {
+    let mut dst = [0u8; 16];
+    dst[..2].copy_from_slice(&[0xff, 0x02]);
+    dst[11] = 1;
+    dst[12] = 0xff;
+    dst[13..].copy_from_slice(&target[13..]);
+    let mut icmp = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&target);
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&src_mac);
+    let check = checksum_v6(src, dst, 58, &icmp);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    let mut mcast_mac = [0x33, 0x33, 0, 0, 0, 0];
+    mcast_mac[2..].copy_from_slice(&dst[12..]);
+    ethernet(
+        mcast_mac,
+        src_mac,
+        ETH_P_IPV6,
+        &ipv6(src, dst, 58, 255, &icmp),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,11 +13,12 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use metadata_common::{
-    DatapathConfig, DeviceCounters, Ifindex, Ipv4Be, MacAddr, PortBe, PortKeyV4, PortV4, Slot,
-    SlotV4, map_names,
+    DatapathConfig, DeviceCounters, Ifindex, Ipv4Be, Ipv6Be, MacAddr, PortBe, PortKeyV4, PortKeyV6,
+    PortV4, PortV6, Slot, SlotV4, SlotV6, map_names,
 };
 use metadata_tests::packet::{
-    ETH_P_IPV6, Ipv4Opts, arp_request, ethernet, ipv4, parse_tcp_frame, tcp_frame,
+    ETH_P_IPV6, Ipv4Opts, arp_request, checksum_v6, ethernet, ipv4, ipv6, neighbor_solicitation,
+    parse_tcp_frame, parse_tcp6_frame, tcp_frame, tcp6_frame,
 };
 use metadata_userspace::datapath::EBPF_OBJECT;
 
@@ -36,6 +37,23 @@ const PROXY_PORT: u16 = 8775;
 const NAT_BASE: [u8; 4] = [100, 64, 0, 0];
 const SLOT: u32 = 3;
 const SLOT_ADDR: [u8; 4] = [100, 64, 0, 3];
+/// The guest's EUI-64 link-local address (from GUEST_MAC).
+const GUEST6: [u8; 16] = [
+    0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0xf8, 0x16, 0x3e, 0xff, 0xfe, 0, 0, 5,
+];
+const METADATA6: [u8; 16] = [
+    0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0xa9, 0xfe,
+];
+const NAT6: [u8; 16] = [
+    0xfd, 0, 0xa9, 0xfe, 0x64, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+const PROXY6: [u8; 16] = [
+    0xfd, 0, 0xa9, 0xfe, 0x64, 0x64, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xfe,
+];
+const SLOT6: u32 = 7;
+const SLOT6_ADDR: [u8; 16] = [
+    0xfd, 0, 0xa9, 0xfe, 0x64, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7,
+];
 
 struct Fixture {
     ebpf: Ebpf,
@@ -59,6 +77,9 @@ impl Fixture {
                     nat_v4_size: 1024,
                     host_mac: MacAddr(HOST_MAC),
                     proxy_port: PortBe::new(PROXY_PORT),
+                    proxy_v6: Ipv6Be(PROXY6),
+                    nat_v6_base: Ipv6Be(NAT6),
+                    nat_v6_size: 1024,
                 },
                 0,
             )
@@ -83,6 +104,32 @@ impl Fixture {
                 SlotV4 {
                     ifindex: LO,
                     guest_addr: Ipv4Be(GUEST),
+                    guest_mac: MacAddr(GUEST_MAC),
+                    router_mac: MacAddr::default(),
+                },
+                0,
+            )
+            .unwrap();
+        let mut ports6: HashMap<&mut MapData, PortKeyV6, PortV6> =
+            HashMap::try_from(fixture.ebpf.map_mut(map_names::PORTS_V6).unwrap()).unwrap();
+        ports6
+            .insert(
+                PortKeyV6 {
+                    ifindex: LO,
+                    addr: Ipv6Be(GUEST6),
+                },
+                PortV6 { slot: Slot(SLOT6) },
+                0,
+            )
+            .unwrap();
+        let mut slots6: Array<&mut MapData, SlotV6> =
+            Array::try_from(fixture.ebpf.map_mut(map_names::SLOTS_V6).unwrap()).unwrap();
+        slots6
+            .set(
+                SLOT6,
+                SlotV6 {
+                    ifindex: LO,
+                    guest_addr: Ipv6Be(GUEST6),
                     guest_mac: MacAddr(GUEST_MAC),
                     router_mac: MacAddr::default(),
                 },
@@ -262,8 +309,8 @@ fn tap_ingress_passes_other_traffic_untouched() {
                 Ipv4Opts::default(),
             ),
         ),
-        // IPv6 (not steered in this datapath yet).
-        ethernet(ROUTER_MAC, GUEST_MAC, ETH_P_IPV6, &[0x60; 60]),
+        // IPv6 to someone else.
+        tcp6_frame((ROUTER_MAC, GUEST_MAC), GUEST6, PROXY6, (40000, 80), b""),
         // An unknown ethertype, and a bare Ethernet header. (A runt IPv4
         // frame cannot be fed in: BPF_PROG_TEST_RUN itself rejects it.)
         ethernet(ROUTER_MAC, GUEST_MAC, 0x88cc, &[0; 46]),
@@ -405,4 +452,156 @@ fn host_egress_drops_malformed_replies() {
     fx.expect("host_egress", &input[..14 + 20 + 8], TC_ACT_SHOT, |c| {
         c.drop_malformed
     });
+}
+
+fn request6(src: [u8; 16], dport: u16) -> Vec<u8> {
+    tcp6_frame(
+        (HOST_MAC, GUEST_MAC),
+        src,
+        METADATA6,
+        (40000, dport),
+        b"GET / HTTP/1.1\r\n\r\n",
+    )
+}
+
+#[test]
+fn tap_ingress_steers_ipv6_requests_through_the_nat_96() {
+    let fx = Fixture::new();
+    let out = fx.expect("tap_ingress", &request6(GUEST6, 80), TC_ACT_REDIRECT, |c| {
+        c.steered
+    });
+    let view = parse_tcp6_frame(&out);
+    assert_eq!(view.dst_mac, HOST_MAC);
+    assert_eq!((view.src, view.sport), (SLOT6_ADDR, 40000));
+    assert_eq!((view.dst, view.dport), (PROXY6, PROXY_PORT));
+    assert!(view.checksum_ok, "TCP checksum over the new pseudo-header");
+}
+
+#[test]
+fn host_egress_returns_ipv6_replies() {
+    let fx = Fixture::new();
+    let input = tcp6_frame(
+        (HOST_MAC, HOST_MAC),
+        PROXY6,
+        SLOT6_ADDR,
+        (PROXY_PORT, 40000),
+        b"HTTP/1.1 200 OK\r\n\r\n",
+    );
+    let out = fx.expect("host_egress", &input, TC_ACT_REDIRECT, |c| c.replied);
+    let view = parse_tcp6_frame(&out);
+    assert_eq!(view.dst_mac, GUEST_MAC);
+    assert_eq!((view.src, view.sport), (METADATA6, 80));
+    assert_eq!((view.dst, view.dport), (GUEST6, 40000));
+    assert!(view.checksum_ok);
+    let unknown = tcp6_frame(
+        (HOST_MAC, HOST_MAC),
+        PROXY6,
+        [
+            0xfd, 0, 0xa9, 0xfe, 0x64, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9,
+        ],
+        (PROXY_PORT, 40000),
+        b"",
+    );
+    fx.expect("host_egress", &unknown, TC_ACT_SHOT, |c| c.drop_no_slot);
+}
+
+#[test]
+fn tap_ingress_answers_neighbour_solicitations_for_the_metadata_address() {
+    let fx = Fixture::new();
+    let input = neighbor_solicitation(GUEST_MAC, GUEST6, METADATA6);
+    let out = fx.expect("tap_ingress", &input, TC_ACT_REDIRECT, |c| c.arp_replied);
+    assert_eq!(out.len(), 14 + 40 + 32);
+    assert_eq!(&out[0..6], &GUEST_MAC);
+    assert_eq!(&out[6..12], &HOST_MAC);
+    let ip = &out[14..];
+    assert_eq!(ip[6], 58, "ICMPv6");
+    assert_eq!(ip[7], 255, "hop limit");
+    assert_eq!(&ip[8..24], &METADATA6, "from the metadata address");
+    assert_eq!(&ip[24..40], &GUEST6, "to the asker");
+    let icmp = &ip[40..];
+    assert_eq!(icmp[0], 136, "a Neighbour Advertisement");
+    assert_eq!(icmp[4], 0x60, "solicited, override");
+    assert_eq!(&icmp[8..24], &METADATA6);
+    assert_eq!(&icmp[24..26], &[2, 1], "target link-layer address option");
+    assert_eq!(&icmp[26..32], &HOST_MAC);
+    assert_eq!(
+        checksum_v6(METADATA6, GUEST6, 58, icmp),
+        0,
+        "ICMPv6 checksum"
+    );
+    // Without the source link-layer option (shorter): still answered.
+    let mut short = neighbor_solicitation(GUEST_MAC, GUEST6, METADATA6);
+    short.truncate(14 + 40 + 24);
+    short[14 + 5] = 24;
+    let check = checksum_v6(GUEST6, short[14 + 24..14 + 40].try_into().unwrap(), 58, &{
+        let mut icmp = short[14 + 40..].to_vec();
+        icmp[2] = 0;
+        icmp[3] = 0;
+        icmp
+    });
+    short[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&check.to_be_bytes());
+    let out = fx.expect("tap_ingress", &short, TC_ACT_REDIRECT, |c| c.arp_replied);
+    assert_eq!(out.len(), 14 + 40 + 32);
+}
+
+#[test]
+fn tap_ingress_ipv6_drops_unregistered_and_passes_other_icmpv6_and_extension_headers() {
+    let fx = Fixture::new();
+    let stranger: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99];
+    fx.expect("tap_ingress", &request6(stranger, 80), TC_ACT_SHOT, |c| {
+        c.drop_unregistered
+    });
+    fx.expect(
+        "tap_ingress",
+        &neighbor_solicitation(GUEST_MAC, stranger, METADATA6),
+        TC_ACT_SHOT,
+        |c| c.drop_unregistered,
+    );
+    // DAD for our address ("::" source) is never answered.
+    fx.expect(
+        "tap_ingress",
+        &neighbor_solicitation(GUEST_MAC, [0; 16], METADATA6),
+        TC_ACT_SHOT,
+        |c| c.drop_unregistered,
+    );
+    // A registered source's other traffic to the address passes untouched:
+    // an echo request, a fragment header, a hop-by-hop header, port 8080.
+    for input in [
+        ethernet(
+            HOST_MAC,
+            GUEST_MAC,
+            ETH_P_IPV6,
+            &ipv6(GUEST6, METADATA6, 58, 64, &[128, 0, 0, 0, 0, 0, 0, 0]),
+        ),
+        ethernet(
+            HOST_MAC,
+            GUEST_MAC,
+            ETH_P_IPV6,
+            &ipv6(GUEST6, METADATA6, 44, 64, &[6, 0, 0, 1, 0, 0, 0, 1]),
+        ),
+        ethernet(
+            HOST_MAC,
+            GUEST_MAC,
+            ETH_P_IPV6,
+            &ipv6(GUEST6, METADATA6, 0, 64, &[6, 0, 1, 4, 0, 0, 0, 0]),
+        ),
+        request6(GUEST6, 8080),
+        // A solicitation for someone else.
+        neighbor_solicitation(GUEST_MAC, GUEST6, PROXY6),
+    ] {
+        let out = fx.expect("tap_ingress", &input, TC_ACT_OK, |c| c.passed);
+        assert_eq!(out, input);
+    }
+    // From an unregistered source, the same are dropped.
+    let frag = ethernet(
+        HOST_MAC,
+        GUEST_MAC,
+        ETH_P_IPV6,
+        &ipv6(stranger, METADATA6, 44, 64, &[6, 0, 0, 1, 0, 0, 0, 1]),
+    );
+    fx.expect("tap_ingress", &frag, TC_ACT_SHOT, |c| c.drop_unregistered);
+    // A solicitation with a hop limit other than 255 is not from the link.
+    let mut forwarded = neighbor_solicitation(GUEST_MAC, GUEST6, METADATA6);
+    forwarded[14 + 7] = 64;
+    fx.expect("tap_ingress", &forwarded, TC_ACT_SHOT, |c| c.drop_malformed);
 }

@@ -15,6 +15,10 @@
 
 /// The link-local IPv4 address guests send metadata requests to.
 pub const METADATA_V4: Ipv4Be = Ipv4Be([169, 254, 169, 254]);
+/// The link-local IPv6 address guests send metadata requests to.
+pub const METADATA_V6: Ipv6Be = Ipv6Be([
+    0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0xa9, 0xfe,
+]);
 /// The TCP port guests send metadata requests to.
 pub const METADATA_PORT: PortBe = PortBe::new(80);
 
@@ -24,6 +28,9 @@ pub const METADATA_PORT: PortBe = PortBe::new(80);
 /// each); the slot array is preallocated, so this bounds its memory:
 /// `MAX_SLOTS_V4 * size_of::<SlotV4>()` bytes.
 pub const MAX_SLOTS_V4: u32 = 16_384;
+/// Highest number of IPv6 slots (one per registered (tap, guest IPv6)
+/// pair: fixed addresses and the EUI-64 link-local address of each port).
+pub const MAX_SLOTS_V6: u32 = 16_384;
 /// Highest number of VM-facing devices the datapath tracks counters for.
 pub const MAX_DEVICES: u32 = 8_192;
 
@@ -38,6 +45,12 @@ pub mod map_names {
     pub const PORTS_V4: &str = "MDR_PORTS_V4";
     /// Slot -> [`crate::SlotV4`]: the reverse mapping used for replies.
     pub const SLOTS_V4: &str = "MDR_SLOTS_V4";
+    /// (tap ifindex, guest IPv6) -> [`crate::PortV6`].
+    pub const PORTS_V6: &str = "MDR_PORTS_V6";
+    /// Slot -> [`crate::SlotV6`].
+    pub const SLOTS_V6: &str = "MDR_SLOTS_V6";
+    /// Per-CPU time each rare event was last logged.
+    pub const LOG_RATELIMIT: &str = "MDR_LOG_RATELIMIT";
     /// Device ifindex -> [`crate::DeviceCounters`], per CPU.
     pub const COUNTERS: &str = "MDR_COUNTERS";
 }
@@ -72,6 +85,11 @@ impl Ipv4Be {
         Self(bits.to_be_bytes())
     }
 }
+
+/// An IPv6 address in network byte order, as it appears in a packet.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ipv6Be(pub [u8; 16]);
 
 /// A TCP or UDP port in network byte order.
 #[repr(transparent)]
@@ -125,6 +143,13 @@ pub struct DatapathConfig {
     pub host_mac: MacAddr,
     /// Port the proxy listens on.
     pub proxy_port: PortBe,
+    /// IPv6 address the proxy listens on.
+    pub proxy_v6: Ipv6Be,
+    /// The IPv6 NAT /96: slot `n` is this prefix with `n` in the last 32
+    /// bits.
+    pub nat_v6_base: Ipv6Be,
+    /// Number of IPv6 slots in use at most (0: IPv6 steering off).
+    pub nat_v6_size: u32,
 }
 
 /// Key of [`map_names::PORTS_V4`]: a guest source as seen on one tap.
@@ -163,6 +188,31 @@ pub struct SlotV4 {
     pub router_mac: MacAddr,
 }
 
+/// Key of [`map_names::PORTS_V6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKeyV6 {
+    pub ifindex: Ifindex,
+    pub addr: Ipv6Be,
+}
+
+/// Value of [`map_names::PORTS_V6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortV6 {
+    pub slot: Slot,
+}
+
+/// Value of [`map_names::SLOTS_V6`]; see [`SlotV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotV6 {
+    pub ifindex: Ifindex,
+    pub guest_addr: Ipv6Be,
+    pub guest_mac: MacAddr,
+    pub router_mac: MacAddr,
+}
+
 /// Per-device packet counters, one copy per CPU in [`map_names::COUNTERS`].
 ///
 /// Tap programs count under the tap's ifindex; replies are counted under
@@ -177,7 +227,8 @@ pub struct DeviceCounters {
     pub steered: u64,
     /// Proxy replies returned to a guest.
     pub replied: u64,
-    /// ARP requests for the metadata address answered by the program.
+    /// ARP requests (IPv4) and Neighbour Solicitations (IPv6) for the
+    /// metadata address answered by the program.
     pub arp_replied: u64,
     /// Dropped: metadata traffic from a source not registered on this tap.
     pub drop_unregistered: u64,
@@ -238,11 +289,16 @@ mod user {
     unsafe impl aya::Pod for super::SlotV4 {}
     unsafe impl aya::Pod for super::DeviceCounters {}
     unsafe impl aya::Pod for super::Ifindex {}
+    unsafe impl aya::Pod for super::PortKeyV6 {}
+    unsafe impl aya::Pod for super::PortV6 {}
+    unsafe impl aya::Pod for super::SlotV6 {}
 }
 
 // No implicit padding anywhere: the sizes below are the sums of the fields.
 const _: () = {
-    assert!(size_of::<DatapathConfig>() == 4 + 4 + 4 + 4 + 6 + 2);
+    assert!(size_of::<DatapathConfig>() == 4 + 4 + 4 + 4 + 6 + 2 + 16 + 16 + 4);
+    assert!(size_of::<PortKeyV6>() == 20);
+    assert!(size_of::<SlotV6>() == 4 + 16 + 6 + 6);
     assert!(size_of::<PortKeyV4>() == 8);
     assert!(size_of::<PortV4>() == 4);
     assert!(size_of::<SlotV4>() == 4 + 4 + 6 + 6);

@@ -402,9 +402,15 @@ fn ec2_meta_data(who: &Identity) -> Ec2Node {
         .take(8)
         .collect();
     let ec2_id = format!("i-{short:0>8}");
+    // The port's own IPv4 address, also when asked over IPv6.
     let local_ipv4 = match who.guest_addr {
         std::net::IpAddr::V4(addr) => addr.to_string(),
-        std::net::IpAddr::V6(_) => String::new(),
+        std::net::IpAddr::V6(_) => instance
+            .ports
+            .get(who.port)
+            .and_then(|port| port.ipv4().next())
+            .map(|addr| addr.to_string())
+            .unwrap_or_default(),
     };
     let mut tree = BTreeMap::new();
     for (key, value) in [

@@ -10,7 +10,10 @@ use metadata_common::Ifindex;
 use serde::Deserialize;
 
 use super::DatapathError;
-use crate::{config::Ipv4Net, ports::Mac};
+use crate::{
+    config::{Ipv4Net, Ipv6Net96},
+    ports::Mac,
+};
 
 /// A network device of this network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +107,7 @@ pub fn ensure_host_device(
     mtu: u32,
     proxy: Ipv4Addr,
     nat: Ipv4Net,
+    nat_v6: Ipv6Net96,
 ) -> Result<Link, DatapathError> {
     let peer = peer_name(name);
     let details = parse_links(&ip(&["-json", "-details", "link", "show"])?)?;
@@ -133,6 +137,18 @@ pub fn ensure_host_device(
     ip(&["link", "set", "dev", name, "mtu", &mtu, "arp", "off", "up"])?;
     ip(&["addr", "replace", &format!("{proxy}/32"), "dev", name])?;
     ip(&["route", "replace", &nat.to_string(), "dev", name])?;
+    // IPv6: the proxy's address (no DAD: nobody else is on this link) and
+    // the slot /96.
+    ip(&[
+        "-6",
+        "addr",
+        "replace",
+        &format!("{}/128", nat_v6.proxy()),
+        "dev",
+        name,
+        "nodad",
+    ])?;
+    ip(&["-6", "route", "replace", &nat_v6.to_string(), "dev", name])?;
     find_link(name)?.ok_or_else(|| DatapathError::HostDevice {
         name: name.to_owned(),
         reason: "vanished right after it was configured".into(),

@@ -10,6 +10,7 @@
 //! tenant network.
 
 pub mod events;
+pub mod family;
 pub mod host;
 pub mod slots;
 
@@ -32,11 +33,14 @@ use aya::{
 };
 use log::{info, warn};
 use metadata_common::{
-    DatapathConfig as DatapathConfigEntry, DeviceCounters, Ifindex, Ipv4Be, MAX_SLOTS_V4, MacAddr,
-    PortBe, PortKeyV4, PortV4, Slot, SlotV4, map_names,
+    DatapathConfig as DatapathConfigEntry, DeviceCounters, Ifindex, Ipv4Be, Ipv6Be, MAX_SLOTS_V4,
+    MAX_SLOTS_V6, MacAddr, PortBe, PortKeyV4, PortKeyV6, PortV4, PortV6, Slot, map_names,
 };
 
-use self::host::Link;
+use self::{
+    family::{Family, SlotMaps, V4, V6},
+    host::Link,
+};
 use crate::{
     config::Config,
     ports::{Instance, PortIndex},
@@ -50,12 +54,14 @@ const TAP_PROGRAM: &str = "tap_ingress";
 const HOST_PROGRAM: &str = "host_egress";
 /// Maps pinned by name under the bpffs folder. The log ring buffer is not:
 /// it belongs to the daemon that reads it.
-const PINNED_MAPS: [&str; 5] = [
+const PINNED_MAPS: [&str; 7] = [
     map_names::CONFIG,
     map_names::PORTS_V4,
     map_names::SLOTS_V4,
+    map_names::PORTS_V6,
+    map_names::SLOTS_V6,
     map_names::COUNTERS,
-    "MDR_LOG_RATELIMIT",
+    map_names::LOG_RATELIMIT,
 ];
 /// Folder under the bpffs folder holding the pinned TCX links.
 const LINKS_DIR: &str = "links";
@@ -124,7 +130,8 @@ pub type Registry = HashMap<IpAddr, Identity>;
 #[derive(Debug)]
 pub struct AttachedTap {
     pub name: String,
-    pub slots: Vec<(Ipv4Addr, Slot, Ipv4Addr)>,
+    /// (guest address, slot, slot address), IPv4 then IPv6.
+    pub slots: Vec<(IpAddr, Slot, IpAddr)>,
 }
 
 /// The loaded programs, their maps and links.
@@ -134,8 +141,9 @@ pub struct Datapath {
     host: Link,
     entry: DatapathConfigEntry,
     config: Config,
-    ports_v4: BpfHashMap<MapData, PortKeyV4, PortV4>,
-    slots_v4: Array<MapData, SlotV4>,
+    v4: SlotMaps<V4>,
+    v6: SlotMaps<V6>,
+    nat_v6: crate::config::Ipv6Net96,
     counters: PerCpuHashMap<MapData, Ifindex, DeviceCounters>,
     /// Links this daemon holds, by device; pinned, so dropping one does
     /// not detach it.
@@ -165,6 +173,7 @@ impl Datapath {
             dp.host_mtu,
             config.proxy.address,
             dp.nat_v4,
+            dp.nat_v6,
         )?;
         let bpffs = dp.bpffs.clone();
         ensure_bpffs(&bpffs)?;
@@ -186,13 +195,21 @@ impl Datapath {
 
         let mut config_map: Array<MapData, DatapathConfigEntry> =
             take_map(&mut ebpf, map_names::CONFIG)?;
-        let ports_v4 = take_map(&mut ebpf, map_names::PORTS_V4)?;
-        let slots_v4 = take_map(&mut ebpf, map_names::SLOTS_V4)?;
-        let counters = take_map(&mut ebpf, map_names::COUNTERS)?;
-
         let capacity = u32::try_from(dp.nat_v4.size())
             .unwrap_or(u32::MAX)
             .min(MAX_SLOTS_V4);
+        let v4 = SlotMaps::<V4> {
+            ports: take_map(&mut ebpf, map_names::PORTS_V4)?,
+            slots: take_map(&mut ebpf, map_names::SLOTS_V4)?,
+            capacity,
+        };
+        let v6 = SlotMaps::<V6> {
+            ports: take_map(&mut ebpf, map_names::PORTS_V6)?,
+            slots: take_map(&mut ebpf, map_names::SLOTS_V6)?,
+            capacity: MAX_SLOTS_V6,
+        };
+        let counters = take_map(&mut ebpf, map_names::COUNTERS)?;
+
         let entry = DatapathConfigEntry {
             host_ifindex: host.ifindex,
             proxy_v4: Ipv4Be(config.proxy.address.octets()),
@@ -200,6 +217,9 @@ impl Datapath {
             nat_v4_size: capacity,
             host_mac: MacAddr(host.mac.0),
             proxy_port: PortBe::new(config.proxy.port),
+            proxy_v6: Ipv6Be(dp.nat_v6.proxy().octets()),
+            nat_v6_base: Ipv6Be(dp.nat_v6.prefix.octets()),
+            nat_v6_size: MAX_SLOTS_V6,
         };
         config_map
             .set(0, entry, 0)
@@ -225,8 +245,9 @@ impl Datapath {
             host,
             entry,
             config: config.clone(),
-            ports_v4,
-            slots_v4,
+            v4,
+            v6,
+            nat_v6: dp.nat_v6,
             counters,
             tap_links: BTreeMap::new(),
             attached: BTreeMap::new(),
@@ -271,23 +292,42 @@ impl Datapath {
         }
 
         // Slots first, so the reverse path exists before a request can use it.
-        let desired: Vec<PortKeyV4> = taps
+        let desired_v4: Vec<PortKeyV4> = taps
             .iter()
             .flat_map(|(link, _, port)| {
-                port.ipv4().map(|addr| PortKeyV4 {
-                    ifindex: link.ifindex,
-                    addr: Ipv4Be(addr.octets()),
-                })
+                port.ipv4()
+                    .filter_map(|addr| V4::key(link.ifindex, IpAddr::V4(addr)))
             })
             .collect();
-        let current: Vec<(PortKeyV4, Slot)> = self
-            .ports_v4
+        let desired_v6: Vec<PortKeyV6> = taps
             .iter()
-            .filter_map(Result::ok)
-            .map(|(key, value)| (key, value.slot))
+            .flat_map(|(link, _, port)| {
+                port.ipv6()
+                    .into_iter()
+                    .filter_map(|addr| V6::key(link.ifindex, IpAddr::V6(addr)))
+            })
             .collect();
-        let plan = slots::plan(&current, &desired, self.entry.nat_v4_size)?;
-        self.apply_slots(&plan, &taps)?;
+        let plan_v4 = slots::plan(&self.v4.current(), &desired_v4, self.v4.capacity)?;
+        let plan_v6 = slots::plan(&self.v6.current(), &desired_v6, self.v6.capacity)?;
+        let mac_of = |ifindex: Ifindex| {
+            taps.iter()
+                .find(|(link, _, _)| link.ifindex == ifindex)
+                .map(|(_, _, port)| MacAddr(port.mac.0))
+        };
+        self.v4.apply(&plan_v4, mac_of)?;
+        self.v6.apply(&plan_v6, mac_of)?;
+        let assigned: Vec<(Ifindex, IpAddr, Slot, IpAddr)> = plan_v4
+            .assigned
+            .iter()
+            .map(|(key, slot)| {
+                let (ifindex, guest) = V4::key_parts(key);
+                (ifindex, guest, *slot, IpAddr::V4(self.slot_addr(*slot)))
+            })
+            .chain(plan_v6.assigned.iter().map(|(key, slot)| {
+                let (ifindex, guest) = V6::key_parts(key);
+                (ifindex, guest, *slot, IpAddr::V6(self.nat_v6.slot(slot.0)))
+            }))
+            .collect();
 
         let mut registry = Registry::new();
         let mut attached = BTreeMap::new();
@@ -321,20 +361,14 @@ impl Datapath {
                 name: link.name.clone(),
                 slots: Vec::new(),
             };
-            for &(key, slot) in plan
-                .assigned
-                .iter()
-                .filter(|(key, _)| key.ifindex == link.ifindex)
-            {
-                let slot_addr = self.slot_addr(slot);
-                let guest = Ipv4Addr::from(key.addr.0);
+            for &(_, guest, slot, slot_addr) in assigned.iter().filter(|a| a.0 == link.ifindex) {
                 registry.insert(
-                    IpAddr::V4(slot_addr),
+                    slot_addr,
                     Identity {
                         instance: Arc::clone(instance),
                         port: port_index,
                         device: link.name.clone(),
-                        guest_addr: IpAddr::V4(guest),
+                        guest_addr: guest,
                     },
                 );
                 tap.slots.push((guest, slot, slot_addr));
@@ -374,51 +408,6 @@ impl Datapath {
         self.bpffs
             .join(LINKS_DIR)
             .join(format!("{TAP_PROGRAM}-{}", ifindex.0))
-    }
-
-    fn apply_slots(
-        &mut self,
-        plan: &slots::SlotPlan,
-        taps: &[(&Link, &Arc<Instance>, &crate::ports::Port)],
-    ) -> Result<(), DatapathError> {
-        for (key, slot) in &plan.removed {
-            match self.ports_v4.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(err) => return Err(map_err(map_names::PORTS_V4)(err)),
-            }
-            let reused = plan.assigned.iter().any(|(_, s)| s == slot);
-            if slot.0 < MAX_SLOTS_V4 && !reused {
-                self.slots_v4
-                    .set(slot.0, SlotV4::default(), 0)
-                    .map_err(map_err(map_names::SLOTS_V4))?;
-            }
-        }
-        for (key, slot) in &plan.assigned {
-            let Some((_, _, port)) = taps.iter().find(|(link, _, _)| link.ifindex == key.ifindex)
-            else {
-                continue;
-            };
-            let previous = self.slots_v4.get(&slot.0, 0).ok();
-            let entry = SlotV4 {
-                ifindex: key.ifindex,
-                guest_addr: key.addr,
-                guest_mac: MacAddr(port.mac.0),
-                // Keep what the program learned if the slot is unchanged.
-                router_mac: previous
-                    .filter(|p| p.ifindex == key.ifindex && p.guest_addr == key.addr)
-                    .map(|p| p.router_mac)
-                    .unwrap_or_default(),
-            };
-            if previous != Some(entry) {
-                self.slots_v4
-                    .set(slot.0, entry, 0)
-                    .map_err(map_err(map_names::SLOTS_V4))?;
-            }
-            self.ports_v4
-                .insert(key, PortV4 { slot: *slot }, 0)
-                .map_err(map_err(map_names::PORTS_V4))?;
-        }
-        Ok(())
     }
 
     fn ensure_counters(&mut self, ifindex: Ifindex) -> Result<(), DatapathError> {
@@ -679,8 +668,8 @@ pub struct TapStatus {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SlotStatus {
     pub slot: u32,
-    pub guest: Ipv4Addr,
-    pub nat: Ipv4Addr,
+    pub guest: IpAddr,
+    pub nat: IpAddr,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -743,6 +732,8 @@ pub fn read_status(config: &Config, index: &PortIndex) -> Result<Status, Datapat
     let entry = config_map.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
     let ports: BpfHashMap<MapData, PortKeyV4, PortV4> =
         BpfHashMap::try_from(open(map_names::PORTS_V4)?).map_err(map_err(map_names::PORTS_V4))?;
+    let ports_v6: BpfHashMap<MapData, PortKeyV6, PortV6> =
+        BpfHashMap::try_from(open(map_names::PORTS_V6)?).map_err(map_err(map_names::PORTS_V6))?;
     let counters: PerCpuHashMap<MapData, Ifindex, DeviceCounters> =
         PerCpuHashMap::try_from(open(map_names::COUNTERS)?)
             .map_err(map_err(map_names::COUNTERS))?;
@@ -786,13 +777,25 @@ pub fn read_status(config: &Config, index: &PortIndex) -> Result<Status, Datapat
         if let Some(tap) = taps.get_mut(&key.ifindex) {
             tap.slots.push(SlotStatus {
                 slot: value.slot.0,
-                guest: Ipv4Addr::from(key.addr.0),
-                nat: Ipv4Addr::from(entry.nat_v4_base.to_bits() + value.slot.0),
+                guest: IpAddr::from(key.addr.0),
+                nat: IpAddr::from(Ipv4Addr::from(entry.nat_v4_base.to_bits() + value.slot.0)),
+            });
+        }
+    }
+    for (key, value) in ports_v6.iter().filter_map(Result::ok) {
+        if let Some(tap) = taps.get_mut(&key.ifindex) {
+            let mut nat = entry.nat_v6_base.0;
+            nat[12..].copy_from_slice(&value.slot.0.to_be_bytes());
+            tap.slots.push(SlotStatus {
+                slot: value.slot.0,
+                guest: IpAddr::from(key.addr.0),
+                nat: IpAddr::from(nat),
             });
         }
     }
     for tap in taps.values_mut() {
-        tap.slots.sort_by_key(|slot| slot.slot);
+        tap.slots
+            .sort_by_key(|slot| (slot.guest.is_ipv6(), slot.slot));
     }
     Ok(Status {
         host_device: names

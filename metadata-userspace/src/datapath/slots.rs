@@ -4,18 +4,22 @@
 //! daemon restarts (the assignment lives in the pinned map), so that
 //! connections in flight survive both. New pairs take the lowest free slot.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    hash::Hash,
+};
 
-use metadata_common::{PortKeyV4, Slot};
+use metadata_common::Slot;
 
 /// What to change in the maps to go from the current assignment to one
-/// that covers exactly the desired pairs.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct SlotPlan {
+/// that covers exactly the desired pairs (keyed by `K`: a (tap, IPv4) or
+/// (tap, IPv6) pair).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SlotPlan<K> {
     /// Every desired pair with its slot (kept or new).
-    pub assigned: Vec<(PortKeyV4, Slot)>,
+    pub assigned: Vec<(K, Slot)>,
     /// Pairs no longer desired, with the slot they free.
-    pub removed: Vec<(PortKeyV4, Slot)>,
+    pub removed: Vec<(K, Slot)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,13 +30,13 @@ pub struct SlotsExhausted {
 
 /// Plans slots for `desired` given the `current` assignment, with slots
 /// `0..capacity` available.
-pub fn plan(
-    current: &[(PortKeyV4, Slot)],
-    desired: &[PortKeyV4],
+pub fn plan<K: Copy + Eq + Hash>(
+    current: &[(K, Slot)],
+    desired: &[K],
     capacity: u32,
-) -> Result<SlotPlan, SlotsExhausted> {
-    let wanted: HashSet<PortKeyV4> = desired.iter().copied().collect();
-    let mut kept: HashMap<PortKeyV4, Slot> = HashMap::new();
+) -> Result<SlotPlan<K>, SlotsExhausted> {
+    let wanted: HashSet<K> = desired.iter().copied().collect();
+    let mut kept: HashMap<K, Slot> = HashMap::new();
     let mut used = BTreeSet::new();
     let mut removed = Vec::new();
     for &(key, slot) in current {
@@ -72,7 +76,7 @@ pub fn plan(
 
 #[cfg(test)]
 mod tests {
-    use metadata_common::{Ifindex, Ipv4Be};
+    use metadata_common::{Ifindex, Ipv4Be, PortKeyV4};
 
     use super::*;
 
@@ -120,8 +124,8 @@ mod tests {
     #[test]
     fn running_out_of_slots_is_an_error() {
         assert_eq!(
-            plan(&[], &[key(1, 1), key(2, 1), key(3, 1)], 2),
-            Err(SlotsExhausted { capacity: 2 })
+            plan(&[], &[key(1, 1), key(2, 1), key(3, 1)], 2).unwrap_err(),
+            SlotsExhausted { capacity: 2 }
         );
     }
 }
