@@ -338,8 +338,8 @@ pub struct Hypervisor {
     bpffs: PathBuf,
     daemon: Option<Child>,
     instances: Vec<InstanceSpec>,
-    /// The socket handed to the daemon as systemd would (socket activation).
-    activated: Option<std::net::TcpListener>,
+    /// The sockets handed to the daemon as systemd would (socket activation).
+    activated: Vec<std::net::TcpListener>,
     /// Extra TOML appended to the generated config.
     pub extra_config: String,
     /// Capabilities the daemon keeps (`setpriv --bounding-set`), if limited.
@@ -358,7 +358,7 @@ impl Hypervisor {
             bpffs: PathBuf::from(format!("/sys/fs/bpf/mdr-test-{suffix}")),
             daemon: None,
             instances: Vec::new(),
-            activated: None,
+            activated: Vec::new(),
             capabilities: None,
             extra_config: String::new(),
         })
@@ -383,10 +383,25 @@ impl Hypervisor {
     /// Creates a VM: a namespace whose eth0 is wired to a new tap here,
     /// with `ip/24` and a route to 169.254.169.254 on-link.
     pub fn add_vm(&self, ip: Ipv4Addr) -> anyhow::Result<Vm> {
+        self.add_vm_with_mac(ip, &random_mac())
+    }
+
+    /// Like [`Self::add_vm`], with a given MAC (and so a given IPv6
+    /// link-local address).
+    pub fn add_vm_with_mac(&self, ip: Ipv4Addr, mac: &str) -> anyhow::Result<Vm> {
         let ns = Netns::new("mdr-vm")?;
+        // Addresses usable at once: no duplicate address detection.
+        ns.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv6.conf.default.accept_dad=0",
+                "net.ipv6.conf.all.accept_dad=0",
+            ],
+        )?;
         let suffix = ns.name().trim_start_matches("mdr-vm-").to_owned();
         let tap = format!("tap{suffix}");
-        let mac = random_mac();
+        let mac = mac.to_owned();
         self.ns.ip(&[
             "link",
             "add",
@@ -496,50 +511,14 @@ impl Hypervisor {
     /// 169.254.169.254:80 that this harness holds across restarts, passed
     /// as systemd passes it (fd 3, LISTEN_FDS, LISTEN_PID).
     pub fn use_socket_activation(&mut self) -> anyhow::Result<()> {
-        let listener = self.ns.run(|| {
-            // SAFETY: plain socket syscalls on a descriptor we own.
-            unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-                ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-                let listener = <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd);
-                let one: libc::c_int = 1;
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_IP,
-                    libc::IP_FREEBIND,
-                    (&raw const one).cast(),
-                    4,
-                );
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_REUSEADDR,
-                    (&raw const one).cast(),
-                    4,
-                );
-                let sin = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: 80u16.to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes([169, 254, 169, 254]),
-                    },
-                    sin_zero: [0; 8],
-                };
-                let rc = libc::bind(
-                    fd,
-                    (&raw const sin).cast(),
-                    size_of::<libc::sockaddr_in>() as u32,
-                );
-                ensure!(rc == 0, "bind: {}", std::io::Error::last_os_error());
-                ensure!(
-                    libc::listen(fd, 1024) == 0,
-                    "listen: {}",
-                    std::io::Error::last_os_error()
-                );
-                Ok(listener)
-            }
-        })??;
-        self.activated = Some(listener);
+        let v4: SocketAddr = "169.254.169.254:80".parse()?;
+        let v6: SocketAddr = "[fd00:a9fe:6464::ffff:fffe]:80".parse()?;
+        let listeners = self
+            .ns
+            .run(move || -> anyhow::Result<Vec<std::net::TcpListener>> {
+                Ok(vec![freebind_listener(v4)?, freebind_listener(v6)?])
+            })??;
+        self.activated = listeners;
         Ok(())
     }
 
@@ -581,17 +560,22 @@ impl Hypervisor {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
-        if let Some(listener) = &self.activated {
-            let fd = listener.as_raw_fd();
-            command.env("LISTEN_FDS", "1");
-            // SAFETY: only dup2 and fcntl run in the child, both
-            // async-signal-safe.
+        if !self.activated.is_empty() {
+            let fds: Vec<i32> = self.activated.iter().map(|l| l.as_raw_fd()).collect();
+            command.env("LISTEN_FDS", fds.len().to_string());
+            // SAFETY: only dup2 runs in the child, which is async-signal-safe.
             unsafe {
                 std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                    if fd == 3 {
-                        libc::fcntl(3, libc::F_SETFD, 0);
-                    } else if libc::dup2(fd, 3) < 0 {
-                        return Err(std::io::Error::last_os_error());
+                    // Out of the way first, so no target clobbers a source.
+                    for (i, fd) in fds.iter().enumerate() {
+                        if libc::dup2(*fd, 100 + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for i in 0..fds.len() {
+                        if libc::dup2(100 + i as i32, 3 + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
@@ -753,6 +737,33 @@ impl Vm {
         serde_json::from_str(line).with_context(|| format!("cloud-init reader printed {out:?}"))
     }
 
+    /// The EUI-64 link-local address of eth0.
+    pub fn link_local(&self) -> std::net::Ipv6Addr {
+        let b: Vec<u8> = self
+            .mac
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).expect("hex MAC"))
+            .collect();
+        std::net::Ipv6Addr::from([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            b[0] ^ 2,
+            b[1],
+            b[2],
+            0xff,
+            0xfe,
+            b[3],
+            b[4],
+            b[5],
+        ])
+    }
+
     /// An HTTP/1.1 GET from inside the VM, with a deadline.
     pub fn http_get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
         self.http_get_from(None, addr, path)
@@ -800,6 +811,70 @@ impl Vm {
     ) -> anyhow::Result<(u16, Vec<u8>)> {
         self.ns
             .run(|| http_get(from, addr, path, Duration::from_secs(5)))?
+    }
+}
+
+/// A listening socket bound with IP_FREEBIND (the address need not exist
+/// yet), as systemd's `FreeBind=true` makes it.
+fn freebind_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let (domain, level, option) = match addr {
+        SocketAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_IP, libc::IP_FREEBIND),
+        SocketAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_IPV6, libc::IPV6_FREEBIND),
+    };
+    // SAFETY: plain socket syscalls on a descriptor we own.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let listener = <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(fd, level, option, (&raw const one).cast(), 4);
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            4,
+        );
+        let rc = match addr {
+            SocketAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as u16,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                libc::bind(
+                    fd,
+                    (&raw const sin).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as u16,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
+                    sin6_scope_id: 0,
+                };
+                libc::bind(
+                    fd,
+                    (&raw const sin6).cast(),
+                    size_of::<libc::sockaddr_in6>() as u32,
+                )
+            }
+        };
+        ensure!(rc == 0, "bind {addr}: {}", std::io::Error::last_os_error());
+        ensure!(
+            libc::listen(fd, 1024) == 0,
+            "listen: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(listener)
     }
 }
 

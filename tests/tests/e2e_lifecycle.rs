@@ -157,12 +157,14 @@ fn a_thousand_tap_create_delete_cycles_leave_nothing_behind() {
         hv.ns()
             .ip(&["-batch", &file.display().to_string()])
             .unwrap();
-        wait_for(
+        let attached = wait_for(
             "the churned tap to be attached",
             Duration::from_secs(10),
             || tap_listed(&hv, &churn).then_some(()),
-        )
-        .unwrap();
+        );
+        if let Err(err) = attached {
+            panic!("round {round}: {err}; daemon log:\n{}", hv.log());
+        }
     }
     hv.ns().ip(&["link", "del", &churn]).unwrap();
     std::fs::remove_file(&file).unwrap();
