@@ -561,7 +561,11 @@ impl Hypervisor {
             .stdout(Stdio::piped())
             .stderr(log);
         if !self.activated.is_empty() {
-            let fds: Vec<i32> = self.activated.iter().map(|l| l.as_raw_fd()).collect();
+            let fds: Vec<i32> = self
+                .activated
+                .iter()
+                .map(std::os::fd::AsRawFd::as_raw_fd)
+                .collect();
             command.env("LISTEN_FDS", fds.len().to_string());
             // SAFETY: only dup2 runs in the child, which is async-signal-safe.
             unsafe {
