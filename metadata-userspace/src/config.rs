@@ -109,6 +109,7 @@ pub struct Config {
     pub datapath: DatapathConfig,
     pub proxy: ProxyConfig,
     pub ports: PortsConfig,
+    pub agent: AgentConfig,
     /// `[backend]` as written; [`Config::backend`] is what it means.
     #[serde(rename = "backend")]
     backend_section: BackendSection,
@@ -209,6 +210,16 @@ impl Default for ProxyConfig {
             port: 80,
         }
     }
+}
+
+/// Agent mode: also accept Neutron haproxy traffic on a unix socket, as
+/// neutron-metadata-agent does (a migration path, and the benchmark's
+/// Neutron baseline).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// e.g. "/var/lib/neutron/metadata_proxy"; off when absent.
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -420,6 +431,11 @@ impl Config {
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         if config.ports.file.is_relative() {
             config.ports.file = base.join(&config.ports.file);
+        }
+        if let Some(socket) = &mut config.agent.socket
+            && socket.is_relative()
+        {
+            *socket = base.join(&*socket);
         }
         config.backend = std::mem::take(&mut config.backend_section).resolve(path, source)?;
         if config.datapath.host_mtu < 1280 || config.datapath.host_mtu > 65_535 {

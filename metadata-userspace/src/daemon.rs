@@ -71,6 +71,23 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let backend = Backend::new(&config.backend, &config.daemon.state_dir)
         .context("setting up the backend")?;
     let backend = Arc::new(backend);
+    let shared_index: crate::agent::SharedIndex = Arc::new(RwLock::new(Arc::new(index)));
+    let agent = match &config.agent.socket {
+        Some(path) => {
+            let listener = crate::agent::listen(path)
+                .with_context(|| format!("listening on the agent socket {}", path.display()))?;
+            info!(
+                "agent mode: serving Neutron haproxies on {}",
+                path.display()
+            );
+            Some(tokio::spawn(crate::agent::serve(
+                listener,
+                Arc::clone(&shared_index),
+                Arc::clone(&backend),
+            )))
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for listener in listeners {
@@ -92,7 +109,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     println!("ready");
     std::io::stdout().flush().context("writing to stdout")?;
 
-    let mut index = index;
+    let mut index = Arc::clone(
+        &shared_index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
@@ -135,7 +156,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             match PortIndex::load(&config.ports.file) {
                 Ok(new) => {
                     info!("reloaded {}", config.ports.file.display());
-                    index = new;
+                    index = Arc::new(new);
+                    *shared_index
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&index);
                 }
                 Err(err) => {
                     error!("keeping the previous port records: {err}");
@@ -159,6 +183,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     }
     // Stop accepting, let requests in flight finish.
+    if let Some(agent) = agent {
+        agent.abort();
+    }
     let _ = stop_tx.send(true);
     for server in servers {
         let _ = server.await;

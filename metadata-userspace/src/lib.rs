@@ -5,6 +5,7 @@
 //! port records come from), [`proxy`] (HTTP), [`backends`] (what answers),
 //! [`config`] and [`cli`]; [`daemon`] ties them together.
 
+pub mod agent;
 pub mod backends;
 pub mod cli;
 pub mod config;

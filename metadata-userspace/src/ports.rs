@@ -42,6 +42,9 @@ pub struct Port {
     pub mac: Mac,
     pub network_id: String,
     pub ips: Vec<PortAddress>,
+    /// The Neutron router serving the port's subnet, for agent mode's
+    /// X-Neutron-Router-ID lookups.
+    pub router_id: Option<String>,
     /// Default gateway of the port's subnet (network_data.json route).
     pub gateway: Option<IpAddr>,
     pub mtu: Option<u32>,
@@ -223,6 +226,7 @@ struct PortRecord {
     network_id: String,
     #[serde(default)]
     ips: Vec<Spanned<PortAddress>>,
+    router_id: Option<String>,
     gateway: Option<IpAddr>,
     mtu: Option<u32>,
     #[serde(default)]
@@ -306,6 +310,7 @@ impl PortIndex {
                     mac: port.mac,
                     network_id: port.network_id,
                     ips,
+                    router_id: port.router_id,
                     gateway: port.gateway,
                     mtu: port.mtu,
                     dns: port.dns,
@@ -344,6 +349,27 @@ impl PortIndex {
         self.by_device
             .get(device)
             .map(|(instance, i)| (instance, &instance.ports[*i]))
+    }
+
+    /// The instance and port index with fixed address `ip` on the network
+    /// (or behind the router) named, as neutron-metadata-agent finds them.
+    pub fn by_network_address(
+        &self,
+        network_id: Option<&str>,
+        router_id: Option<&str>,
+        ip: IpAddr,
+    ) -> Option<(&Arc<Instance>, usize)> {
+        self.instances.iter().find_map(|instance| {
+            let index = instance.ports.iter().position(|port| {
+                let on_network = match (network_id, router_id) {
+                    (Some(net), _) => port.network_id == net,
+                    (None, Some(router)) => port.router_id.as_deref() == Some(router),
+                    (None, None) => false,
+                };
+                on_network && port.ips.iter().any(|a| a.addr == ip)
+            })?;
+            Some((instance, index))
+        })
     }
 
     pub fn instances(&self) -> &[Arc<Instance>] {

@@ -12,6 +12,7 @@
 //!
 //! The demo (`cargo xtask demo`) uses the same harness.
 
+pub mod neutron;
 pub mod nova_peer;
 pub mod packet;
 
@@ -462,6 +463,18 @@ impl Hypervisor {
             .as_u64()
             .and_then(|i| u32::try_from(i).ok())
             .context("no ifindex")
+    }
+
+    /// A VM namespace with no network yet (for [`neutron::NeutronNetwork`]).
+    pub fn bare_vm(&self, ip: Ipv4Addr) -> anyhow::Result<Vm> {
+        let ns = Netns::new("mdr-vm")?;
+        let suffix = ns.name().trim_start_matches("mdr-vm-").to_owned();
+        Ok(Vm {
+            ns,
+            tap: format!("tap{suffix}"),
+            mac: random_mac(),
+            ip,
+        })
     }
 
     /// Creates a Linux bridge here, up.

@@ -324,3 +324,41 @@ impl Drop for RemoveDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn agent_mode_serves_neutrons_haproxies() {
+    let mut hv = Hypervisor::new().unwrap();
+    let socket = hv.log_path().with_file_name("metadata_proxy");
+    hv.extra_config = format!("\n[agent]\nsocket = \"{}\"\n", socket.display());
+    // Two networks with the same VM address, each with its own haproxy.
+    let a = hv.bare_vm(SAME_IP).unwrap();
+    let b = hv.bare_vm(SAME_IP).unwrap();
+    let (spec_a, spec_b) = (
+        InstanceSpec::for_vm(&a, "agent-a"),
+        InstanceSpec::for_vm(&b, "agent-b"),
+    );
+    hv.set_instances(vec![spec_a.clone(), spec_b.clone()])
+        .unwrap();
+    hv.start_daemon().unwrap();
+    let _net_a =
+        metadata_tests::neutron::NeutronNetwork::new(&a, &spec_a.ports[0].network_id, &socket)
+            .unwrap();
+    let _net_b =
+        metadata_tests::neutron::NeutronNetwork::new(&b, &spec_b.ports[0].network_id, &socket)
+            .unwrap();
+    for (vm, spec) in [(&a, &spec_a), (&b, &spec_b)] {
+        let view = vm.cloud_init_openstack("http://169.254.169.254").unwrap();
+        assert_eq!(view.uuid, spec.id);
+    }
+    // haproxy deletes a Router-ID a guest sends, so both can only come
+    // straight to the socket: 400, as neutron-metadata-agent answers.
+    let raw = format!(
+        "GET /openstack HTTP/1.1\r\nHost: x\r\nX-Neutron-Network-ID: {}\r\nX-Neutron-Router-ID: r\r\nX-Forwarded-For: 10.0.0.5\r\nConnection: close\r\n\r\n",
+        spec_a.ports[0].network_id
+    );
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    std::io::Write::write_all(&mut stream, raw.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut response).unwrap();
+    assert_eq!(metadata_tests::parse_response(&response).unwrap().0, 400);
+}

@@ -22,6 +22,10 @@ const PACKAGES: &[&str] = &[
     "curl",
     "bpftool",
     "tcpdump",
+    "haproxy",
+    "wrk",
+    "iperf3",
+    "openssl",
 ];
 
 /// Everything: toolchain and packages.
