@@ -643,6 +643,11 @@ impl Hypervisor {
         }
     }
 
+    /// The daemon's pid, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// Sends SIGHUP to the daemon (reload the instances file).
     pub fn reload(&mut self) -> anyhow::Result<()> {
         self.write_files()?;

@@ -1,5 +1,6 @@
 //! `cargo xtask`: everything a developer or CI does with this repository.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -41,6 +42,13 @@ enum Task {
         #[arg(long)]
         once: bool,
     },
+    /// Benchmarks against the Neutron path, side by side; writes
+    /// target/bench/results.md and results.json.
+    Bench {
+        /// Short runs and fewer sizes (under 2 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Unit tests, BPF_PROG_TEST_RUN fixtures and end-to-end tests.
     Test {
         /// Extra arguments for `cargo test` (a filter, `--nocapture`, ...).
@@ -76,6 +84,13 @@ fn main() -> anyhow::Result<()> {
             build()?;
             sweep();
             demo::run(once)
+        }
+        Task::Bench { quick } => {
+            require_root("the benchmarks")?;
+            setup::all()?;
+            build()?;
+            sweep();
+            bench::run(quick)
         }
         Task::Test { args } => {
             require_root("the tests (they create namespaces and load eBPF)")?;

@@ -1,0 +1,695 @@
+//! `cargo xtask bench`: this datapath against the Neutron path it
+//! replaces, built side by side on this machine in one run, each figure a
+//! ratio against the path measured beside it.
+//!
+//! - ours: VM namespace -> tap -> eBPF -> the daemon (local backend);
+//! - neutron: VM namespace -> per-network namespace with Debian's haproxy
+//!   and Neutron's configuration -> unix socket -> the same daemon in agent
+//!   mode, which identifies the VM as neutron-metadata-agent does;
+//! - limit: wrk on the host straight to the daemon's proxy over loopback
+//!   (no namespace hop, no eBPF): the ceiling for "ours".
+//!
+//! Results go to target/bench/results.md and target/bench/results.json.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use metadata_tests::{Hypervisor, InstanceSpec, METADATA, Vm, neutron::NeutronNetwork};
+use serde_json::{Value, json};
+
+struct Settings {
+    quick: bool,
+    duration_s: u32,
+    concurrency: Vec<usize>,
+    memory_networks: Vec<usize>,
+    burst_taps: usize,
+    iperf_s: u32,
+}
+
+impl Settings {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                duration_s: 1,
+                concurrency: vec![1, 10],
+                memory_networks: vec![10],
+                burst_taps: 50,
+                iperf_s: 2,
+            }
+        } else {
+            Self {
+                quick,
+                duration_s: 4,
+                concurrency: vec![1, 10, 50],
+                memory_networks: vec![10, 100, 500],
+                burst_taps: 500,
+                iperf_s: 5,
+            }
+        }
+    }
+}
+
+/// One wrk run's figures, summed or combined over its parallel clients.
+#[derive(Debug, Clone, Copy, Default)]
+struct Load {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    let settings = Settings::new(quick);
+    let started = Instant::now();
+    let out_dir = super::root().join("target/bench");
+    fs::create_dir_all(&out_dir).context("creating target/bench")?;
+    let mut report = Report::new(&settings);
+
+    throughput(&settings, &mut report)?;
+    first_request(&settings, &mut report)?;
+    memory(&settings, &mut report)?;
+    other_traffic(&settings, &mut report)?;
+
+    report.elapsed = started.elapsed();
+    fs::write(out_dir.join("results.md"), report.markdown()).context("writing results.md")?;
+    fs::write(
+        out_dir.join("results.json"),
+        serde_json::to_string_pretty(&report.json())?,
+    )
+    .context("writing results.json")?;
+    println!("{}", report.markdown());
+    println!("written to target/bench/results.md and results.json");
+    Ok(())
+}
+
+/// A daemon with `n` VMs on taps (ours) and `n` VMs behind Neutron
+/// networks (neutron) whose haproxies reach the same daemon in agent mode,
+/// plus one tap reserved for the loopback client (limit).
+struct Bench {
+    hv: Hypervisor,
+    ours: Vec<Vm>,
+    neutron: Vec<(Vm, NeutronNetwork)>,
+    /// The VM whose tap's slot the loopback client borrows (no traffic).
+    _limit_vm: Vm,
+}
+
+const SMALL: &str = "/openstack/latest/meta_data.json";
+const LARGE: &str = "/openstack/latest/user_data";
+
+impl Bench {
+    fn new(n: usize, with_neutron: bool) -> anyhow::Result<Self> {
+        let mut hv = Hypervisor::new()?;
+        let socket = hv.log_path().with_file_name("metadata_proxy");
+        hv.extra_config = format!("\n[agent]\nsocket = \"{}\"\n", socket.display());
+        let user_data: String = "#cloud-config\n# "
+            .chars()
+            .chain(std::iter::repeat_n('x', 64 * 1024 - 18))
+            .chain(std::iter::once('\n'))
+            .collect();
+        let ip = Ipv4Addr::new(10, 0, 0, 5);
+        let mut specs = Vec::new();
+        let mut ours = Vec::new();
+        for i in 0..n {
+            let vm = hv.add_vm(ip)?;
+            let mut spec = InstanceSpec::for_vm(&vm, &format!("ours-{i}"));
+            spec.user_data = Some(user_data.clone());
+            specs.push(spec);
+            ours.push(vm);
+        }
+        // The loopback client's identity: a tap no VM uses.
+        let limit_vm = hv.add_vm(Ipv4Addr::new(10, 0, 0, 99))?;
+        let mut limit_spec = InstanceSpec::for_vm(&limit_vm, "limit");
+        limit_spec.user_data = Some(user_data.clone());
+        specs.push(limit_spec);
+        let mut bare = Vec::new();
+        if with_neutron {
+            for i in 0..n {
+                let vm = hv.bare_vm(ip)?;
+                let mut spec = InstanceSpec::for_vm(&vm, &format!("neutron-{i}"));
+                spec.user_data = Some(user_data.clone());
+                specs.push(spec);
+                bare.push(vm);
+            }
+        }
+        hv.set_instances(specs.clone())?;
+        hv.start_daemon()?;
+        let mut neutron = Vec::new();
+        for vm in bare {
+            let spec = specs.iter().find(|s| s.ports[0].device == vm.tap).context("spec")?;
+            let network = NeutronNetwork::new(&vm, &spec.ports[0].network_id, &socket)?;
+            neutron.push((vm, network));
+        }
+        // The limit path: the reserved tap's slot address on loopback, and
+        // the proxy address's local route using it as source, so a client
+        // on the host reaches the proxy with a known identity and no eBPF.
+        let status = hv.status()?;
+        let slot = status["taps"]
+            .as_array()
+            .and_then(|taps| taps.iter().find(|t| t["device"] == limit_vm.tap.as_str()))
+            .and_then(|t| t["slots"][0]["nat"].as_str())
+            .context("the limit tap's slot")?
+            .parse::<Ipv4Addr>()?;
+        hv.ns().ip(&["addr", "add", &format!("{slot}/32"), "dev", "lo"])?;
+        hv.ns().ip(&[
+            "route", "change", "local", "169.254.169.254", "dev", "mdr0", "table", "local", "proto",
+            "kernel", "scope", "host", "src", &slot.to_string(),
+        ])?;
+        // Everything answers before measuring.
+        for vm in ours.iter().chain(neutron.iter().map(|(vm, _)| vm)) {
+            let (status, _) = vm.http_get(METADATA, SMALL)?;
+            ensure!(status == 200, "{} not served before the run", vm.ns.name());
+        }
+        Ok(Self {
+            hv,
+            ours,
+            neutron,
+            _limit_vm: limit_vm,
+        })
+    }
+}
+
+/// Runs wrk in each namespace at once; sums requests/s, averages p50 and
+/// takes the worst p99.
+fn wrk_all(namespaces: &[&str], url: &str, close: bool, seconds: u32) -> anyhow::Result<Load> {
+    let mut children = Vec::new();
+    for ns in namespaces {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, "wrk", "-t1", "-c1", "--latency"]);
+        command.arg(format!("-d{seconds}s"));
+        if close {
+            command.args(["-H", "Connection: close"]);
+        }
+        command.arg(url).stdout(Stdio::piped()).stderr(Stdio::piped());
+        children.push(command.spawn().context("starting wrk")?);
+    }
+    let mut load = Load::default();
+    let count = children.len() as f64;
+    for child in children {
+        let output = child.wait_with_output().context("waiting for wrk")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        ensure!(output.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+        ensure!(
+            !text.contains("Non-2xx") && !text.contains("Socket errors"),
+            "wrk saw errors, the figures would be wrong:\n{text}"
+        );
+        load.rps += field(&text, "Requests/sec:").context("wrk: Requests/sec")?;
+        load.p50_us += latency(&text, "50%").context("wrk: p50")? / count;
+        load.p99_us = load.p99_us.max(latency(&text, "99%").context("wrk: p99")?);
+    }
+    Ok(load)
+}
+
+fn field(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A latency percentile from wrk's distribution, in microseconds.
+fn latency(text: &str, percentile: &str) -> Option<f64> {
+    let value = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(percentile))?
+        .trim();
+    let (number, factor) = if let Some(v) = value.strip_suffix("us") {
+        (v, 1.0)
+    } else if let Some(v) = value.strip_suffix("ms") {
+        (v, 1e3)
+    } else if let Some(v) = value.strip_suffix('s') {
+        (v, 1e6)
+    } else {
+        return None;
+    };
+    number.trim().parse::<f64>().ok().map(|n| n * factor)
+}
+
+fn throughput(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    for &n in &settings.concurrency {
+        eprintln!("bench: throughput with {n} VM(s) per path");
+        let bench = Bench::new(n, true)?;
+        let ours: Vec<&str> = bench.ours.iter().map(|vm| vm.ns.name()).collect();
+        let neutron: Vec<&str> = bench.neutron.iter().map(|(vm, _)| vm.ns.name()).collect();
+        let host: Vec<&str> = vec![bench.hv.ns().name(); n];
+        for (body, path) in [("meta_data.json", SMALL), ("64 KB user_data", LARGE)] {
+            for close in [false, true] {
+                let url = format!("http://169.254.169.254{path}");
+                let d = settings.duration_s;
+                let o = wrk_all(&ours, &url, close, d)?;
+                let q = wrk_all(&neutron, &url, close, d)?;
+                let l = wrk_all(&host, &url, close, d)?;
+                report.throughput.push(Throughput {
+                    vms: n,
+                    body,
+                    new_connection: close,
+                    ours: o,
+                    neutron: q,
+                    limit: l,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Throughput {
+    vms: usize,
+    body: &'static str,
+    new_connection: bool,
+    ours: Load,
+    neutron: Load,
+    limit: Load,
+}
+
+/// Polls GETs from `vm` until one is served (200) or 30 s pass.
+fn served_after(vm: &Vm, t0: Instant) -> anyhow::Result<Duration> {
+    let deadline = t0 + Duration::from_secs(30);
+    vm.ns.run(|| loop {
+        if let Ok((200, _)) = metadata_tests::http_get(None, METADATA, SMALL, Duration::from_millis(200)) {
+            return Ok(t0.elapsed());
+        }
+        if Instant::now() > deadline {
+            bail!("not served within 30 s");
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    })?
+}
+
+fn first_request(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("bench: time to first served request");
+    for burst in [1, settings.burst_taps] {
+        // Ours: VMs ready, host ends under a name the daemon ignores; then
+        // they all get their tap names at once.
+        let mut hv = Hypervisor::new()?;
+        let mut vms = Vec::new();
+        let mut specs = Vec::new();
+        for i in 0..burst {
+            let vm = hv.add_vm(Ipv4Addr::new(10, 0, 0, 5))?;
+            hv.ns().ip(&["link", "set", &vm.tap, "down"])?;
+            let hidden = format!("pre{}", &vm.tap[3..]);
+            hv.ns().ip(&["link", "set", &vm.tap, "name", &hidden])?;
+            specs.push(InstanceSpec::for_vm(&vm, &format!("burst-{i}")));
+            vms.push((vm, hidden));
+        }
+        hv.set_instances(specs)?;
+        hv.start_daemon()?;
+        let batch: String = vms
+            .iter()
+            .map(|(vm, hidden)| format!("link set dev {hidden} name {}\nlink set dev {} up\n", vm.tap, vm.tap))
+            .collect();
+        let file = std::env::temp_dir().join(format!("mdr-bench-burst-{}", std::process::id()));
+        fs::write(&file, batch)?;
+        let t0 = Instant::now();
+        hv.ns().ip(&["-batch", &file.display().to_string()])?;
+        let done = AtomicBool::new(false);
+        let mut times: Vec<Duration> = std::thread::scope(|s| {
+            let handles: Vec<_> = vms.iter().map(|(vm, _)| s.spawn(|| served_after(vm, t0))).collect();
+            let times = handles.into_iter().map(|h| h.join().expect("poller")).collect::<anyhow::Result<Vec<_>>>();
+            done.store(true, Ordering::SeqCst);
+            times
+        })?;
+        let _ = fs::remove_file(&file);
+        times.sort();
+        let ours = Percentiles::of(&times);
+
+        // Neutron: a namespace with its port and a haproxy per network.
+        let neutron = if burst == 1 || !settings.quick {
+            let count = burst.min(if settings.quick { 10 } else { 100 });
+            let mut hv = Hypervisor::new()?;
+            let socket = hv.log_path().with_file_name("metadata_proxy");
+            hv.extra_config = format!("\n[agent]\nsocket = \"{}\"\n", socket.display());
+            let mut vms = Vec::new();
+            let mut specs = Vec::new();
+            for i in 0..count {
+                let vm = hv.bare_vm(Ipv4Addr::new(10, 0, 0, 5))?;
+                specs.push(InstanceSpec::for_vm(&vm, &format!("nburst-{i}")));
+                vms.push(vm);
+            }
+            hv.set_instances(specs.clone())?;
+            hv.start_daemon()?;
+            let t0 = Instant::now();
+            let mut networks = Vec::new();
+            let mut times = Vec::new();
+            // Sequential, as an agent spawns them.
+            for (vm, spec) in vms.iter().zip(&specs) {
+                networks.push(NeutronNetwork::new(vm, &spec.ports[0].network_id, &socket)?);
+                times.push(served_after(vm, t0)?);
+            }
+            times.sort();
+            Some((count, Percentiles::of(&times)))
+        } else {
+            None
+        };
+        report.first_request.push(FirstRequest { taps: burst, ours, neutron });
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Percentiles {
+    p50: Duration,
+    max: Duration,
+}
+
+impl Percentiles {
+    fn of(sorted: &[Duration]) -> Self {
+        Self {
+            p50: sorted[sorted.len() / 2],
+            max: *sorted.last().expect("at least one"),
+        }
+    }
+}
+
+struct FirstRequest {
+    taps: usize,
+    ours: Percentiles,
+    neutron: Option<(usize, Percentiles)>,
+}
+
+/// Proportional set size of a process, in KiB (RSS where PSS is missing).
+fn pss_kib(pid: u32) -> anyhow::Result<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .or_else(|_| fs::read_to_string(format!("/proc/{pid}/status")))
+        .with_context(|| format!("reading memory of pid {pid}"))?;
+    for key in ["Pss:", "VmRSS:"] {
+        if let Some(v) = text.lines().find_map(|l| l.strip_prefix(key)) {
+            return v.trim().trim_end_matches("kB").trim().parse().context("memory figure");
+        }
+    }
+    bail!("no Pss or VmRSS for pid {pid}")
+}
+
+/// memlock of our maps and programs, from bpftool, in KiB.
+fn bpf_memlock_kib() -> anyhow::Result<u64> {
+    let mut total = 0;
+    for what in ["map", "prog"] {
+        let out = Command::new("bpftool").args(["-j", what, "show"]).output()?;
+        let items: Value = serde_json::from_slice(&out.stdout).context("bpftool json")?;
+        for item in items.as_array().into_iter().flatten() {
+            let name = item["name"].as_str().unwrap_or_default();
+            let ours = name.starts_with("MDR_") || name == "AYA_LOGS" || name == "tap_ingress" || name == "host_egress";
+            if ours {
+                total += item["bytes_memlock"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    Ok(total / 1024)
+}
+
+fn daemon_pid(hv: &Hypervisor) -> anyhow::Result<u32> {
+    hv.daemon_pid().context("daemon not running")
+}
+
+fn memory(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    for &n in &settings.memory_networks {
+        eprintln!("bench: memory at {n} networks");
+        let bench = Bench::new(n, true)?;
+        let daemon = pss_kib(daemon_pid(&bench.hv)?)?;
+        let bpf = bpf_memlock_kib()?;
+        let mut haproxies = 0;
+        for (_, network) in &bench.neutron {
+            haproxies += pss_kib(network.haproxy_pid())?;
+        }
+        report.memory.push(Memory {
+            networks: n,
+            ours_kib: daemon + bpf,
+            ours_daemon_kib: daemon,
+            ours_bpf_kib: bpf,
+            neutron_kib: haproxies + daemon,
+            neutron_haproxy_kib: haproxies,
+        });
+    }
+    Ok(())
+}
+
+struct Memory {
+    networks: usize,
+    ours_kib: u64,
+    ours_daemon_kib: u64,
+    ours_bpf_kib: u64,
+    neutron_kib: u64,
+    neutron_haproxy_kib: u64,
+}
+
+fn sysctl(key: &str, value: Option<&str>) -> anyhow::Result<String> {
+    match value {
+        Some(v) => metadata_tests::run("sysctl", &["-qw", &format!("{key}={v}")]),
+        None => metadata_tests::run("sysctl", &["-n", key]).map(|s| s.trim().to_owned()),
+    }
+}
+
+/// iperf3 from one VM to another across a bridge, with the programs on
+/// both taps and without, and the programs' mean run time per packet.
+fn other_traffic(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("bench: cost to other traffic");
+    let mut hv = Hypervisor::new()?;
+    let a = hv.add_vm(Ipv4Addr::new(10, 0, 0, 5))?;
+    let b = hv.add_vm(Ipv4Addr::new(10, 0, 0, 6))?;
+    let bridge = hv.add_bridge()?;
+    hv.plug(&a.tap, &bridge)?;
+    hv.plug(&b.tap, &bridge)?;
+    let _server = b
+        .ns
+        .command("iperf3")
+        .args(["-s", "-B", "10.0.0.6"])
+        .stdout(Stdio::null())
+        .spawn()
+        .map(KillOnDrop)?;
+    // Ready when listening (a probe connection would count as a client).
+    metadata_tests::wait_for("iperf3 server", Duration::from_secs(5), || {
+        b.ns.exec("ss", &["-Hltn", "sport = :5201"])
+            .ok()
+            .filter(|out| !out.trim().is_empty())
+    })?;
+    let iperf = |seconds: u32| -> anyhow::Result<f64> {
+        let out = a.ns.exec("iperf3", &["-J", "-c", "10.0.0.6", "-t", &seconds.to_string()])?;
+        let json: Value = serde_json::from_str(&out)?;
+        json["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .with_context(|| format!("iperf3 result: {out}"))
+    };
+    let without = iperf(settings.iperf_s)?;
+    hv.set_instances(vec![InstanceSpec::for_vm(&a, "a"), InstanceSpec::for_vm(&b, "b")])?;
+    hv.start_daemon()?;
+    let previous = sysctl("kernel.bpf_stats_enabled", None)?;
+    sysctl("kernel.bpf_stats_enabled", Some("1"))?;
+    let with = iperf(settings.iperf_s);
+    let stats = Command::new("bpftool").args(["-j", "prog", "show", "name", "tap_ingress"]).output();
+    sysctl("kernel.bpf_stats_enabled", Some(&previous))?;
+    let with = with?;
+    let stats = stats?;
+    let text = String::from_utf8_lossy(&stats.stdout);
+    // One object per program of that name; take ours (the newest).
+    let progs: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|v| if let Value::Array(a) = v { a } else { vec![v] })
+        .collect();
+    let prog = progs.iter().max_by_key(|p| p["id"].as_u64()).context("no tap_ingress program")?;
+    let run_time = prog["run_time_ns"].as_f64().unwrap_or(0.0);
+    let run_cnt = prog["run_cnt"].as_f64().unwrap_or(0.0);
+    report.other_traffic = Some(OtherTraffic {
+        without_bps: without,
+        with_bps: with,
+        ns_per_packet: if run_cnt > 0.0 { run_time / run_cnt } else { 0.0 },
+        packets: run_cnt as u64,
+    });
+    Ok(())
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct OtherTraffic {
+    without_bps: f64,
+    with_bps: f64,
+    ns_per_packet: f64,
+    packets: u64,
+}
+
+struct Report {
+    quick: bool,
+    machine: String,
+    command: String,
+    elapsed: Duration,
+    throughput: Vec<Throughput>,
+    first_request: Vec<FirstRequest>,
+    memory: Vec<Memory>,
+    other_traffic: Option<OtherTraffic>,
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 { 0.0 } else { a / b }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "missed" }
+}
+
+impl Report {
+    fn new(settings: &Settings) -> Self {
+        let cpu = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+            .unwrap_or_default();
+        let kernel = metadata_tests::run("uname", &["-r"]).unwrap_or_default();
+        let mem = fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned()))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb / 1024 / 1024);
+        let cores = std::thread::available_parallelism().map_or(0, usize::from);
+        Self {
+            quick: settings.quick,
+            machine: format!("{cores} cores ({cpu}), {mem} GiB, Linux {}", kernel.trim()),
+            command: if settings.quick { "cargo xtask bench --quick".into() } else { "cargo xtask bench".into() },
+            elapsed: Duration::ZERO,
+            throughput: Vec::new(),
+            first_request: Vec::new(),
+            memory: Vec::new(),
+            other_traffic: None,
+        }
+    }
+
+    fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# metadata-redirector benchmark\n");
+        let _ = writeln!(md, "- machine: {}", self.machine);
+        let _ = writeln!(md, "- command: `{}` (as root){}", self.command, if self.quick { ", quick mode: short runs, fewer sizes" } else { "" });
+        let _ = writeln!(md, "- run took {:.0} s", self.elapsed.as_secs_f64());
+        let _ = writeln!(md, "- paths: **ours** = VM namespace -> tap -> eBPF -> daemon (local backend); **neutron** = VM namespace -> per-network namespace with haproxy 2.6 (Neutron's config) -> unix socket -> the same daemon in agent mode; **limit** = wrk on the host straight to the daemon over loopback");
+        let _ = writeln!(md, "- load: one `wrk -t1 -c1` per VM namespace, all at once; requests/s summed, p50 averaged, p99 the worst client\n");
+
+        let _ = writeln!(md, "## Requests per second and latency\n");
+        let _ = writeln!(md, "| VMs | body | connections | ours req/s | neutron req/s | limit req/s | ours/neutron | ours/limit | ours p50 µs | neutron p50 µs | ours p99 µs | neutron p99 µs | p99 ours/neutron |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for t in &self.throughput {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                t.vms,
+                t.body,
+                if t.new_connection { "new per request" } else { "keep-alive" },
+                t.ours.rps,
+                t.neutron.rps,
+                t.limit.rps,
+                ratio(t.ours.rps, t.neutron.rps),
+                ratio(t.ours.rps, t.limit.rps),
+                t.ours.p50_us,
+                t.neutron.p50_us,
+                t.ours.p99_us,
+                t.neutron.p99_us,
+                ratio(t.ours.p99_us, t.neutron.p99_us),
+            );
+        }
+        let _ = writeln!(md, "\n## Time from a VM's tap (or network) appearing to its first served request\n");
+        let _ = writeln!(md, "| appearing at once | ours p50 ms | ours max ms | neutron (namespace + haproxy, sequential) p50 ms | neutron max ms | ours/neutron (p50) |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for f in &self.first_request {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            match f.neutron {
+                Some((count, n)) => {
+                    let _ = writeln!(md, "| {} taps / {} networks | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} |", f.taps, count, ms(f.ours.p50), ms(f.ours.max), ms(n.p50), ms(n.max), ratio(ms(f.ours.p50), ms(n.p50)));
+                }
+                None => {
+                    let _ = writeln!(md, "| {} taps | {:.1} | {:.1} | - | - | - |", f.taps, ms(f.ours.p50), ms(f.ours.max));
+                }
+            }
+        }
+        let _ = writeln!(md, "\n## Memory of everything the metadata path runs\n");
+        let _ = writeln!(md, "| networks (1 VM each) | ours KiB (daemon PSS + BPF memlock) | neutron KiB (haproxies PSS + agent PSS) | ours/neutron |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        for m in &self.memory {
+            let _ = writeln!(md, "| {} | {} ({} + {}) | {} ({} + {}) | {:.4} |", m.networks, m.ours_kib, m.ours_daemon_kib, m.ours_bpf_kib, m.neutron_kib, m.neutron_haproxy_kib, m.neutron_kib - m.neutron_haproxy_kib, ratio(m.ours_kib as f64, m.neutron_kib as f64));
+        }
+        if let Some(o) = &self.other_traffic {
+            let _ = writeln!(md, "\n## Cost to other traffic (iperf3 TCP, VM to VM across a bridge)\n");
+            let _ = writeln!(md, "| without programs Gbit/s | with programs Gbit/s | with/without | tap_ingress mean run time per packet | packets measured |");
+            let _ = writeln!(md, "|---|---|---|---|---|");
+            let _ = writeln!(md, "| {:.2} | {:.2} | {:.3} | {:.1} ns | {} |", o.without_bps / 1e9, o.with_bps / 1e9, ratio(o.with_bps, o.without_bps), o.ns_per_packet, o.packets);
+        }
+        let _ = writeln!(md, "\n## Targets\n");
+        for (target, ok) in self.targets() {
+            let _ = writeln!(md, "- {target}: **{}**", verdict(ok));
+        }
+        md
+    }
+
+    fn targets(&self) -> Vec<(String, bool)> {
+        let mut targets = Vec::new();
+        let rps = self.throughput.iter().all(|t| t.ours.rps >= 2.0 * t.neutron.rps);
+        let worst_rps = self.throughput.iter().map(|t| ratio(t.ours.rps, t.neutron.rps)).fold(f64::INFINITY, f64::min);
+        targets.push((format!("ours >= 2x neutron requests/s at every concurrency (worst {worst_rps:.2}x)"), rps));
+        let p99 = self.throughput.iter().all(|t| t.ours.p99_us <= 0.5 * t.neutron.p99_us);
+        let worst_p99 = self.throughput.iter().map(|t| ratio(t.ours.p99_us, t.neutron.p99_us)).fold(0.0, f64::max);
+        targets.push((format!("ours p99 <= 0.5x neutron's (worst {worst_p99:.2}x)"), p99));
+        let limit = self.throughput.iter().all(|t| t.ours.rps >= 0.8 * t.limit.rps);
+        let worst_limit = self.throughput.iter().map(|t| ratio(t.ours.rps, t.limit.rps)).fold(f64::INFINITY, f64::min);
+        targets.push((format!("ours >= 0.8x the limit path's requests/s (worst {worst_limit:.2}x)"), limit));
+        if let Some(m) = self.memory.last() {
+            let r = ratio(m.ours_kib as f64, m.neutron_kib as f64);
+            targets.push((format!("memory at {} networks <= 1/50 of neutron's ({r:.4}, i.e. 1/{:.0})", m.networks, 1.0 / r), r <= 1.0 / 50.0));
+        }
+        if let Some(f) = self.first_request.first() {
+            let ms = f.ours.max.as_secs_f64() * 1e3;
+            targets.push((format!("first request served <= 10 ms after a tap appears ({ms:.1} ms)"), ms <= 10.0));
+        }
+        if let Some(o) = &self.other_traffic {
+            let r = ratio(o.with_bps, o.without_bps);
+            targets.push((format!("other traffic within 2% of no programs ({r:.3})"), r >= 0.98));
+        }
+        targets
+    }
+
+    fn json(&self) -> Value {
+        let load = |l: &Load| json!({"rps": l.rps, "p50_us": l.p50_us, "p99_us": l.p99_us});
+        let mut targets = BTreeMap::new();
+        for (name, ok) in self.targets() {
+            targets.insert(name, ok);
+        }
+        json!({
+            "machine": self.machine,
+            "command": self.command,
+            "quick": self.quick,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "throughput": self.throughput.iter().map(|t| json!({
+                "vms": t.vms, "body": t.body, "new_connection": t.new_connection,
+                "ours": load(&t.ours), "neutron": load(&t.neutron), "limit": load(&t.limit),
+                "ours_over_neutron_rps": ratio(t.ours.rps, t.neutron.rps),
+                "ours_over_limit_rps": ratio(t.ours.rps, t.limit.rps),
+                "ours_over_neutron_p99": ratio(t.ours.p99_us, t.neutron.p99_us),
+            })).collect::<Vec<_>>(),
+            "first_request": self.first_request.iter().map(|f| json!({
+                "taps": f.taps,
+                "ours_p50_ms": f.ours.p50.as_secs_f64() * 1e3,
+                "ours_max_ms": f.ours.max.as_secs_f64() * 1e3,
+                "neutron": f.neutron.map(|(count, n)| json!({"networks": count, "p50_ms": n.p50.as_secs_f64() * 1e3, "max_ms": n.max.as_secs_f64() * 1e3})),
+            })).collect::<Vec<_>>(),
+            "memory": self.memory.iter().map(|m| json!({
+                "networks": m.networks, "ours_kib": m.ours_kib, "ours_daemon_kib": m.ours_daemon_kib,
+                "ours_bpf_kib": m.ours_bpf_kib, "neutron_kib": m.neutron_kib,
+                "neutron_haproxy_kib": m.neutron_haproxy_kib,
+                "ours_over_neutron": ratio(m.ours_kib as f64, m.neutron_kib as f64),
+            })).collect::<Vec<_>>(),
+            "other_traffic": self.other_traffic.as_ref().map(|o| json!({
+                "without_bps": o.without_bps, "with_bps": o.with_bps,
+                "with_over_without": ratio(o.with_bps, o.without_bps),
+                "tap_ingress_ns_per_packet": o.ns_per_packet, "packets": o.packets,
+            })),
+            "targets": targets,
+        })
+    }
+}
