@@ -25,7 +25,7 @@ use crate::{
 /// How often the instances file is checked for changes on disk.
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Quiet time after a link event before resyncing, to batch bursts.
-const LINK_SETTLE: Duration = Duration::from_millis(5);
+const LINK_SETTLE: Duration = Duration::from_millis(2);
 /// Delay before retrying a failed sync.
 const SYNC_RETRY: Duration = Duration::from_millis(100);
 /// How long requests in flight may take to finish on shutdown.
@@ -167,7 +167,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 }
             }
         }
-        match datapath.sync(&index) {
+        let started = std::time::Instant::now();
+        let synced = datapath.sync(&index);
+        log::debug!(
+            "synced {} taps in {:.2} ms",
+            datapath.attached().len(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        match synced {
             Ok(new) => {
                 *registry
                     .write()

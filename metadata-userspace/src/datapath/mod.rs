@@ -273,7 +273,15 @@ impl Datapath {
     /// gets the tap program and its (tap, address) entries; everything else
     /// loses them. Returns the registry the proxy identifies peers with.
     pub fn sync(&mut self, index: &PortIndex) -> Result<Registry, DatapathError> {
-        let links = host::list_links()?;
+        let links: Vec<Link> = host::list_names()?
+            .into_iter()
+            .map(|(ifindex, name)| Link {
+                name,
+                ifindex,
+                mac: crate::ports::Mac::default(),
+                mtu: 0,
+            })
+            .collect();
         let mut taps = Vec::new();
         for link in &links {
             if link.ifindex == self.host.ifindex
