@@ -240,11 +240,7 @@ pub fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     );
     for tap in &status.taps {
         let c = &tap.counters;
-        let dropped = c.drop_unregistered
-            + c.drop_malformed
-            + c.drop_fragment
-            + c.drop_no_slot
-            + c.drop_error;
+        let dropped = c.dropped();
         println!(
             "{:<16} {:>7} {:<38} {:>10} {:>10} {:>10} {:>6} {:>8}",
             tap.device,

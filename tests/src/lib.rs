@@ -477,6 +477,35 @@ impl Hypervisor {
         })
     }
 
+    /// A router namespace on `bridge`: 10.0.0.1/24, with 169.254.169.254 on
+    /// its loopback so that any metadata traffic the datapath does not
+    /// steer can be seen arriving there.
+    pub fn add_gateway(&self, bridge: &str) -> anyhow::Result<Gateway> {
+        let ns = Netns::new("mdr-gw")?;
+        let port = format!("gw{}", unique_suffix());
+        self.ns.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        self.plug(&port, bridge)?;
+        self.ns.ip(&["link", "set", &port, "up"])?;
+        ns.ip(&["addr", "add", "10.0.0.1/24", "dev", "eth0"])?;
+        ns.ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        let json = ns.ip(&["-json", "link", "show", "dev", "eth0"])?;
+        let links: serde_json::Value = serde_json::from_str(&json)?;
+        let mac = links[0]["address"].as_str().unwrap_or_default().to_owned();
+        Ok(Gateway { ns, mac })
+    }
+
     /// Creates a Linux bridge here, up.
     pub fn add_bridge(&self) -> anyhow::Result<String> {
         let name = format!("br{}", unique_suffix());
@@ -716,6 +745,13 @@ impl Drop for Hypervisor {
     }
 }
 
+/// A router namespace on a tenant bridge (see [`Hypervisor::add_gateway`]).
+#[derive(Debug)]
+pub struct Gateway {
+    pub ns: Netns,
+    pub mac: String,
+}
+
 /// A VM: a namespace with eth0 wired to a tap in the hypervisor.
 #[derive(Debug)]
 pub struct Vm {
@@ -757,6 +793,15 @@ impl Vm {
             .context("cloud-init's read_metadata_service")?;
         let line = out.lines().last().unwrap_or_default();
         serde_json::from_str(line).with_context(|| format!("cloud-init reader printed {out:?}"))
+    }
+
+    /// Routes everything, 169.254.169.254 included, via 10.0.0.1 instead of
+    /// resolving the metadata address on-link.
+    pub fn route_via_gateway(&self) -> anyhow::Result<()> {
+        self.ns.ip(&["route", "del", "169.254.169.254/32"])?;
+        self.ns
+            .ip(&["route", "add", "default", "via", "10.0.0.1"])?;
+        Ok(())
     }
 
     /// The EUI-64 link-local address of eth0.

@@ -64,17 +64,10 @@ fn on_link_vm_gets_arp_from_the_program_and_routed_vm_via_its_gateway() {
     // VM "routed" sits on a bridge with a gateway namespace and sends to
     // 169.254.169.254 via the gateway's MAC, like a VM behind a router.
     let routed = hv.add_vm(SAME_IP).unwrap();
-    routed
-        .ns
-        .ip(&["route", "del", "169.254.169.254/32"])
-        .unwrap();
-    routed
-        .ns
-        .ip(&["route", "add", "default", "via", "10.0.0.1"])
-        .unwrap();
+    routed.route_via_gateway().unwrap();
     let bridge = hv.add_bridge().unwrap();
     hv.plug(&routed.tap, &bridge).unwrap();
-    let gateway = Gateway::new(&hv, &bridge).unwrap();
+    let gateway = hv.add_gateway(&bridge).unwrap();
 
     hv.set_instances(vec![
         InstanceSpec::for_vm(&onlink, "onlink"),
@@ -117,53 +110,14 @@ fn on_link_vm_gets_arp_from_the_program_and_routed_vm_via_its_gateway() {
     );
 }
 
-/// A router namespace on a bridge: 10.0.0.1/24, and 169.254.169.254 on
-/// its loopback so that traffic the datapath does not steer can be seen
-/// arriving there.
-struct Gateway {
-    ns: metadata_tests::Netns,
-    mac: String,
-}
-
-impl Gateway {
-    fn new(hv: &Hypervisor, bridge: &str) -> anyhow::Result<Self> {
-        let ns = metadata_tests::Netns::new("mdr-gw")?;
-        let port = format!("gw{}", metadata_tests::unique_suffix());
-        hv.ns().ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
-        hv.plug(&port, bridge)?;
-        hv.ns().ip(&["link", "set", &port, "up"])?;
-        ns.ip(&["addr", "add", "10.0.0.1/24", "dev", "eth0"])?;
-        ns.ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
-        let json = ns.ip(&["-json", "link", "show", "dev", "eth0"])?;
-        let links: serde_json::Value = serde_json::from_str(&json)?;
-        let mac = links[0]["address"].as_str().unwrap_or_default().to_owned();
-        Ok(Self { ns, mac })
-    }
-}
-
 #[test]
 fn other_traffic_from_a_vm_passes_unchanged() {
     let mut hv = Hypervisor::new().unwrap();
     let vm = hv.add_vm(SAME_IP).unwrap();
-    vm.ns.ip(&["route", "del", "169.254.169.254/32"]).unwrap();
-    vm.ns
-        .ip(&["route", "add", "default", "via", "10.0.0.1"])
-        .unwrap();
+    vm.route_via_gateway().unwrap();
     let bridge = hv.add_bridge().unwrap();
     hv.plug(&vm.tap, &bridge).unwrap();
-    let gateway = Gateway::new(&hv, &bridge).unwrap();
+    let gateway = hv.add_gateway(&bridge).unwrap();
     hv.set_instances(vec![InstanceSpec::for_vm(&vm, "vm")])
         .unwrap();
     hv.start_daemon().unwrap();

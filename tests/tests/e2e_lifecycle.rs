@@ -304,37 +304,12 @@ fn restarts_without_socket_activation_never_give_a_wrong_answer() {
 fn while_the_daemon_is_down_metadata_fails_closed_and_other_traffic_flows() {
     let mut hv = Hypervisor::new().unwrap();
     let vm = hv.add_vm(IP).unwrap();
-    vm.ns.ip(&["route", "del", "169.254.169.254/32"]).unwrap();
-    vm.ns
-        .ip(&["route", "add", "default", "via", "10.0.0.1"])
-        .unwrap();
+    vm.route_via_gateway().unwrap();
     let bridge = hv.add_bridge().unwrap();
     hv.plug(&vm.tap, &bridge).unwrap();
     // A router on the tenant network that would answer 169.254.169.254:80
     // if a metadata packet ever reached it.
-    let gw = metadata_tests::Netns::new("mdr-gw").unwrap();
-    let port = format!("gw{}", metadata_tests::unique_suffix());
-    hv.ns()
-        .ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            gw.name(),
-        ])
-        .unwrap();
-    hv.plug(&port, &bridge).unwrap();
-    hv.ns().ip(&["link", "set", &port, "up"]).unwrap();
-    gw.ip(&["addr", "add", "10.0.0.1/24", "dev", "eth0"])
-        .unwrap();
-    gw.ip(&["addr", "add", "169.254.169.254/32", "dev", "lo"])
-        .unwrap();
-    gw.ip(&["link", "set", "eth0", "up"]).unwrap();
+    let gw = hv.add_gateway(&bridge).unwrap().ns;
     let (trap, other) = gw
         .run(|| {
             (

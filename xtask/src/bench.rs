@@ -179,8 +179,11 @@ impl Bench {
         ])?;
         // Everything answers before measuring.
         for vm in ours.iter().chain(neutron.iter().map(|(vm, _)| vm)) {
-            let (status, _) = vm.http_get(METADATA, SMALL)?;
-            ensure!(status == 200, "{} not served before the run", vm.ns.name());
+            metadata_tests::wait_for(
+                &format!("{} to be served", vm.ns.name()),
+                Duration::from_secs(60),
+                || matches!(vm.http_get(METADATA, SMALL), Ok((200, _))).then_some(()),
+            )?;
         }
         Ok(Self {
             hv,

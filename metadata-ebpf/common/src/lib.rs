@@ -214,12 +214,14 @@ pub struct SlotV6 {
 }
 
 /// Per-device packet counters, one copy per CPU in [`map_names::COUNTERS`].
+/// (Serialized as is by `metadata-redirector status --json`.)
 ///
 /// Tap programs count under the tap's ifindex; replies are counted under
 /// the tap they are returned to; events on the host device that belong to
 /// no tap are counted under the host device's ifindex.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct DeviceCounters {
     /// Packets passed on untouched (not for the metadata service).
     pub passed: u64,

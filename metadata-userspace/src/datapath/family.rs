@@ -31,96 +31,68 @@ pub trait Family {
     fn learned(entry: &Self::Entry, key: &Self::Key) -> Option<MacAddr>;
 }
 
+/// IPv4: [`PortKeyV4`], [`PortV4`], [`SlotV4`].
 #[derive(Debug)]
 pub struct V4;
+/// IPv6: [`PortKeyV6`], [`PortV6`], [`SlotV6`].
 #[derive(Debug)]
 pub struct V6;
 
-impl Family for V4 {
-    type Key = PortKeyV4;
-    type Port = PortV4;
-    type Entry = SlotV4;
-    const PORTS: &'static str = metadata_common::map_names::PORTS_V4;
-    const SLOTS: &'static str = metadata_common::map_names::SLOTS_V4;
+/// The two families differ only in their types and address variant.
+macro_rules! family {
+    ($family:ty, $key:ident, $port:ident, $entry:ident, $be:ident, $variant:ident, $ports:ident, $slots:ident) => {
+        impl Family for $family {
+            type Key = $key;
+            type Port = $port;
+            type Entry = $entry;
+            const PORTS: &'static str = metadata_common::map_names::$ports;
+            const SLOTS: &'static str = metadata_common::map_names::$slots;
 
-    fn key(ifindex: Ifindex, addr: IpAddr) -> Option<Self::Key> {
-        match addr {
-            IpAddr::V4(v4) => Some(PortKeyV4 {
-                ifindex,
-                addr: Ipv4Be(v4.octets()),
-            }),
-            IpAddr::V6(_) => None,
+            fn key(ifindex: Ifindex, addr: IpAddr) -> Option<Self::Key> {
+                match addr {
+                    IpAddr::$variant(addr) => Some($key {
+                        ifindex,
+                        addr: $be(addr.octets()),
+                    }),
+                    _ => None,
+                }
+            }
+
+            fn key_parts(key: &Self::Key) -> (Ifindex, IpAddr) {
+                (key.ifindex, IpAddr::from(key.addr.0))
+            }
+
+            fn port(slot: Slot) -> Self::Port {
+                $port { slot }
+            }
+
+            fn port_slot(port: &Self::Port) -> Slot {
+                port.slot
+            }
+
+            fn entry(key: &Self::Key, guest_mac: MacAddr, router_mac: MacAddr) -> Self::Entry {
+                $entry {
+                    ifindex: key.ifindex,
+                    guest_addr: key.addr,
+                    guest_mac,
+                    router_mac,
+                }
+            }
+
+            fn learned(entry: &Self::Entry, key: &Self::Key) -> Option<MacAddr> {
+                (entry.ifindex == key.ifindex && entry.guest_addr == key.addr)
+                    .then_some(entry.router_mac)
+            }
         }
-    }
-
-    fn key_parts(key: &Self::Key) -> (Ifindex, IpAddr) {
-        (key.ifindex, IpAddr::from(key.addr.0))
-    }
-
-    fn port(slot: Slot) -> Self::Port {
-        PortV4 { slot }
-    }
-
-    fn port_slot(port: &Self::Port) -> Slot {
-        port.slot
-    }
-
-    fn entry(key: &Self::Key, guest_mac: MacAddr, router_mac: MacAddr) -> Self::Entry {
-        SlotV4 {
-            ifindex: key.ifindex,
-            guest_addr: key.addr,
-            guest_mac,
-            router_mac,
-        }
-    }
-
-    fn learned(entry: &Self::Entry, key: &Self::Key) -> Option<MacAddr> {
-        (entry.ifindex == key.ifindex && entry.guest_addr == key.addr).then_some(entry.router_mac)
-    }
+    };
 }
 
-impl Family for V6 {
-    type Key = PortKeyV6;
-    type Port = PortV6;
-    type Entry = SlotV6;
-    const PORTS: &'static str = metadata_common::map_names::PORTS_V6;
-    const SLOTS: &'static str = metadata_common::map_names::SLOTS_V6;
-
-    fn key(ifindex: Ifindex, addr: IpAddr) -> Option<Self::Key> {
-        match addr {
-            IpAddr::V6(v6) => Some(PortKeyV6 {
-                ifindex,
-                addr: Ipv6Be(v6.octets()),
-            }),
-            IpAddr::V4(_) => None,
-        }
-    }
-
-    fn key_parts(key: &Self::Key) -> (Ifindex, IpAddr) {
-        (key.ifindex, IpAddr::from(key.addr.0))
-    }
-
-    fn port(slot: Slot) -> Self::Port {
-        PortV6 { slot }
-    }
-
-    fn port_slot(port: &Self::Port) -> Slot {
-        port.slot
-    }
-
-    fn entry(key: &Self::Key, guest_mac: MacAddr, router_mac: MacAddr) -> Self::Entry {
-        SlotV6 {
-            ifindex: key.ifindex,
-            guest_addr: key.addr,
-            guest_mac,
-            router_mac,
-        }
-    }
-
-    fn learned(entry: &Self::Entry, key: &Self::Key) -> Option<MacAddr> {
-        (entry.ifindex == key.ifindex && entry.guest_addr == key.addr).then_some(entry.router_mac)
-    }
-}
+family!(
+    V4, PortKeyV4, PortV4, SlotV4, Ipv4Be, V4, PORTS_V4, SLOTS_V4
+);
+family!(
+    V6, PortKeyV6, PortV6, SlotV6, Ipv6Be, V6, PORTS_V6, SLOTS_V6
+);
 
 /// One family's pair of maps.
 #[expect(

@@ -680,45 +680,8 @@ pub struct SlotStatus {
     pub nat: IpAddr,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct CountersStatus {
-    pub passed: u64,
-    pub steered: u64,
-    pub replied: u64,
-    pub arp_replied: u64,
-    pub drop_unregistered: u64,
-    pub drop_malformed: u64,
-    pub drop_fragment: u64,
-    pub drop_no_slot: u64,
-    pub drop_error: u64,
-}
-
-impl From<DeviceCounters> for CountersStatus {
-    fn from(counters: DeviceCounters) -> Self {
-        let DeviceCounters {
-            passed,
-            steered,
-            replied,
-            arp_replied,
-            drop_unregistered,
-            drop_malformed,
-            drop_fragment,
-            drop_no_slot,
-            drop_error,
-        } = counters;
-        Self {
-            passed,
-            steered,
-            replied,
-            arp_replied,
-            drop_unregistered,
-            drop_malformed,
-            drop_fragment,
-            drop_no_slot,
-            drop_error,
-        }
-    }
-}
+/// A device's counters summed over CPUs.
+pub type CountersStatus = DeviceCounters;
 
 /// The whole datapath as read from the pins, for `status`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -776,7 +739,7 @@ pub fn read_status(config: &Config, index: &PortIndex) -> Result<Status, Datapat
                     instance_name: instance.map(|i| i.name.clone()),
                     device,
                     slots: Vec::new(),
-                    counters: sum_counters(&counters, ifindex).unwrap_or_default().into(),
+                    counters: sum_counters(&counters, ifindex).unwrap_or_default(),
                 },
             );
         }
@@ -810,7 +773,7 @@ pub fn read_status(config: &Config, index: &PortIndex) -> Result<Status, Datapat
             .get(&entry.host_ifindex)
             .cloned()
             .unwrap_or_else(|| config.datapath.host_device.0.clone()),
-        host_counters: sum_counters(&counters, entry.host_ifindex).map(Into::into),
+        host_counters: sum_counters(&counters, entry.host_ifindex),
         taps: taps.into_values().collect(),
     })
 }
