@@ -344,7 +344,15 @@ impl Datapath {
             if !self.tap_links.contains_key(&link.ifindex) {
                 let pin = self.link_pin(link.ifindex);
                 let program = classifier(&mut self.ebpf, TAP_PROGRAM)?;
-                match attach_pinned(program, TAP_PROGRAM, link, TcAttachType::Ingress, &pin) {
+                let attach_started = std::time::Instant::now();
+                let attached =
+                    attach_pinned(program, TAP_PROGRAM, link, TcAttachType::Ingress, &pin);
+                log::debug!(
+                    "attach to {} took {:?}",
+                    link.name,
+                    attach_started.elapsed()
+                );
+                match attached {
                     Ok(pinned) => {
                         info!(
                             "attached {TAP_PROGRAM} to {} (ifindex {})",
