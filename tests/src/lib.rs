@@ -52,7 +52,7 @@ pub fn sweep_stale() -> Vec<String> {
     let namespaces = ip(&["netns", "list"]).unwrap_or_default();
     for line in namespaces.lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(suffix) = ["mdr-hv-", "mdr-vm-", "mdr-gw-"]
+        let Some(suffix) = ["mdr-hv-", "mdr-vm-", "mdr-gw-", "mdr-qd-", "mdr-dhcp-"]
             .iter()
             .find_map(|prefix| name.strip_prefix(prefix))
         else {

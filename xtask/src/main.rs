@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod vm;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -49,8 +50,17 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Build (once, cached) the Debian guest image for vm-test.
+    VmImage,
+    /// Boot two Debian guests with qemu on real taps and check what their
+    /// cloud-init did.
+    VmTest,
     /// Unit tests, BPF_PROG_TEST_RUN fixtures and end-to-end tests.
     Test {
+        /// Also build the guest image if needed and run the VM test (it runs
+        /// anyway when the image is cached).
+        #[arg(long)]
+        vm: bool,
         /// Extra arguments for `cargo test` (a filter, `--nocapture`, ...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -92,10 +102,29 @@ fn main() -> anyhow::Result<()> {
             sweep();
             bench::run(quick)
         }
-        Task::Test { args } => {
+        Task::VmImage => {
+            require_root("building the VM image")?;
+            vm::image().map(drop)
+        }
+        Task::VmTest => {
+            require_root("the VM test")?;
+            setup::all()?;
+            build()?;
+            sweep();
+            let passed = vm::test()?;
+            println!("summary: {passed} passed, 0 failed");
+            Ok(())
+        }
+        Task::Test { vm, args } => {
             require_root("the tests (they create namespaces and load eBPF)")?;
             setup::all()?;
-            test(&args)
+            let (mut passed, failed) = test(&args)?;
+            if vm || vm::cached().is_some() {
+                passed += vm::test()?;
+            }
+            // The closing line of the whole run, unit to VM tests.
+            println!("summary: {passed} passed, {failed} failed");
+            Ok(())
         }
     }
 }
@@ -135,13 +164,14 @@ fn build() -> anyhow::Result<PathBuf> {
 }
 
 /// Removes what earlier, killed test or demo runs left behind.
-fn sweep() {
+pub fn sweep() {
     for item in metadata_tests::sweep_stale() {
         eprintln!("xtask: removed leftover {item}");
     }
 }
 
-fn test(args: &[String]) -> anyhow::Result<()> {
+/// Runs the cargo test suites; returns (passed, failed) on success.
+fn test(args: &[String]) -> anyhow::Result<(u64, u64)> {
     let binary = build()?;
     sweep();
     eprintln!("xtask: running unit, fixture and end-to-end tests");
@@ -166,11 +196,11 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!("summary: {passed} passed, {failed} failed");
     if !status.success() {
+        println!("summary: {passed} passed, {failed} failed");
         bail!("tests failed");
     }
-    Ok(())
+    Ok((passed, failed))
 }
 
 /// The number right before `label` in a libtest summary such as
