@@ -228,7 +228,7 @@ pub fn test() -> anyhow::Result<u64> {
         hv.ns().ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
         hv.plug(&tap, &bridge)?;
         hv.ns().ip(&["link", "set", &tap, "up"])?;
-        networks.push(dhcp_network(&hv, &bridge, &mac)?);
+        networks.push(dhcp_network(&hv, &bridge, &mac, &work)?);
         let id = metadata_tests::uuid_like();
         let spec = InstanceSpec {
             id: id.clone(),
@@ -305,7 +305,9 @@ pub fn test() -> anyhow::Result<u64> {
         });
     }
 
-    let deadline = Instant::now() + Duration::from_secs(if accel == "kvm" { 300 } else { 900 });
+    // cloud-init gives up on the metadata service after about two and a
+    // half minutes of guest time; past that the marker will not come.
+    let deadline = Instant::now() + Duration::from_secs(if accel == "kvm" { 300 } else { 600 });
     let mut times = Vec::new();
     for guest in &guests {
         let marker = format!("MDR-MARKER {}", guest.spec.id);
@@ -318,6 +320,7 @@ pub fn test() -> anyhow::Result<u64> {
                 bail!("interrupted; removing the guests and their networks");
             }
             if Instant::now() > deadline {
+                keep_consoles(&guests);
                 let tail: String = log
                     .lines()
                     .rev()
@@ -365,10 +368,23 @@ pub fn test() -> anyhow::Result<u64> {
     Ok(times.len() as u64)
 }
 
+/// Copies the guests' serial consoles to target/vm-test/ for a post-mortem.
+fn keep_consoles(guests: &[Guest]) {
+    let dir = super::root().join("target/vm-test");
+    let _ = fs::create_dir_all(&dir);
+    for guest in guests {
+        let _ = fs::copy(
+            &guest.console,
+            dir.join(format!("{}.console", guest.spec.name)),
+        );
+    }
+    eprintln!("vm-test: consoles kept in {}", dir.display());
+}
+
 /// A namespace on `bridge` with dnsmasq handing 10.0.0.5 to `mac`, plus a
 /// host route to 169.254.169.254 on the link (option 121), as Neutron's
 /// DHCP agent does for isolated networks.
-fn dhcp_network(hv: &Hypervisor, bridge: &str, mac: &str) -> anyhow::Result<Network> {
+fn dhcp_network(hv: &Hypervisor, bridge: &str, mac: &str, work: &Path) -> anyhow::Result<Network> {
     let ns = Netns::new("mdr-dhcp")?;
     let port = format!("dh{}", unique_suffix());
     hv.ns().ip(&[
@@ -401,6 +417,12 @@ fn dhcp_network(hv: &Hypervisor, bridge: &str, mac: &str) -> anyhow::Result<Netw
         .arg(format!("--dhcp-host={mac},10.0.0.5"))
         .arg("--dhcp-option=option:classless-static-route,169.254.169.254/32,0.0.0.0")
         .arg("--pid-file=")
+        // Its own lease file: the default one is shared by every dnsmasq
+        // on the machine, and an old lease of 10.0.0.5 would block this one.
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            work.join(format!("{port}.leases")).display()
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
