@@ -139,7 +139,8 @@ fn a_thousand_tap_create_delete_cycles_leave_nothing_behind() {
 
     // 1000 cycles in 10 rounds; each round leaves the tap present until
     // the daemon has attached it, so attach and detach both really happen.
-    let file = std::env::temp_dir().join(format!("mdr-churn-{churn}"));
+    // In the hypervisor's own folder, which goes with it even on a panic.
+    let file = hv.log_path().with_file_name("churn.batch");
     for round in 0..10 {
         let mut batch = String::new();
         if round > 0 {

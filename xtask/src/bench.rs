@@ -354,7 +354,7 @@ fn first_request(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
                 )
             })
             .collect();
-        let file = std::env::temp_dir().join(format!("mdr-bench-burst-{}", std::process::id()));
+        let file = hv.log_path().with_file_name("burst.batch");
         fs::write(&file, batch)?;
         let t0 = Instant::now();
         hv.ns().ip(&["-batch", &file.display().to_string()])?;
