@@ -40,8 +40,8 @@ mod programs {
         maps::{MDR_CONFIG, MDR_PORTS_V4, MDR_PORTS_V6, MDR_SLOTS_V4, MDR_SLOTS_V6},
         nat, neigh,
         parse::{
-            ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, IPV4_LEN, IPV6_LEN,
-            Ipv4Hdr, Ipv6Hdr, TcpHdr, ensure_linear, header_mut,
+            ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_ICMPV6, IPPROTO_TCP,
+            IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, TcpHdr, ensure_linear, header_mut,
         },
         verdict::{Step, Verdict},
     };
@@ -196,14 +196,16 @@ mod programs {
         if !ensure_linear(ctx, ETH_LEN + IPV6_LEN) {
             return Ok(Verdict::Pass);
         }
-        if neigh::is_metadata_solicitation(ctx) {
-            return neigh::answer_ns(ctx, tap, config().as_ref());
-        }
         let Some(ip) = header_mut::<Ipv6Hdr>(ctx, ETH_LEN) else {
             return Ok(Verdict::Pass);
         };
         // SAFETY: bounds-checked by header_mut; copied out before any pull.
         let (src, dst, next_header) = unsafe { ((*ip).src, (*ip).dst, (*ip).next_header) };
+        // Only ICMPv6 is looked into further for a solicitation (sent to a
+        // multicast address, so the destination cannot tell).
+        if next_header == IPPROTO_ICMPV6 && neigh::is_metadata_solicitation(ctx) {
+            return neigh::answer_ns(ctx, tap, config().as_ref());
+        }
         if dst != METADATA_V6 {
             return Ok(Verdict::Pass);
         }

@@ -29,9 +29,9 @@ const NEIGH_OFF: usize = ETH_LEN + IPV6_LEN;
 const NA_LEN: usize = NEIGH_OFF + size_of::<NeighMsg>() + size_of::<LinkLayerOpt>();
 const NA_PAYLOAD: u16 = (size_of::<NeighMsg>() + size_of::<LinkLayerOpt>()) as u16;
 
-/// Whether an IPv6 packet is a Neighbour Solicitation for fe80::a9fe:a9fe
-/// (it is sent to the solicited-node multicast address, so the destination
-/// says nothing).
+/// Whether an ICMPv6 packet is a Neighbour Solicitation for
+/// fe80::a9fe:a9fe (it is sent to the solicited-node multicast address, so
+/// the destination says nothing). The caller has checked the next header.
 #[inline(always)]
 pub fn is_metadata_solicitation(ctx: &TcContext) -> bool {
     if !ensure_linear(ctx, NEIGH_OFF + size_of::<NeighMsg>()) {

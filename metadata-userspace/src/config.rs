@@ -593,7 +593,8 @@ impl fmt::Display for Ipv6Net96 {
     }
 }
 
-/// Deserializes any `FromStr` type whose error is a message, from a string.
+/// Deserializes any `FromStr` type whose error is a message, from a string
+/// (so the message lands in the error with the file, line and key).
 macro_rules! deserialize_from_str {
     ($($ty:ty),*) => {$(
         impl<'de> Deserialize<'de> for $ty {
@@ -604,6 +605,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
+pub(crate) use deserialize_from_str;
 deserialize_from_str!(DeviceName, GlobPattern, Ipv4Net, Ipv6Net96, NovaUrl);
 
 #[cfg(test)]

@@ -165,17 +165,7 @@ impl fmt::Display for Mac {
     }
 }
 
-macro_rules! deserialize_from_str {
-    ($($ty:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                text.parse().map_err(de::Error::custom)
-            }
-        }
-    )*};
-}
-deserialize_from_str!(Mac, PortAddress);
+crate::config::deserialize_from_str!(Mac, PortAddress);
 
 /// The instances file as written.
 #[derive(Debug, Deserialize)]
@@ -370,10 +360,6 @@ impl PortIndex {
             })?;
             Some((instance, index))
         })
-    }
-
-    pub fn instances(&self) -> &[Arc<Instance>] {
-        &self.instances
     }
 }
 

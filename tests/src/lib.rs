@@ -213,6 +213,23 @@ impl Drop for Netns {
     }
 }
 
+/// A veth pair: `host_end` in `host`, `eth0` in `guest`.
+pub fn veth_pair(host: &Netns, host_end: &str, guest: &Netns) -> anyhow::Result<()> {
+    host.ip(&[
+        "link",
+        "add",
+        host_end,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        guest.name(),
+    ])?;
+    Ok(())
+}
+
 /// A port record of the instances file.
 #[derive(Debug, Clone)]
 pub struct PortSpec {
@@ -403,18 +420,7 @@ impl Hypervisor {
         let suffix = ns.name().trim_start_matches("mdr-vm-").to_owned();
         let tap = format!("tap{suffix}");
         let mac = mac.to_owned();
-        self.ns.ip(&[
-            "link",
-            "add",
-            &tap,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        veth_pair(&self.ns, &tap, &ns)?;
         ns.ip(&["link", "set", "eth0", "address", &mac, "up"])?;
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         self.ns.ip(&["link", "set", &tap, "up"])?;
@@ -433,18 +439,7 @@ impl Hypervisor {
     /// Re-creates `vm`'s tap under the same name (a new ifindex) and its
     /// eth0 with the same MAC, address and route, like a VM restarted.
     pub fn replug(&self, vm: &Vm) -> anyhow::Result<()> {
-        self.ns.ip(&[
-            "link",
-            "add",
-            &vm.tap,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            vm.ns.name(),
-        ])?;
+        veth_pair(&self.ns, &vm.tap, &vm.ns)?;
         vm.ns
             .ip(&["link", "set", "eth0", "address", &vm.mac, "up"])?;
         vm.ns
@@ -483,18 +478,7 @@ impl Hypervisor {
     pub fn add_gateway(&self, bridge: &str) -> anyhow::Result<Gateway> {
         let ns = Netns::new("mdr-gw")?;
         let port = format!("gw{}", unique_suffix());
-        self.ns.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        veth_pair(&self.ns, &port, &ns)?;
         self.plug(&port, bridge)?;
         self.ns.ip(&["link", "set", &port, "up"])?;
         ns.ip(&["addr", "add", "10.0.0.1/24", "dev", "eth0"])?;

@@ -65,18 +65,7 @@ impl NeutronNetwork {
     pub fn new(vm: &Vm, network_id: &str, socket: &Path) -> anyhow::Result<Self> {
         let ns = Netns::new("mdr-qd")?;
         let port = format!("qd{}", unique_suffix());
-        ns.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            vm.ns.name(),
-        ])?;
+        crate::veth_pair(&ns, &port, &vm.ns)?;
         ns.ip(&["addr", "add", "10.0.0.2/24", "dev", &port])?;
         ns.ip(&["addr", "add", "169.254.169.254/32", "dev", &port])?;
         ns.ip(&["link", "set", &port, "up"])?;

@@ -74,16 +74,23 @@ pub fn ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, payload: &[u8], opts: Ipv4
 /// A TCP segment (SYN unless `payload` is non-empty) with a correct
 /// checksum over the IPv4 pseudo-header.
 pub fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut segment = tcp_segment((sport, dport), payload);
+    let check = tcp_checksum(src, dst, &segment);
+    segment[16..18].copy_from_slice(&check.to_be_bytes());
+    segment
+}
+
+/// A TCP segment with its checksum field zero: a SYN without payload, a
+/// PSH/ACK with one.
+fn tcp_segment(ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
     let mut segment = vec![0u8; 20];
-    segment[0..2].copy_from_slice(&sport.to_be_bytes());
-    segment[2..4].copy_from_slice(&dport.to_be_bytes());
+    segment[0..2].copy_from_slice(&ports.0.to_be_bytes());
+    segment[2..4].copy_from_slice(&ports.1.to_be_bytes());
     segment[4..8].copy_from_slice(&1000u32.to_be_bytes());
     segment[12] = 5 << 4;
     segment[13] = if payload.is_empty() { 0x02 } else { 0x18 };
     segment[14..16].copy_from_slice(&64240u16.to_be_bytes());
     segment.extend_from_slice(payload);
-    let check = tcp_checksum(src, dst, &segment);
-    segment[16..18].copy_from_slice(&check.to_be_bytes());
     segment
 }
 
@@ -194,13 +201,7 @@ pub fn tcp6_frame(
     ports: (u16, u16),
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut segment = vec![0u8; 20];
-    segment[0..2].copy_from_slice(&ports.0.to_be_bytes());
-    segment[2..4].copy_from_slice(&ports.1.to_be_bytes());
-    segment[12] = 5 << 4;
-    segment[13] = 0x18;
-    segment[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    segment.extend_from_slice(payload);
+    let mut segment = tcp_segment(ports, payload);
     let check = checksum_v6(src, dst, 6, &segment);
     segment[16..18].copy_from_slice(&check.to_be_bytes());
     ethernet(macs.0, macs.1, ETH_P_IPV6, &ipv6(src, dst, 6, 64, &segment))

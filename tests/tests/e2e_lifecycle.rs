@@ -183,6 +183,12 @@ fn a_thousand_tap_create_delete_cycles_leave_nothing_behind() {
         1,
         "one (tap, address) entry: {ports}"
     );
+    let ports_v6 = dump_map(&hv, "MDR_PORTS_V6");
+    assert_eq!(
+        ports_v6.as_array().unwrap().len(),
+        1,
+        "one (tap, link-local) entry: {ports_v6}"
+    );
     let counters = dump_map(&hv, "MDR_COUNTERS");
     assert_eq!(
         counters.as_array().unwrap().len(),

@@ -387,18 +387,7 @@ fn keep_consoles(guests: &[Guest]) {
 fn dhcp_network(hv: &Hypervisor, bridge: &str, mac: &str, work: &Path) -> anyhow::Result<Network> {
     let ns = Netns::new("mdr-dhcp")?;
     let port = format!("dh{}", unique_suffix());
-    hv.ns().ip(&[
-        "link",
-        "add",
-        &port,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ])?;
+    metadata_tests::veth_pair(hv.ns(), &port, &ns)?;
     hv.plug(&port, bridge)?;
     hv.ns().ip(&["link", "set", &port, "up"])?;
     ns.ip(&["addr", "add", "10.0.0.2/24", "dev", "eth0"])?;

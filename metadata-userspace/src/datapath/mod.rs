@@ -258,11 +258,6 @@ impl Datapath {
         Ok(datapath)
     }
 
-    /// The host device.
-    pub fn host(&self) -> &Link {
-        &self.host
-    }
-
     /// The taps currently attached.
     pub fn attached(&self) -> &BTreeMap<Ifindex, AttachedTap> {
         &self.attached
@@ -490,11 +485,6 @@ impl Datapath {
             }
         }
         Ok(())
-    }
-
-    /// Per-device counters summed over CPUs.
-    pub fn counters(&self, ifindex: Ifindex) -> Option<DeviceCounters> {
-        sum_counters(&self.counters, ifindex)
     }
 }
 
