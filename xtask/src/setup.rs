@@ -12,26 +12,56 @@ use anyhow::{Context as _, bail};
 /// bpf-linker version that builds against the nightly's own LLVM here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests, the demo and the benchmarks use.
-const PACKAGES: &[&str] = &[
-    "iproute2",
-    "iputils-ping",
-    "util-linux",
-    "python3",
-    "cloud-init",
-    "curl",
-    "bpftool",
-    "tcpdump",
-    "haproxy",
-    "wrk",
-    "iperf3",
-    "openssl",
+/// A program the project, its tests, the demo or the benchmarks run, and
+/// the Debian package that provides it.
+#[derive(Debug, Clone, Copy)]
+pub struct Program {
+    pub name: &'static str,
+    pub package: &'static str,
+}
+
+const fn program(name: &'static str, package: &'static str) -> Program {
+    Program { name, package }
+}
+
+/// Every program the project runs: the one list that setup installs and
+/// that `test`, `demo`, `bench` and `vm-test` check before doing any work.
+pub const PROGRAMS: &[Program] = &[
+    program("ip", "iproute2"),
+    program("ss", "iproute2"),
+    program("ping", "iputils-ping"),
+    program("nsenter", "util-linux"),
+    program("setpriv", "util-linux"),
+    program("sysctl", "procps"),
+    program("timeout", "coreutils"),
+    program("python3", "python3"),
+    program("cloud-init", "cloud-init"),
+    program("curl", "curl"),
+    program("bpftool", "bpftool"),
+    program("tcpdump", "tcpdump"),
+    program("haproxy", "haproxy"),
+    program("wrk", "wrk"),
+    program("iperf3", "iperf3"),
+    program("openssl", "openssl"),
+    program("debootstrap", "debootstrap"),
+    program("mkfs.ext4", "e2fsprogs"),
+    program("qemu-system-x86_64", "qemu-system-x86"),
+    program("qemu-img", "qemu-utils"),
+    program("dnsmasq", "dnsmasq-base"),
 ];
+
+/// Packages that must come from the same Debian release as each other.
+/// Debian's qemu-system-x86 breaks a newer qemu-utils (a backport some
+/// machines come with), and apt resolves that by removing qemu-utils, and
+/// with it qemu-img. Asking for both from the running release in one
+/// transaction keeps both.
+const SAME_RELEASE: &[&str] = &["qemu-utils", "qemu-system-x86"];
 
 /// Everything: toolchain and packages.
 pub fn all() -> anyhow::Result<()> {
     toolchain()?;
-    packages(PACKAGES)
+    packages()?;
+    check_programs(PROGRAMS)
 }
 
 /// The nightly toolchain with rust-src, and bpf-linker.
@@ -117,35 +147,130 @@ fn symlink(target: &Path, link: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("linking {} to {}", link.display(), target.display()))
 }
 
-/// Installs the Debian packages of `wanted` that are missing.
-pub fn packages(wanted: &[&str]) -> anyhow::Result<()> {
+/// Installs every package of [`PROGRAMS`] in one apt transaction when any
+/// is missing. All of them, not only the missing ones: apt then resolves
+/// the whole set together and cannot remove one to make room for another.
+fn packages() -> anyhow::Result<()> {
+    let mut wanted: Vec<&str> = PROGRAMS.iter().map(|p| p.package).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
     let missing: Vec<&str> = wanted
         .iter()
         .copied()
-        .filter(|package| {
-            !output("dpkg-query", &["-W", "-f=${Status}", package])
-                .is_ok_and(|status| status.contains("install ok installed"))
-        })
+        .filter(|package| !installed(package))
         .collect();
-    if missing.is_empty() {
+    let programs_missing = PROGRAMS.iter().any(|p| !on_path(p.name));
+    if missing.is_empty() && !programs_missing {
         return Ok(());
     }
     eprintln!(
-        "xtask setup: installing Debian packages: {}",
-        missing.join(" ")
+        "xtask setup: installing Debian packages (missing: {})",
+        if missing.is_empty() {
+            "none, but programs are".to_owned()
+        } else {
+            missing.join(" ")
+        }
     );
     run("apt-get", &["update", "-q"])?;
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-    args.extend(missing);
+    let release = os_release_codename()?;
+    let mut args: Vec<String> = [
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "--allow-downgrades",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(wanted.iter().map(|package| {
+        if SAME_RELEASE.contains(package) {
+            format!("{package}/{release}")
+        } else {
+            (*package).to_owned()
+        }
+    }));
     let status = Command::new("apt-get")
         .args(&args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("running apt-get install")?;
     if !status.success() {
-        bail!("apt-get install failed");
+        bail!("apt-get install {} failed", args[5..].join(" "));
     }
     Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_ok_and(|status| status.contains("install ok installed"))
+}
+
+/// The running Debian release's codename (`bookworm`), from /etc/os-release.
+fn os_release_codename() -> anyhow::Result<String> {
+    let text = fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .filter(|v| !v.is_empty())
+        .context("/etc/os-release has no VERSION_CODENAME")
+}
+
+/// Whether `program` is an executable file in a folder of `PATH`.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Fails, naming each missing program and its package, unless every one of
+/// `programs` is on PATH.
+pub fn check_programs(programs: &[Program]) -> anyhow::Result<()> {
+    let missing: Vec<String> = programs
+        .iter()
+        .filter(|p| !on_path(p.name))
+        .map(|p| format!("  {} (Debian package {})", p.name, p.package))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "programs this project runs are not on PATH:\n{}\nrun `cargo xtask setup` as root, or apt-get install the packages named",
+            missing.join("\n")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_program_message_names_program_and_package() {
+        let error = check_programs(&[
+            program("sh", "dash"),
+            program("mdr-no-such-program", "mdr-some-package"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("mdr-no-such-program (Debian package mdr-some-package)"),
+            "{error}"
+        );
+        assert!(!error.contains("sh (Debian package dash)"), "{error}");
+    }
+
+    #[test]
+    fn every_program_has_a_package() {
+        for p in PROGRAMS {
+            assert!(!p.name.is_empty() && !p.package.is_empty());
+        }
+        for package in SAME_RELEASE {
+            assert!(PROGRAMS.iter().any(|p| p.package == *package), "{package}");
+        }
+    }
 }
 
 fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {

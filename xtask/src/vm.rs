@@ -69,13 +69,7 @@ pub fn image() -> anyhow::Result<Image> {
         eprintln!("vm-image: cached in {}", cache_dir().display());
         return Ok(image);
     }
-    super::setup::packages(&[
-        "debootstrap",
-        "qemu-system-x86",
-        "qemu-utils",
-        "dnsmasq-base",
-        "e2fsprogs",
-    ])?;
+    super::setup::all()?;
     let dir = cache_dir();
     let started = Instant::now();
     let root = dir.join("root");
