@@ -22,6 +22,10 @@ pub enum Event {
     HelperFailed = 2,
     /// Metadata traffic arrived before the daemon wrote its config.
     NotConfigured = 3,
+    /// A guest used one of the datapath's own addresses.
+    Reserved = 4,
+    /// A packet from the proxy's address came from elsewhere than the host.
+    Forged = 5,
 }
 
 /// Whether `event` may be logged now; records the time if so.

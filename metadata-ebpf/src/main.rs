@@ -29,10 +29,17 @@ mod verdict;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
+    //! Truncated headers follow one rule in both programs and both
+    //! families: a packet too short to hold the header that says where it
+    //! goes is passed (it is not ours to judge, and the stack will); once a
+    //! packet is known to be metadata traffic (to the metadata address, or
+    //! from the proxy to a slot), anything truncated or malformed in the
+    //! rest is dropped as malformed, before any rewrite.
+
     use aya_ebpf::{macros::classifier, programs::TcContext};
     use metadata_common::{
-        DatapathConfig, Ifindex, Ipv4Be, Ipv6Be, MAX_SLOTS_V4, MAX_SLOTS_V6, METADATA_PORT,
-        METADATA_V4, METADATA_V6, PortKeyV4, PortKeyV6,
+        DatapathConfig, Ifindex, MAX_SLOTS_V4, MAX_SLOTS_V6, METADATA_PORT, METADATA_V4,
+        METADATA_V6, MacAddr, PortBe, PortKeyV4, PortKeyV6, Slot,
     };
 
     use crate::{
@@ -41,12 +48,11 @@ mod programs {
         nat, neigh,
         parse::{
             ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_ICMPV6, IPPROTO_TCP,
-            IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, TcpHdr, ensure_linear, header_mut,
+            IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, TCP_LEN, TcpHdr, ensure_linear, header_mut,
+            tcp_header_ok,
         },
-        verdict::{Step, Verdict},
+        verdict::{Step, Verdict, count_elsewhere},
     };
-
-    const TCP_LEN: usize = size_of::<TcpHdr>();
 
     #[classifier]
     pub fn tap_ingress(ctx: TcContext) -> i32 {
@@ -60,7 +66,7 @@ mod programs {
     #[classifier]
     pub fn host_egress(ctx: TcContext) -> i32 {
         let host = device(&ctx);
-        match try_host_egress(&ctx) {
+        match try_host_egress(&ctx, host) {
             Ok(verdict) | Err(verdict) => verdict,
         }
         .finish(host)
@@ -73,13 +79,48 @@ mod programs {
         Ifindex(unsafe { (*ctx.skb.skb).ifindex })
     }
 
-    /// The daemon's configuration, or `None` before the daemon wrote it.
+    /// The device the packet entered this host on; zero for a packet the
+    /// host's own stack created (the daemon's sockets, the kernel's RSTs).
     #[inline(always)]
-    fn config() -> Option<DatapathConfig> {
-        MDR_CONFIG
-            .get(0)
-            .copied()
-            .filter(|cfg| cfg.host_ifindex.0 != 0)
+    fn ingress_device(ctx: &TcContext) -> Ifindex {
+        // SAFETY: as in `device`.
+        Ifindex(unsafe { (*ctx.skb.skb).ingress_ifindex })
+    }
+
+    /// The daemon's configuration, or `None` before the daemon wrote it.
+    /// (An array lookup the verifier inlines: a few instructions. A
+    /// reference into the map, not a copy: the programs' 512-byte stack
+    /// has no room for several copies of it.)
+    #[inline(always)]
+    fn config() -> Option<&'static DatapathConfig> {
+        MDR_CONFIG.get(0).filter(|cfg| cfg.host_ifindex.0 != 0)
+    }
+
+    /// The configuration for metadata traffic, which fails closed without
+    /// one.
+    #[inline(always)]
+    fn config_or_drop<'a>(
+        ctx: &TcContext,
+        cfg: Option<&'a DatapathConfig>,
+    ) -> Step<&'a DatapathConfig> {
+        cfg.ok_or_else(|| {
+            if allow(Event::NotConfigured) {
+                aya_log_ebpf::warn!(ctx, "metadata traffic before the datapath is configured");
+            }
+            Verdict::DropError
+        })
+    }
+
+    #[inline(always)]
+    fn reserved(ctx: &TcContext, tap: Ifindex) -> Verdict {
+        if allow(Event::Reserved) {
+            aya_log_ebpf::warn!(
+                ctx,
+                "dropped a packet using the datapath's own addresses on ifindex {}",
+                tap.0
+            );
+        }
+        Verdict::DropReserved
     }
 
     fn try_tap_ingress(ctx: &TcContext, tap: Ifindex) -> Step<Verdict> {
@@ -94,32 +135,48 @@ mod programs {
         let ether_type = unsafe { (*eth).ether_type };
         match ether_type {
             ETH_P_IP => ipv4_request(ctx, tap),
-            ETH_P_ARP => neigh::answer_arp(ctx, tap, config().as_ref()),
+            ETH_P_ARP => neigh::answer_arp(ctx, tap, config()),
             ETH_P_IPV6 => ipv6_request(ctx, tap),
             _ => Ok(Verdict::Pass),
         }
     }
 
-    /// Steers TCP to 169.254.169.254:80 from a registered source; passes
-    /// every other IPv4 packet untouched.
+    /// Steers TCP to 169.254.169.254:80 from a registered source, drops
+    /// packets from or to the datapath's own addresses, and passes every
+    /// other IPv4 packet untouched.
     #[inline(always)]
     fn ipv4_request(ctx: &TcContext, tap: Ifindex) -> Step<Verdict> {
         if !ensure_linear(ctx, ETH_LEN + IPV4_LEN) {
-            // Too short to be addressed to us; the stack will judge it.
             return Ok(Verdict::Pass);
         }
         let Some(ip) = header_mut::<Ipv4Hdr>(ctx, ETH_LEN) else {
             return Err(Verdict::DropMalformed);
         };
         // SAFETY: bounds-checked by header_mut; copied out before any pull.
-        let (dst, protocol, header_len, fragment) = unsafe {
+        let (src, dst, protocol, header_len, fragment, total_len) = unsafe {
             let ip = &*ip;
-            (ip.dst, ip.protocol, ip.header_len(), ip.is_fragment())
+            let (src, dst) = (ip.src, ip.dst);
+            (
+                src,
+                dst,
+                ip.protocol,
+                ip.header_len(),
+                ip.is_fragment(),
+                ip.total_len(),
+            )
         };
+        let cfg = config();
+        if cfg.is_some_and(|cfg| cfg.reserved_v4(src) || cfg.reserved_v4(dst)) {
+            return Err(reserved(ctx, tap));
+        }
         if dst != METADATA_V4 {
             return Ok(Verdict::Pass);
         }
         let header_len = header_len.ok_or(Verdict::DropMalformed)?;
+        let ip_end = ETH_LEN + total_len;
+        if total_len < header_len || ip_end > ctx.len() as usize {
+            return Err(Verdict::DropMalformed);
+        }
         if protocol != IPPROTO_TCP {
             // ICMP and UDP to the metadata address are not ours to serve.
             return Ok(Verdict::Pass);
@@ -128,29 +185,11 @@ mod programs {
             return Err(Verdict::DropFragment);
         }
         let l4_off = ETH_LEN + header_len;
-        if !ensure_linear(ctx, l4_off + TCP_LEN) {
-            return Err(Verdict::DropMalformed);
-        }
-        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
-            return Err(Verdict::DropMalformed);
-        };
-        let Some(ip) = header_mut::<Ipv4Hdr>(ctx, ETH_LEN) else {
-            return Err(Verdict::DropMalformed);
-        };
-        let Some(tcp) = header_mut::<TcpHdr>(ctx, l4_off) else {
-            return Err(Verdict::DropMalformed);
-        };
-        // SAFETY: all three bounds-checked just above.
-        let (addressed_mac, src, dport) = unsafe { ((*eth).dst, (*ip).src, (*tcp).dest) };
-        if dport != METADATA_PORT {
+        let addressed_mac = addressed_mac(ctx)?;
+        if request_dport(ctx, l4_off, ip_end)? != METADATA_PORT {
             return Ok(Verdict::Pass);
         }
-        let Some(cfg) = config() else {
-            if allow(Event::NotConfigured) {
-                aya_log_ebpf::warn!(ctx, "metadata request before the datapath is configured");
-            }
-            return Err(Verdict::DropError);
-        };
+        let cfg = config_or_drop(ctx, cfg)?;
         let key = PortKeyV4 {
             ifindex: tap,
             addr: src,
@@ -173,45 +212,114 @@ mod programs {
             return Err(Verdict::DropError);
         }
         if let Some(entry) = MDR_SLOTS_V4.get_ptr_mut(slot.0) {
-            // SAFETY: array values are preallocated and never freed. The
-            // store is idempotent and only happens when the guest changes
-            // the MAC it sends to (first request, or a new router).
-            unsafe {
-                if (*entry).router_mac != addressed_mac {
-                    (*entry).router_mac = addressed_mac;
-                }
-            }
+            // SAFETY: array values are preallocated and never freed.
+            learn_router_mac(unsafe { &mut (*entry).router_mac }, addressed_mac);
         }
-        let slot_addr = Ipv4Be::from_bits(cfg.nat_v4_base.to_bits().wrapping_add(slot.0));
-        nat::steer_request_v4(ctx, l4_off, &cfg, slot_addr)
+        nat::steer_request_v4(ctx, l4_off, cfg, cfg.slot_addr_v4(slot))
+    }
+
+    /// The destination port of a request, from a TCP header checked to be
+    /// whole and, when it is for the metadata port, well formed.
+    #[inline(always)]
+    fn request_dport(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Step<PortBe> {
+        if !ensure_linear(ctx, l4_off + TCP_LEN) {
+            return Err(Verdict::DropMalformed);
+        }
+        let Some(tcp) = header_mut::<TcpHdr>(ctx, l4_off) else {
+            return Err(Verdict::DropMalformed);
+        };
+        // SAFETY: bounds-checked just above.
+        let tcp = unsafe { &*tcp };
+        if tcp.dest == METADATA_PORT && !tcp_header_ok(tcp, l4_off, ip_end) {
+            return Err(Verdict::DropMalformed);
+        }
+        Ok(tcp.dest)
+    }
+
+    /// The MAC the frame was addressed to. Read before any pull, while the
+    /// IP header's bounds check covers the Ethernet header too.
+    #[inline(always)]
+    fn addressed_mac(ctx: &TcContext) -> Step<MacAddr> {
+        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+            return Err(Verdict::DropMalformed);
+        };
+        // SAFETY: bounds-checked by header_mut.
+        Ok(unsafe { (*eth).dst })
+    }
+
+    /// Records the MAC a guest addressed its request to, for the reply's
+    /// source. The store only happens when it changes (first request, or a
+    /// new router), so the cache line stays shared otherwise.
+    #[inline(always)]
+    fn learn_router_mac(stored: &mut MacAddr, addressed: MacAddr) {
+        if *stored != addressed {
+            *stored = addressed;
+        }
     }
 
     /// IPv6: answers Neighbour Solicitations for fe80::a9fe:a9fe, steers TCP
     /// to [fe80::a9fe:a9fe]:80 from a registered source, passes the rest of
     /// a registered source's traffic to that address (extension headers,
-    /// fragments, other ICMPv6, other ports) untouched, and drops an
-    /// unregistered source's.
+    /// fragments, other ICMPv6, other ports) untouched, drops an
+    /// unregistered source's, and drops anything from or to the NAT /96.
     #[inline(always)]
     fn ipv6_request(ctx: &TcContext, tap: Ifindex) -> Step<Verdict> {
         if !ensure_linear(ctx, ETH_LEN + IPV6_LEN) {
             return Ok(Verdict::Pass);
         }
         let Some(ip) = header_mut::<Ipv6Hdr>(ctx, ETH_LEN) else {
-            return Ok(Verdict::Pass);
+            return Err(Verdict::DropMalformed);
         };
         // SAFETY: bounds-checked by header_mut; copied out before any pull.
-        let (src, dst, next_header) = unsafe { ((*ip).src, (*ip).dst, (*ip).next_header) };
-        // Only ICMPv6 is looked into further for a solicitation (sent to a
-        // multicast address, so the destination cannot tell).
-        if next_header == IPPROTO_ICMPV6 && neigh::is_metadata_solicitation(ctx) {
-            return neigh::answer_ns(ctx, tap, config().as_ref());
+        let (src, dst, next_header, payload_len) =
+            unsafe { ((*ip).src, (*ip).dst, (*ip).next_header, (*ip).payload_len()) };
+        let cfg = config();
+        if cfg.is_some_and(|cfg| cfg.in_nat_v6(&src) || cfg.in_nat_v6(&dst)) {
+            return Err(reserved(ctx, tap));
+        }
+        // Only ICMPv6 is looked into further for a solicitation.
+        if next_header == IPPROTO_ICMPV6
+            && let Some(target) = neigh::solicited_target(ctx)
+        {
+            if target == METADATA_V6 {
+                return neigh::answer_ns(ctx, tap, cfg);
+            }
+            if cfg.is_some_and(|cfg| cfg.in_nat_v6(&target)) {
+                return Err(reserved(ctx, tap));
+            }
         }
         if dst != METADATA_V6 {
             return Ok(Verdict::Pass);
         }
+        let ip_end = ETH_LEN + IPV6_LEN + payload_len;
+        if ip_end > ctx.len() as usize {
+            return Err(Verdict::DropMalformed);
+        }
+        let cfg = config_or_drop(ctx, cfg)?;
+        let slot = registered_v6(ctx, tap, &src)?;
+        if next_header != IPPROTO_TCP {
+            return Ok(Verdict::Pass);
+        }
+        let addressed_mac = addressed_mac(ctx)?;
+        if request_dport(ctx, nat::TCP6_OFF, ip_end)? != METADATA_PORT {
+            return Ok(Verdict::Pass);
+        }
+        if slot.0 >= cfg.nat_v6_size || slot.0 >= MAX_SLOTS_V6 {
+            return Err(Verdict::DropError);
+        }
+        if let Some(entry) = MDR_SLOTS_V6.get_ptr_mut(slot.0) {
+            // SAFETY: array values are preallocated and never freed.
+            learn_router_mac(unsafe { &mut (*entry).router_mac }, addressed_mac);
+        }
+        nat::steer_request_v6(ctx, cfg, cfg.slot_addr_v6(slot))
+    }
+
+    /// The slot of a registered IPv6 (tap, source); drops the rest.
+    #[inline(always)]
+    fn registered_v6(ctx: &TcContext, tap: Ifindex, src: &metadata_common::Ipv6Be) -> Step<Slot> {
         let key = PortKeyV6 {
             ifindex: tap,
-            addr: src,
+            addr: *src,
         };
         let Some(port) = MDR_PORTS_V6.get_ptr(key) else {
             if allow(Event::Unregistered) {
@@ -225,120 +333,60 @@ mod programs {
             return Err(Verdict::DropUnregistered);
         };
         // SAFETY: see ipv4_request.
-        let slot = unsafe { (*port).slot };
-        if next_header != IPPROTO_TCP {
-            return Ok(Verdict::Pass);
-        }
-        if !ensure_linear(ctx, nat::TCP6_OFF + TCP_LEN) {
-            return Err(Verdict::DropMalformed);
-        }
-        let (Some(eth), Some(tcp)) = (
-            header_mut::<EthHdr>(ctx, 0),
-            header_mut::<TcpHdr>(ctx, nat::TCP6_OFF),
-        ) else {
-            return Err(Verdict::DropMalformed);
-        };
-        // SAFETY: both bounds-checked just above.
-        let (addressed_mac, dport) = unsafe { ((*eth).dst, (*tcp).dest) };
-        if dport != METADATA_PORT {
-            return Ok(Verdict::Pass);
-        }
-        let Some(cfg) = config() else {
-            return Err(Verdict::DropError);
-        };
-        if slot.0 >= cfg.nat_v6_size || slot.0 >= MAX_SLOTS_V6 {
-            return Err(Verdict::DropError);
-        }
-        if let Some(entry) = MDR_SLOTS_V6.get_ptr_mut(slot.0) {
-            // SAFETY: see ipv4_request.
-            unsafe {
-                if (*entry).router_mac != addressed_mac {
-                    (*entry).router_mac = addressed_mac;
-                }
-            }
-        }
-        let mut slot_addr = cfg.nat_v6_base;
-        let [a, b, c, d] = slot.0.to_be_bytes();
-        slot_addr.0[12] = a;
-        slot_addr.0[13] = b;
-        slot_addr.0[14] = c;
-        slot_addr.0[15] = d;
-        nat::steer_request_v6(ctx, &cfg, slot_addr)
+        Ok(unsafe { (*port).slot })
     }
 
-    /// The slot a NAT /96 address stands for, if it is one.
-    #[inline(always)]
-    fn slot_v6(cfg: &DatapathConfig, addr: &Ipv6Be) -> Option<u32> {
-        let base = &cfg.nat_v6_base.0;
-        let mut i = 0;
-        while i < 12 {
-            if addr.0[i] != base[i] {
-                return None;
-            }
-            i += 1;
-        }
-        let slot = u32::from_be_bytes([addr.0[12], addr.0[13], addr.0[14], addr.0[15]]);
-        (slot < cfg.nat_v6_size).then_some(slot)
-    }
-
-    /// IPv6 replies from the proxy to a slot.
-    #[inline(always)]
-    fn ipv6_reply(ctx: &TcContext) -> Step<Verdict> {
-        if !ensure_linear(ctx, nat::TCP6_OFF + TCP_LEN) {
+    /// Returns proxy replies addressed to a slot to their guest, drops
+    /// packets from the proxy's address that the host did not send, and
+    /// passes everything else the host sends on the device.
+    fn try_host_egress(ctx: &TcContext, host: Ifindex) -> Step<Verdict> {
+        if !ensure_linear(ctx, ETH_LEN) {
             return Ok(Verdict::Pass);
         }
-        let (Some(ip), Some(tcp)) = (
-            header_mut::<Ipv6Hdr>(ctx, ETH_LEN),
-            header_mut::<TcpHdr>(ctx, nat::TCP6_OFF),
-        ) else {
-            return Ok(Verdict::Pass);
+        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+            return Err(Verdict::DropMalformed);
         };
         // SAFETY: bounds-checked by header_mut.
-        let (src, dst, next_header, sport) =
-            unsafe { ((*ip).src, (*ip).dst, (*ip).next_header, (*tcp).source) };
-        let Some(cfg) = config() else {
-            return Ok(Verdict::Pass);
-        };
-        if src != cfg.proxy_v6 || next_header != IPPROTO_TCP || sport != cfg.proxy_port {
-            return Ok(Verdict::Pass);
+        match unsafe { (*eth).ether_type } {
+            ETH_P_IP => ipv4_reply(ctx, host),
+            ETH_P_IPV6 => ipv6_reply(ctx, host),
+            _ => Ok(Verdict::Pass),
         }
-        let Some(slot) = slot_v6(&cfg, &dst) else {
-            return Ok(Verdict::Pass);
-        };
-        let entry = MDR_SLOTS_V6.get(slot).copied().filter(|e| e.ifindex.0 != 0);
-        let Some(entry) = entry else {
-            if allow(Event::MissingSlot) {
-                aya_log_ebpf::warn!(ctx, "dropped IPv6 reply to slot {} with no entry", slot);
-            }
-            return Err(Verdict::DropNoSlot);
-        };
-        nat::return_reply_v6(ctx, &cfg, &entry)
     }
 
-    /// Returns proxy replies addressed to a slot to their guest; passes
-    /// everything else the host sends on the device.
-    fn try_host_egress(ctx: &TcContext) -> Step<Verdict> {
+    /// Only packets the host's own stack sent may leave as the proxy: a
+    /// forwarded packet (a guest's forgery, with the hypervisor routing)
+    /// has the device it entered on. Charged to that device, so the
+    /// operator sees which guest tried.
+    #[inline(always)]
+    fn ensure_sent_by_host(ctx: &TcContext, host: Ifindex) -> Step<()> {
+        let ingress = ingress_device(ctx);
+        if ingress.0 == 0 {
+            return Ok(());
+        }
+        if allow(Event::Forged) {
+            aya_log_ebpf::warn!(
+                ctx,
+                "dropped a packet from the proxy's address forwarded from ifindex {}",
+                ingress.0
+            );
+        }
+        Err(count_elsewhere(ingress, host, Verdict::DropForged))
+    }
+
+    /// IPv4 replies from the proxy to a slot.
+    #[inline(always)]
+    fn ipv4_reply(ctx: &TcContext, host: Ifindex) -> Step<Verdict> {
         if !ensure_linear(ctx, ETH_LEN + IPV4_LEN) {
             return Ok(Verdict::Pass);
         }
-        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
-            return Ok(Verdict::Pass);
-        };
-        // SAFETY: bounds-checked by header_mut.
-        if unsafe { (*eth).ether_type } == ETH_P_IPV6 {
-            return ipv6_reply(ctx);
-        }
-        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
-            return Err(Verdict::DropMalformed);
-        };
         let Some(ip) = header_mut::<Ipv4Hdr>(ctx, ETH_LEN) else {
             return Err(Verdict::DropMalformed);
         };
-        // SAFETY: both bounds-checked by header_mut; copied out before any pull.
-        let (ether_type, src, dst, protocol, header_len, fragment) = unsafe {
+        // SAFETY: bounds-checked by header_mut; copied out before any pull.
+        let (src, dst, protocol, header_len, fragment) = unsafe {
             let ip = &*ip;
             (
-                (*eth).ether_type,
                 ip.src,
                 ip.dst,
                 ip.protocol,
@@ -349,11 +397,14 @@ mod programs {
         let Some(cfg) = config() else {
             return Ok(Verdict::Pass);
         };
-        if ether_type != ETH_P_IP || src != cfg.proxy_v4 || protocol != IPPROTO_TCP {
+        if src != cfg.proxy_v4 {
             return Ok(Verdict::Pass);
         }
-        let slot = dst.to_bits().wrapping_sub(cfg.nat_v4_base.to_bits());
-        if slot >= cfg.nat_v4_size {
+        ensure_sent_by_host(ctx, host)?;
+        let Some(slot) = cfg.slot_v4(dst) else {
+            return Ok(Verdict::Pass);
+        };
+        if protocol != IPPROTO_TCP {
             return Ok(Verdict::Pass);
         }
         let header_len = header_len.ok_or(Verdict::DropMalformed)?;
@@ -361,6 +412,25 @@ mod programs {
             return Err(Verdict::DropFragment);
         }
         let l4_off = ETH_LEN + header_len;
+        if !reply_tcp_from(ctx, l4_off, cfg)? {
+            return Ok(Verdict::Pass);
+        }
+        let Some(entry) = MDR_SLOTS_V4
+            .get(slot.0)
+            .copied()
+            .filter(|e| e.ifindex.0 != 0)
+        else {
+            return Err(no_slot(ctx, slot));
+        };
+        Ok(nat::return_reply_v4(ctx, l4_off, cfg, &entry, host))
+    }
+
+    /// Whether the TCP header at `l4_off` comes from the proxy's port;
+    /// drops it as malformed when truncated or with a bad data offset.
+    /// (The stack's own segments always pass the offset check; the IP
+    /// length is not checked here, since the host may send GSO packets.)
+    #[inline(always)]
+    fn reply_tcp_from(ctx: &TcContext, l4_off: usize, cfg: &DatapathConfig) -> Step<bool> {
         if !ensure_linear(ctx, l4_off + TCP_LEN) {
             return Err(Verdict::DropMalformed);
         }
@@ -368,20 +438,56 @@ mod programs {
             return Err(Verdict::DropMalformed);
         };
         // SAFETY: bounds-checked by header_mut.
-        if unsafe { (*tcp).source } != cfg.proxy_port {
+        let tcp = unsafe { &*tcp };
+        if tcp.source != cfg.proxy_port {
+            return Ok(false);
+        }
+        if !tcp_header_ok(tcp, l4_off, ctx.len() as usize) {
+            return Err(Verdict::DropMalformed);
+        }
+        Ok(true)
+    }
+
+    #[inline(always)]
+    fn no_slot(ctx: &TcContext, slot: Slot) -> Verdict {
+        if allow(Event::MissingSlot) {
+            aya_log_ebpf::warn!(ctx, "dropped a reply to slot {} with no entry", slot.0);
+        }
+        Verdict::DropNoSlot
+    }
+
+    /// IPv6 replies from the proxy to a slot.
+    #[inline(always)]
+    fn ipv6_reply(ctx: &TcContext, host: Ifindex) -> Step<Verdict> {
+        if !ensure_linear(ctx, ETH_LEN + IPV6_LEN) {
             return Ok(Verdict::Pass);
         }
-        let entry = MDR_SLOTS_V4
-            .get(slot)
-            .copied()
-            .filter(|entry| entry.ifindex.0 != 0);
-        let Some(entry) = entry else {
-            if allow(Event::MissingSlot) {
-                aya_log_ebpf::warn!(ctx, "dropped reply to slot {} with no entry", slot);
-            }
-            return Err(Verdict::DropNoSlot);
+        let Some(ip) = header_mut::<Ipv6Hdr>(ctx, ETH_LEN) else {
+            return Err(Verdict::DropMalformed);
         };
-        nat::return_reply_v4(ctx, l4_off, &cfg, &entry)
+        // SAFETY: bounds-checked by header_mut.
+        let (src, dst, next_header) = unsafe { ((*ip).src, (*ip).dst, (*ip).next_header) };
+        let Some(cfg) = config() else {
+            return Ok(Verdict::Pass);
+        };
+        if src != cfg.proxy_v6 {
+            return Ok(Verdict::Pass);
+        }
+        ensure_sent_by_host(ctx, host)?;
+        let Some(slot) = cfg.slot_v6(&dst) else {
+            return Ok(Verdict::Pass);
+        };
+        if next_header != IPPROTO_TCP || !reply_tcp_from(ctx, nat::TCP6_OFF, cfg)? {
+            return Ok(Verdict::Pass);
+        }
+        let Some(entry) = MDR_SLOTS_V6
+            .get(slot.0)
+            .copied()
+            .filter(|e| e.ifindex.0 != 0)
+        else {
+            return Err(no_slot(ctx, slot));
+        };
+        Ok(nat::return_reply_v6(ctx, cfg, &entry, host))
     }
 }
 

@@ -42,7 +42,7 @@ pub static MDR_COUNTERS: PerCpuHashMap<Ifindex, DeviceCounters, { MAX_DEVICES as
     PerCpuHashMap::new();
 
 /// Number of rate-limited log events (see `log.rs`).
-pub const LOG_EVENTS: u32 = 4;
+pub const LOG_EVENTS: u32 = 6;
 
 /// Per-CPU time (ns) each rare event was last logged, so that a guest
 /// flooding spoofed packets costs one log line per second per CPU, not one

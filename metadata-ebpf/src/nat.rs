@@ -20,13 +20,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use metadata_common::{
-    DatapathConfig, Ipv4Be, Ipv6Be, METADATA_PORT, METADATA_V4, METADATA_V6, PortBe, SlotV4, SlotV6,
+    DatapathConfig, Ifindex, Ipv4Be, Ipv6Be, METADATA_PORT, METADATA_V4, METADATA_V6, MacAddr,
+    PortBe, SlotV4, SlotV6,
 };
 
 use crate::{
     csum,
     parse::{ETH_LEN, EthHdr, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, TCP_CHECK_OFF, TcpHdr, header_mut},
-    verdict::{Step, Verdict, count},
+    verdict::{Step, Verdict, count_elsewhere},
 };
 
 /// Offset of the TCP header behind an IPv6 header with no extension
@@ -69,24 +70,35 @@ pub fn steer_request_v4(
 }
 
 /// Rewrites a proxy reply back to what the guest expects and redirects it
-/// out of the guest's tap.
+/// out of the guest's tap. The outcome, success or failure, is charged to
+/// that tap (or to `host` if the tap has no counters), never to both.
 #[inline(always)]
 pub fn return_reply_v4(
     ctx: &TcContext,
     l4_off: usize,
     cfg: &DatapathConfig,
     slot: &SlotV4,
-) -> Step<Verdict> {
+    host: Ifindex,
+) -> Verdict {
+    let verdict = match rewrite_reply_v4(ctx, l4_off, cfg, slot) {
+        Ok(()) => redirect_to_tap(slot.ifindex),
+        Err(verdict) => verdict,
+    };
+    count_elsewhere(slot.ifindex, host, verdict)
+}
+
+#[inline(always)]
+fn rewrite_reply_v4(
+    ctx: &TcContext,
+    l4_off: usize,
+    cfg: &DatapathConfig,
+    slot: &SlotV4,
+) -> Step<()> {
     let Some((eth, ip, tcp)) = headers(ctx, l4_off) else {
         return Err(Verdict::DropMalformed);
     };
     eth.dst = slot.guest_mac;
-    // Answer from the MAC the guest sent its request to.
-    eth.src = if slot.router_mac.is_zero() {
-        cfg.host_mac
-    } else {
-        slot.router_mac
-    };
+    eth.src = reply_source_mac(cfg, slot.router_mac);
     let rewrite = Rewrite {
         src: (ip.src, METADATA_V4),
         dst: (ip.dst, slot.guest_addr),
@@ -95,13 +107,26 @@ pub fn return_reply_v4(
     ip.src = METADATA_V4;
     ip.dst = slot.guest_addr;
     tcp.source = METADATA_PORT;
-    apply(ctx, ip, l4_off, &rewrite)?;
+    apply(ctx, ip, l4_off, &rewrite)
+}
+
+/// Answer from the MAC the guest sent its request to (ours until the
+/// request taught the slot otherwise).
+#[inline(always)]
+fn reply_source_mac(cfg: &DatapathConfig, router_mac: MacAddr) -> MacAddr {
+    if router_mac.is_zero() {
+        cfg.host_mac
+    } else {
+        router_mac
+    }
+}
+
+/// Redirects the packet out of `tap`, towards its guest.
+#[inline(always)]
+fn redirect_to_tap(tap: Ifindex) -> Verdict {
     // SAFETY: bpf_redirect takes plain integers.
-    let action = unsafe { bpf_redirect(slot.ifindex.0, 0) };
-    let verdict = Verdict::Replied.redirected(action);
-    // Replies are counted on the tap they return to.
-    count(slot.ifindex, verdict);
-    Ok(verdict)
+    let action = unsafe { bpf_redirect(tap.0, 0) };
+    Verdict::Replied.redirected(action)
 }
 
 /// The Ethernet, IPv4 and TCP headers of an already validated packet.
@@ -178,26 +203,31 @@ pub fn steer_request_v6(ctx: &TcContext, cfg: &DatapathConfig, slot_addr: Ipv6Be
 
 /// The IPv6 counterpart of [`return_reply_v4`].
 #[inline(always)]
-pub fn return_reply_v6(ctx: &TcContext, cfg: &DatapathConfig, slot: &SlotV6) -> Step<Verdict> {
+pub fn return_reply_v6(
+    ctx: &TcContext,
+    cfg: &DatapathConfig,
+    slot: &SlotV6,
+    host: Ifindex,
+) -> Verdict {
+    let verdict = match rewrite_reply_v6(ctx, cfg, slot) {
+        Ok(()) => redirect_to_tap(slot.ifindex),
+        Err(verdict) => verdict,
+    };
+    count_elsewhere(slot.ifindex, host, verdict)
+}
+
+#[inline(always)]
+fn rewrite_reply_v6(ctx: &TcContext, cfg: &DatapathConfig, slot: &SlotV6) -> Step<()> {
     let Some((eth, ip, tcp)) = headers_v6(ctx) else {
         return Err(Verdict::DropMalformed);
     };
     eth.dst = slot.guest_mac;
-    eth.src = if slot.router_mac.is_zero() {
-        cfg.host_mac
-    } else {
-        slot.router_mac
-    };
+    eth.src = reply_source_mac(cfg, slot.router_mac);
     let old = (ip.src, ip.dst, tcp.source);
     ip.src = METADATA_V6;
     ip.dst = slot.guest_addr;
     tcp.source = METADATA_PORT;
-    apply_v6(ctx, old, (METADATA_V6, slot.guest_addr, METADATA_PORT))?;
-    // SAFETY: bpf_redirect takes plain integers.
-    let action = unsafe { bpf_redirect(slot.ifindex.0, 0) };
-    let verdict = Verdict::Replied.redirected(action);
-    count(slot.ifindex, verdict);
-    Ok(verdict)
+    apply_v6(ctx, old, (METADATA_V6, slot.guest_addr, METADATA_PORT))
 }
 
 /// The Ethernet, IPv6 and TCP headers of an already validated packet.

@@ -7,7 +7,9 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
-use metadata_common::{DatapathConfig, Ifindex, METADATA_V4, METADATA_V6, PortKeyV4, PortKeyV6};
+use metadata_common::{
+    DatapathConfig, Ifindex, Ipv6Be, METADATA_V4, METADATA_V6, PortKeyV4, PortKeyV6,
+};
 
 use crate::{
     csum,
@@ -29,25 +31,23 @@ const NEIGH_OFF: usize = ETH_LEN + IPV6_LEN;
 const NA_LEN: usize = NEIGH_OFF + size_of::<NeighMsg>() + size_of::<LinkLayerOpt>();
 const NA_PAYLOAD: u16 = (size_of::<NeighMsg>() + size_of::<LinkLayerOpt>()) as u16;
 
-/// Whether an ICMPv6 packet is a Neighbour Solicitation for
-/// fe80::a9fe:a9fe (it is sent to the solicited-node multicast address, so
-/// the destination says nothing). The caller has checked the next header.
+/// The target of an ICMPv6 Neighbour Solicitation, or `None` for any other
+/// packet. (A solicitation is sent to the solicited-node multicast address,
+/// so the destination does not say whom it asks for.) The caller has
+/// checked that the next header is ICMPv6.
 #[inline(always)]
-pub fn is_metadata_solicitation(ctx: &TcContext) -> bool {
+pub fn solicited_target(ctx: &TcContext) -> Option<Ipv6Be> {
     if !ensure_linear(ctx, NEIGH_OFF + size_of::<NeighMsg>()) {
-        return false;
+        return None;
     }
-    let (Some(ip), Some(msg)) = (
-        header_mut::<Ipv6Hdr>(ctx, ETH_LEN),
-        header_mut::<NeighMsg>(ctx, NEIGH_OFF),
-    ) else {
-        return false;
-    };
+    let (ip, msg) = (
+        header_mut::<Ipv6Hdr>(ctx, ETH_LEN)?,
+        header_mut::<NeighMsg>(ctx, NEIGH_OFF)?,
+    );
     // SAFETY: both bounds-checked by header_mut.
     unsafe {
-        (*ip).next_header == IPPROTO_ICMPV6
-            && (*msg).icmp_type == ND_NEIGHBOR_SOLICIT
-            && (*msg).target == METADATA_V6
+        ((*ip).next_header == IPPROTO_ICMPV6 && (*msg).icmp_type == ND_NEIGHBOR_SOLICIT)
+            .then_some((*msg).target)
     }
 }
 
@@ -126,7 +126,7 @@ pub fn answer_ns(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) ->
     msg.check = csum::finish(sum);
     // SAFETY: bpf_redirect takes plain integers. Out of the tap.
     let action = unsafe { bpf_redirect(tap.0, 0) };
-    Ok(Verdict::ArpReplied.redirected(action))
+    Ok(Verdict::NdpReplied.redirected(action))
 }
 
 const ARPHRD_ETHER: [u8; 2] = 1u16.to_be_bytes();
@@ -136,7 +136,8 @@ const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
 
 /// Turns an ARP request for 169.254.169.254 from a registered (tap, sender
 /// address) into the reply, in place, and sends it back out of the tap.
-/// Other ARP packets pass untouched.
+/// ARP that asks for or claims one of the datapath's own addresses is
+/// dropped; other ARP packets pass untouched.
 #[inline(always)]
 pub fn answer_arp(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) -> Step<Verdict> {
     if !ensure_linear(ctx, ETH_LEN + size_of::<ArpEthIpv4>()) {
@@ -150,6 +151,9 @@ pub fn answer_arp(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) -
     };
     // SAFETY: both bounds-checked just above; no helper runs before use.
     let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
+    if cfg.is_some_and(|cfg| cfg.reserved_v4(arp.tpa) || cfg.reserved_v4(arp.spa)) {
+        return Err(Verdict::DropReserved);
+    }
     if arp.tpa != METADATA_V4 || arp.op != ARPOP_REQUEST {
         return Ok(Verdict::Pass);
     }

@@ -53,6 +53,12 @@ impl Ipv4Hdr {
         (version == 4 && ihl >= IPV4_LEN).then_some(ihl)
     }
 
+    /// The total length field: header and payload, in bytes.
+    #[inline(always)]
+    pub fn total_len(&self) -> usize {
+        usize::from(u16::from_be_bytes(self.tot_len))
+    }
+
     /// Whether this packet is a fragment (more-fragments set or a non-zero
     /// offset): only the first fragment carries the TCP ports.
     #[inline(always)]
@@ -73,6 +79,14 @@ pub struct Ipv6Hdr {
     pub dst: Ipv6Be,
 }
 pub const IPV6_LEN: usize = size_of::<Ipv6Hdr>();
+
+impl Ipv6Hdr {
+    /// The payload length field, in bytes.
+    #[inline(always)]
+    pub fn payload_len(&self) -> usize {
+        usize::from(u16::from_be_bytes(self.payload_len))
+    }
+}
 
 /// An ICMPv6 Neighbour Solicitation or Advertisement (RFC 4861), without
 /// options.
@@ -107,6 +121,27 @@ pub struct TcpHdr {
     pub check: [u8; 2],
     pub urg_ptr: [u8; 2],
 }
+pub const TCP_LEN: usize = size_of::<TcpHdr>();
+
+impl TcpHdr {
+    /// Header length from the data offset, in bytes (20 to 60; a value
+    /// under 20 is malformed).
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        usize::from(self.off_flags[0] >> 4) * 4
+    }
+}
+
+/// Whether a TCP header at `l4_off` whose IP packet ends at `ip_end` is
+/// well formed: a data offset of at least five words that stays inside the
+/// IP packet. Checked before any rewrite, so that no malformed segment is
+/// ever steered or returned.
+#[inline(always)]
+pub fn tcp_header_ok(tcp: &TcpHdr, l4_off: usize, ip_end: usize) -> bool {
+    let len = tcp.header_len();
+    len >= TCP_LEN && l4_off + len <= ip_end
+}
+
 /// Offset of the checksum inside the TCP header.
 pub const TCP_CHECK_OFF: usize = 16;
 

@@ -236,7 +236,7 @@ pub fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     println!("host device {}", status.host_device);
     println!(
         "{:<16} {:>7} {:<38} {:>10} {:>10} {:>10} {:>6} {:>8}",
-        "TAP", "IFINDEX", "INSTANCE", "PASSED", "STEERED", "REPLIED", "ARP", "DROPPED"
+        "TAP", "IFINDEX", "INSTANCE", "PASSED", "STEERED", "REPLIED", "ARP/NDP", "DROPPED"
     );
     for tap in &status.taps {
         let c = &tap.counters;
@@ -249,7 +249,7 @@ pub fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
             c.passed,
             c.steered,
             c.replied,
-            c.arp_replied,
+            c.arp_replied + c.ndp_replied,
             dropped
         );
         for slot in &tap.slots {
@@ -257,12 +257,14 @@ pub fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
         }
         if dropped > 0 {
             println!(
-                "    dropped: unregistered {} malformed {} fragment {} no-slot {} error {}",
+                "    dropped: unregistered {} malformed {} fragment {} no-slot {} error {} reserved {} forged {}",
                 c.drop_unregistered,
                 c.drop_malformed,
                 c.drop_fragment,
                 c.drop_no_slot,
-                c.drop_error
+                c.drop_error,
+                c.drop_reserved,
+                c.drop_forged
             );
         }
     }

@@ -130,6 +130,20 @@ pub fn arp_request(sender_mac: [u8; 6], sender_ip: [u8; 4], target: [u8; 4]) -> 
     ethernet([0xff; 6], sender_mac, ETH_P_ARP, &arp)
 }
 
+/// An ARP reply: `sender_ip` is at `sender_mac`, told to the target.
+pub fn arp_reply(sender: ([u8; 6], [u8; 4]), target: ([u8; 6], [u8; 4])) -> Vec<u8> {
+    let mut arp = Vec::with_capacity(28);
+    arp.extend_from_slice(&1u16.to_be_bytes());
+    arp.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    arp.extend_from_slice(&[6, 4]);
+    arp.extend_from_slice(&2u16.to_be_bytes());
+    arp.extend_from_slice(&sender.0);
+    arp.extend_from_slice(&sender.1);
+    arp.extend_from_slice(&target.0);
+    arp.extend_from_slice(&target.1);
+    ethernet(target.0, sender.0, ETH_P_ARP, &arp)
+}
+
 /// A parsed view of an Ethernet/IPv4/TCP frame, for assertions.
 #[derive(Debug, PartialEq, Eq)]
 pub struct TcpView {
@@ -256,6 +270,23 @@ pub fn neighbor_solicitation(src_mac: [u8; 6], src: [u8; 16], target: [u8; 16]) 
         src_mac,
         ETH_P_IPV6,
         &ipv6(src, dst, 58, 255, &icmp),
+    )
+}
+
+/// A solicited Neighbour Advertisement for `target` at `target_mac`, from
+/// `target` to `asker`, with the target link-layer address option.
+pub fn neighbor_advertisement(asker: ([u8; 6], [u8; 16]), target: ([u8; 6], [u8; 16])) -> Vec<u8> {
+    let mut icmp = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+    icmp.extend_from_slice(&target.1);
+    icmp.extend_from_slice(&[2, 1]);
+    icmp.extend_from_slice(&target.0);
+    let check = checksum_v6(target.1, asker.1, 58, &icmp);
+    icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    ethernet(
+        asker.0,
+        target.0,
+        ETH_P_IPV6,
+        &ipv6(target.1, asker.1, 58, 255, &icmp),
     )
 }
 

@@ -17,8 +17,8 @@ use metadata_common::{
     PortV4, PortV6, Slot, SlotV4, SlotV6, map_names,
 };
 use metadata_tests::packet::{
-    ETH_P_IPV6, Ipv4Opts, arp_request, checksum_v6, ethernet, ipv4, ipv6, neighbor_solicitation,
-    parse_tcp_frame, parse_tcp6_frame, tcp_frame, tcp6_frame,
+    ETH_P_IPV6, Ipv4Opts, arp_reply, arp_request, checksum_v6, ethernet, ipv4, ipv6,
+    neighbor_advertisement, neighbor_solicitation, tcp_frame, tcp6_frame,
 };
 use metadata_userspace::datapath::EBPF_OBJECT;
 
@@ -163,16 +163,27 @@ impl Fixture {
         Self { ebpf }
     }
 
-    /// Runs `program` on `input`; returns the action and the output frame.
-    fn run(&self, program: &str, input: &[u8]) -> (u32, Vec<u8>) {
+    /// Runs `program` on `input` as if it had entered the host on
+    /// `ingress` (0: sent by the host itself); returns the action and the
+    /// output frame.
+    fn run_from(&self, program: &str, input: &[u8], ingress: u32) -> (u32, Vec<u8>) {
         let program: &SchedClassifier = self.ebpf.program(program).unwrap().try_into().unwrap();
         let mut out = vec![0u8; input.len() + 256];
+        // struct __sk_buff: ingress_ifindex is the u32 at offset 36; the
+        // kernel takes it as skb->skb_iif. Everything else stays zero.
+        let mut skb = [0u8; 192];
+        skb[36..40].copy_from_slice(&ingress.to_ne_bytes());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(input);
         opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&skb);
         let result = program.test_run(opts).expect("BPF_PROG_TEST_RUN");
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
+    }
+
+    fn run(&self, program: &str, input: &[u8]) -> (u32, Vec<u8>) {
+        self.run_from(program, input, 0)
     }
 
     fn counters(&self) -> DeviceCounters {
@@ -191,35 +202,108 @@ impl Fixture {
         slots.get(&SLOT, 0).unwrap()
     }
 
-    /// Runs a fixture and checks verdict, output and the one counter.
-    fn expect(
-        &self,
-        program: &str,
-        input: &[u8],
-        action: u32,
-        counter: fn(&DeviceCounters) -> u64,
-    ) -> Vec<u8> {
+    /// Runs one fixture: the action, the whole output frame, and exactly
+    /// one counter moved by one.
+    fn check(&self, case: &Case) {
+        let Case {
+            why,
+            program,
+            input,
+            ingress,
+            action,
+            counter,
+            output,
+        } = case;
         let before = self.counters();
-        let (got, out) = self.run(program, input);
-        assert_eq!(got, action, "{program}: action");
+        let (got, out) = self.run_from(program, input, *ingress);
+        assert_eq!(got, *action, "{why}: action");
+        let expected = output.as_ref().unwrap_or(input);
+        assert_eq!(
+            hex(&out),
+            hex(expected),
+            "{why}: output frame (got, expected)"
+        );
         let after = self.counters();
         assert_eq!(
             counter(&after),
             counter(&before) + 1,
-            "{program}: counter {after:?}"
+            "{why}: counter {after:?}"
         );
         assert_eq!(
-            sum(&after),
-            sum(&before) + 1,
-            "{program}: exactly one counter moved"
+            after.total(),
+            before.total() + 1,
+            "{why}: exactly one counter moved"
         );
-        out
     }
 }
 
-fn sum(c: &DeviceCounters) -> u64 {
-    c.passed + c.steered + c.replied + c.arp_replied + c.dropped()
+/// One packet fixture, katran-style: why it exists, what goes in, and
+/// everything that must come out.
+struct Case {
+    why: &'static str,
+    program: &'static str,
+    input: Vec<u8>,
+    /// The device the packet entered the host on (0: the host sent it).
+    ingress: u32,
+    action: u32,
+    counter: fn(&DeviceCounters) -> u64,
+    /// The whole expected frame; `None`: unchanged.
+    output: Option<Vec<u8>>,
 }
+
+impl Case {
+    fn tap(
+        why: &'static str,
+        input: Vec<u8>,
+        action: u32,
+        counter: fn(&DeviceCounters) -> u64,
+    ) -> Self {
+        Self {
+            why,
+            program: "tap_ingress",
+            input,
+            ingress: 0,
+            action,
+            counter,
+            output: None,
+        }
+    }
+
+    fn host(
+        why: &'static str,
+        input: Vec<u8>,
+        action: u32,
+        counter: fn(&DeviceCounters) -> u64,
+    ) -> Self {
+        Self {
+            program: "host_egress",
+            ..Self::tap(why, input, action, counter)
+        }
+    }
+
+    fn to(mut self, output: Vec<u8>) -> Self {
+        self.output = Some(output);
+        self
+    }
+
+    fn from_device(mut self, ingress: Ifindex) -> Self {
+        self.ingress = ingress.0;
+        self
+    }
+}
+
+fn run_table(fx: &Fixture, cases: &[Case]) {
+    for case in cases {
+        fx.check(case);
+    }
+}
+
+fn hex(frame: &[u8]) -> String {
+    frame.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
 
 fn request(dport: u16, src: [u8; 4], opts: Ipv4Opts) -> Vec<u8> {
     tcp_frame(
@@ -227,171 +311,21 @@ fn request(dport: u16, src: [u8; 4], opts: Ipv4Opts) -> Vec<u8> {
         src,
         METADATA,
         (40000, dport),
-        b"GET / HTTP/1.1\r\n\r\n",
+        REQUEST,
         opts,
     )
 }
 
-#[test]
-fn tap_ingress_steers_a_registered_request_to_the_proxy() {
-    let fx = Fixture::new();
-    let input = request(80, GUEST, Ipv4Opts::default());
-    let out = fx.expect("tap_ingress", &input, TC_ACT_REDIRECT, |c| c.steered);
-    let view = parse_tcp_frame(&out);
-    assert_eq!(view.dst_mac, HOST_MAC, "addressed to the host device");
-    assert_eq!(view.src_mac, GUEST_MAC);
-    assert_eq!(
-        (view.src, view.sport),
-        (SLOT_ADDR, 40000),
-        "source NATed to the slot"
-    );
-    assert_eq!(
-        (view.dst, view.dport),
-        (PROXY, PROXY_PORT),
-        "destination is the proxy"
-    );
-    assert!(view.ip_checksum_ok, "IPv4 header checksum");
-    assert!(view.tcp_checksum_ok, "TCP checksum");
-    assert_eq!(view.payload, b"GET / HTTP/1.1\r\n\r\n");
-    // The MAC the guest addressed is learned for the reply.
-    assert_eq!(fx.slot().router_mac, MacAddr(ROUTER_MAC));
-}
-
-#[test]
-fn tap_ingress_handles_ip_options() {
-    let fx = Fixture::new();
-    let input = request(
-        80,
-        GUEST,
-        Ipv4Opts {
-            option_words: 3,
-            frag_off: 0x4000,
-        },
-    );
-    let out = fx.expect("tap_ingress", &input, TC_ACT_REDIRECT, |c| c.steered);
-    let view = parse_tcp_frame(&out);
-    assert_eq!((view.dst, view.dport), (PROXY, PROXY_PORT));
-    assert!(view.ip_checksum_ok && view.tcp_checksum_ok, "{view:?}");
-}
-
-#[test]
-fn tap_ingress_drops_unregistered_sources() {
-    let fx = Fixture::new();
-    let input = request(80, [10, 0, 0, 6], Ipv4Opts::default());
-    fx.expect("tap_ingress", &input, TC_ACT_SHOT, |c| c.drop_unregistered);
-}
-
-#[test]
-fn tap_ingress_passes_other_traffic_untouched() {
-    let fx = Fixture::new();
-    let cases = [
-        // Another port on the metadata address.
-        request(8080, GUEST, Ipv4Opts::default()),
-        // Port 80 elsewhere.
-        tcp_frame(
-            (ROUTER_MAC, GUEST_MAC),
-            GUEST,
-            [10, 0, 0, 1],
-            (40000, 80),
-            b"",
-            Ipv4Opts::default(),
-        ),
-        // ICMP to the metadata address.
-        ethernet(
-            ROUTER_MAC,
-            GUEST_MAC,
-            0x0800,
-            &ipv4(
-                GUEST,
-                METADATA,
-                1,
-                &[8, 0, 0, 0, 0, 0, 0, 0],
-                Ipv4Opts::default(),
-            ),
-        ),
-        // IPv6 to someone else.
-        tcp6_frame((ROUTER_MAC, GUEST_MAC), GUEST6, PROXY6, (40000, 80), b""),
-        // An unknown ethertype, and a bare Ethernet header. (A runt IPv4
-        // frame cannot be fed in: BPF_PROG_TEST_RUN itself rejects it.)
-        ethernet(ROUTER_MAC, GUEST_MAC, 0x88cc, &[0; 46]),
-        ethernet(ROUTER_MAC, GUEST_MAC, 0x88cc, &[]),
-        // An ARP request for someone else.
-        arp_request(GUEST_MAC, GUEST, [10, 0, 0, 1]),
-    ];
-    for input in cases {
-        let out = fx.expect("tap_ingress", &input, TC_ACT_OK, |c| c.passed);
-        assert_eq!(out, input, "passed packets are not modified");
-    }
-}
-
-#[test]
-fn tap_ingress_drops_malformed_and_fragmented_metadata_traffic() {
-    let fx = Fixture::new();
-    // IHL 4 (shorter than the fixed header).
-    let mut bad_ihl = request(80, GUEST, Ipv4Opts::default());
-    bad_ihl[14] = 0x44;
-    fx.expect("tap_ingress", &bad_ihl, TC_ACT_SHOT, |c| c.drop_malformed);
-    // TCP header cut short.
-    let full = request(80, GUEST, Ipv4Opts::default());
-    fx.expect("tap_ingress", &full[..14 + 20 + 10], TC_ACT_SHOT, |c| {
-        c.drop_malformed
-    });
-    // IHL pointing past the end of the packet.
-    let mut long_ihl = request(80, GUEST, Ipv4Opts::default());
-    long_ihl[14] = 0x4f;
-    fx.expect("tap_ingress", &long_ihl[..14 + 40], TC_ACT_SHOT, |c| {
-        c.drop_malformed
-    });
-    // First fragment (MF) and a later fragment (offset).
-    for frag_off in [0x2000, 0x0010] {
-        let input = request(
-            80,
-            GUEST,
-            Ipv4Opts {
-                option_words: 0,
-                frag_off,
-            },
-        );
-        fx.expect("tap_ingress", &input, TC_ACT_SHOT, |c| c.drop_fragment);
-    }
-}
-
-#[test]
-fn tap_ingress_fails_closed_before_the_daemon_configures_it() {
-    let fx = Fixture::unconfigured();
-    let input = request(80, GUEST, Ipv4Opts::default());
-    fx.expect("tap_ingress", &input, TC_ACT_SHOT, |c| c.drop_error);
-    let arp = arp_request(GUEST_MAC, GUEST, METADATA);
-    fx.expect("tap_ingress", &arp, TC_ACT_SHOT, |c| c.drop_error);
-}
-
-#[test]
-fn tap_ingress_answers_arp_for_the_metadata_address() {
-    let fx = Fixture::new();
-    let input = arp_request(GUEST_MAC, GUEST, METADATA);
-    let out = fx.expect("tap_ingress", &input, TC_ACT_REDIRECT, |c| c.arp_replied);
-    assert_eq!(&out[0..6], &GUEST_MAC, "to the asker");
-    assert_eq!(&out[6..12], &HOST_MAC, "from the host device");
-    assert_eq!(&out[12..14], &[0x08, 0x06]);
-    let arp = &out[14..];
-    assert_eq!(&arp[6..8], &[0, 2], "a reply");
-    assert_eq!(&arp[8..14], &HOST_MAC, "sender MAC");
-    assert_eq!(&arp[14..18], &METADATA, "sender IP");
-    assert_eq!(&arp[18..24], &GUEST_MAC, "target MAC");
-    assert_eq!(&arp[24..28], &GUEST, "target IP");
-}
-
-#[test]
-fn tap_ingress_drops_arp_from_unregistered_sources_and_malformed_arp() {
-    let fx = Fixture::new();
-    let input = arp_request(GUEST_MAC, [10, 0, 0, 9], METADATA);
-    fx.expect("tap_ingress", &input, TC_ACT_SHOT, |c| c.drop_unregistered);
-    let mut bad = arp_request(GUEST_MAC, GUEST, METADATA);
-    bad[14 + 4] = 8; // hardware address length 8
-    fx.expect("tap_ingress", &bad, TC_ACT_SHOT, |c| c.drop_malformed);
-    // Truncated ARP: too short to be ours, passed.
-    let short = arp_request(GUEST_MAC, GUEST, METADATA);
-    fx.expect("tap_ingress", &short[..14 + 20], TC_ACT_OK, |c| c.passed);
+/// What the host stack receives for a steered request.
+fn steered(opts: Ipv4Opts) -> Vec<u8> {
+    tcp_frame(
+        (HOST_MAC, GUEST_MAC),
+        SLOT_ADDR,
+        PROXY,
+        (40000, PROXY_PORT),
+        REQUEST,
+        opts,
+    )
 }
 
 fn reply(dst: [u8; 4], src: [u8; 4], sport: u16) -> Vec<u8> {
@@ -400,58 +334,9 @@ fn reply(dst: [u8; 4], src: [u8; 4], sport: u16) -> Vec<u8> {
         src,
         dst,
         (sport, 40000),
-        b"HTTP/1.1 200 OK\r\n\r\n",
+        RESPONSE,
         Ipv4Opts::default(),
     )
-}
-
-#[test]
-fn host_egress_returns_replies_to_the_guest() {
-    let fx = Fixture::new();
-    // The guest's request taught the slot which MAC it addressed.
-    fx.run("tap_ingress", &request(80, GUEST, Ipv4Opts::default()));
-    let input = reply(SLOT_ADDR, PROXY, PROXY_PORT);
-    let out = fx.expect("host_egress", &input, TC_ACT_REDIRECT, |c| c.replied);
-    let view = parse_tcp_frame(&out);
-    assert_eq!(view.dst_mac, GUEST_MAC);
-    assert_eq!(view.src_mac, ROUTER_MAC, "from the MAC the guest addressed");
-    assert_eq!((view.src, view.sport), (METADATA, 80));
-    assert_eq!((view.dst, view.dport), (GUEST, 40000));
-    assert!(view.ip_checksum_ok && view.tcp_checksum_ok, "{view:?}");
-    assert_eq!(view.payload, b"HTTP/1.1 200 OK\r\n\r\n");
-}
-
-#[test]
-fn host_egress_drops_replies_to_unknown_slots() {
-    let fx = Fixture::new();
-    let input = reply([100, 64, 0, 9], PROXY, PROXY_PORT);
-    fx.expect("host_egress", &input, TC_ACT_SHOT, |c| c.drop_no_slot);
-}
-
-#[test]
-fn host_egress_passes_everything_else() {
-    let fx = Fixture::new();
-    let cases = [
-        // Not from the proxy address, or not from its port.
-        reply(SLOT_ADDR, [169, 254, 169, 1], PROXY_PORT),
-        reply(SLOT_ADDR, PROXY, 22),
-        // Outside the NAT range.
-        reply([10, 0, 0, 5], PROXY, PROXY_PORT),
-        ethernet(HOST_MAC, HOST_MAC, ETH_P_IPV6, &[0x60; 60]),
-    ];
-    for input in cases {
-        let out = fx.expect("host_egress", &input, TC_ACT_OK, |c| c.passed);
-        assert_eq!(out, input);
-    }
-}
-
-#[test]
-fn host_egress_drops_malformed_replies() {
-    let fx = Fixture::new();
-    let input = reply(SLOT_ADDR, PROXY, PROXY_PORT);
-    fx.expect("host_egress", &input[..14 + 20 + 8], TC_ACT_SHOT, |c| {
-        c.drop_malformed
-    });
 }
 
 fn request6(src: [u8; 16], dport: u16) -> Vec<u8> {
@@ -460,75 +345,503 @@ fn request6(src: [u8; 16], dport: u16) -> Vec<u8> {
         src,
         METADATA6,
         (40000, dport),
-        b"GET / HTTP/1.1\r\n\r\n",
+        REQUEST,
     )
 }
 
-#[test]
-fn tap_ingress_steers_ipv6_requests_through_the_nat_96() {
-    let fx = Fixture::new();
-    let out = fx.expect("tap_ingress", &request6(GUEST6, 80), TC_ACT_REDIRECT, |c| {
-        c.steered
-    });
-    let view = parse_tcp6_frame(&out);
-    assert_eq!(view.dst_mac, HOST_MAC);
-    assert_eq!((view.src, view.sport), (SLOT6_ADDR, 40000));
-    assert_eq!((view.dst, view.dport), (PROXY6, PROXY_PORT));
-    assert!(view.checksum_ok, "TCP checksum over the new pseudo-header");
+fn reply6(dst: [u8; 16]) -> Vec<u8> {
+    tcp6_frame(
+        (HOST_MAC, HOST_MAC),
+        PROXY6,
+        dst,
+        (PROXY_PORT, 40000),
+        RESPONSE,
+    )
 }
 
+/// Sets the TCP data offset (in words) of an IPv4 frame without options.
+fn with_data_offset(mut frame: Vec<u8>, l4_off: usize, words: u8) -> Vec<u8> {
+    frame[l4_off + 12] = words << 4;
+    frame
+}
+
+const V4_TCP: usize = 14 + 20;
+const V6_TCP: usize = 14 + 40;
+const STRANGER6: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99];
+const OTHER6: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
 #[test]
-fn host_egress_returns_ipv6_replies() {
+fn tap_ingress_steers_registered_requests_to_the_proxy() {
     let fx = Fixture::new();
-    let input = tcp6_frame(
-        (HOST_MAC, HOST_MAC),
-        PROXY6,
-        SLOT6_ADDR,
-        (PROXY_PORT, 40000),
-        b"HTTP/1.1 200 OK\r\n\r\n",
-    );
-    let out = fx.expect("host_egress", &input, TC_ACT_REDIRECT, |c| c.replied);
-    let view = parse_tcp6_frame(&out);
-    assert_eq!(view.dst_mac, GUEST_MAC);
-    assert_eq!((view.src, view.sport), (METADATA6, 80));
-    assert_eq!((view.dst, view.dport), (GUEST6, 40000));
-    assert!(view.checksum_ok);
-    let unknown = tcp6_frame(
-        (HOST_MAC, HOST_MAC),
-        PROXY6,
-        [
-            0xfd, 0, 0xa9, 0xfe, 0x64, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9,
+    let options = Ipv4Opts {
+        option_words: 3,
+        frag_off: 0x4000,
+    };
+    run_table(
+        &fx,
+        &[
+            Case::tap(
+                "a registered request: source NATed to its slot, sent to the proxy",
+                request(80, GUEST, Ipv4Opts::default()),
+                TC_ACT_REDIRECT,
+                |c| c.steered,
+            )
+            .to(steered(Ipv4Opts::default())),
+            Case::tap(
+                "IP options and DF: still steered, options kept",
+                request(80, GUEST, options),
+                TC_ACT_REDIRECT,
+                |c| c.steered,
+            )
+            .to(steered(options)),
+            Case::tap(
+                "IPv6: through the NAT /96 to the proxy's IPv6 address",
+                request6(GUEST6, 80),
+                TC_ACT_REDIRECT,
+                |c| c.steered,
+            )
+            .to(tcp6_frame(
+                (HOST_MAC, GUEST_MAC),
+                SLOT6_ADDR,
+                PROXY6,
+                (40000, PROXY_PORT),
+                REQUEST,
+            )),
         ],
-        (PROXY_PORT, 40000),
-        b"",
     );
-    fx.expect("host_egress", &unknown, TC_ACT_SHOT, |c| c.drop_no_slot);
+    // The MAC the guest addressed is learned for the reply.
+    assert_eq!(fx.slot().router_mac, MacAddr(ROUTER_MAC));
 }
 
 #[test]
-fn tap_ingress_answers_neighbour_solicitations_for_the_metadata_address() {
+fn tap_ingress_passes_other_traffic_untouched() {
     let fx = Fixture::new();
-    let input = neighbor_solicitation(GUEST_MAC, GUEST6, METADATA6);
-    let out = fx.expect("tap_ingress", &input, TC_ACT_REDIRECT, |c| c.arp_replied);
-    assert_eq!(out.len(), 14 + 40 + 32);
-    assert_eq!(&out[0..6], &GUEST_MAC);
-    assert_eq!(&out[6..12], &HOST_MAC);
-    let ip = &out[14..];
-    assert_eq!(ip[6], 58, "ICMPv6");
-    assert_eq!(ip[7], 255, "hop limit");
-    assert_eq!(&ip[8..24], &METADATA6, "from the metadata address");
-    assert_eq!(&ip[24..40], &GUEST6, "to the asker");
-    let icmp = &ip[40..];
-    assert_eq!(icmp[0], 136, "a Neighbour Advertisement");
-    assert_eq!(icmp[4], 0x60, "solicited, override");
-    assert_eq!(&icmp[8..24], &METADATA6);
-    assert_eq!(&icmp[24..26], &[2, 1], "target link-layer address option");
-    assert_eq!(&icmp[26..32], &HOST_MAC);
-    assert_eq!(
-        checksum_v6(METADATA6, GUEST6, 58, icmp),
-        0,
-        "ICMPv6 checksum"
+    let icmp_to_metadata = ethernet(
+        ROUTER_MAC,
+        GUEST_MAC,
+        0x0800,
+        &ipv4(
+            GUEST,
+            METADATA,
+            1,
+            &[8, 0, 0, 0, 0, 0, 0, 0],
+            Ipv4Opts::default(),
+        ),
     );
+    let v6 = |next_header, payload: &[u8]| {
+        ethernet(
+            HOST_MAC,
+            GUEST_MAC,
+            ETH_P_IPV6,
+            &ipv6(GUEST6, METADATA6, next_header, 64, payload),
+        )
+    };
+    run_table(
+        &fx,
+        &[
+            Case::tap(
+                "another port on the metadata address",
+                request(8080, GUEST, Ipv4Opts::default()),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "port 80 elsewhere",
+                tcp_frame(
+                    (ROUTER_MAC, GUEST_MAC),
+                    GUEST,
+                    [10, 0, 0, 1],
+                    (40000, 80),
+                    b"",
+                    Ipv4Opts::default(),
+                ),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "ICMP to the metadata address",
+                icmp_to_metadata,
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "IPv6 TCP to someone else",
+                tcp6_frame((ROUTER_MAC, GUEST_MAC), GUEST6, OTHER6, (40000, 80), b""),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            // (A runt IPv4 frame cannot be fed in: BPF_PROG_TEST_RUN itself rejects it.)
+            Case::tap(
+                "an unknown ethertype",
+                ethernet(ROUTER_MAC, GUEST_MAC, 0x88cc, &[0; 46]),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "a bare Ethernet header",
+                ethernet(ROUTER_MAC, GUEST_MAC, 0x88cc, &[]),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "ARP for someone else",
+                arp_request(GUEST_MAC, GUEST, [10, 0, 0, 1]),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "a truncated ARP request is too short to be ours",
+                arp_request(GUEST_MAC, GUEST, METADATA)[..14 + 20].to_vec(),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "a registered source's ICMPv6 echo to the metadata address",
+                v6(58, &[128, 0, 0, 0, 0, 0, 0, 0]),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "a registered source's fragment header",
+                v6(44, &[6, 0, 0, 1, 0, 0, 0, 1]),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "a registered source's hop-by-hop header",
+                v6(0, &[6, 0, 1, 4, 0, 0, 0, 0]),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "a registered source's IPv6 to port 8080",
+                request6(GUEST6, 8080),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "a solicitation for someone else",
+                neighbor_solicitation(GUEST_MAC, GUEST6, OTHER6),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn tap_ingress_drops_unregistered_malformed_and_fragmented_metadata_traffic() {
+    let fx = Fixture::new();
+    let good = || request(80, GUEST, Ipv4Opts::default());
+    let mut bad_ihl = good();
+    bad_ihl[14] = 0x44;
+    let mut long_ihl = good();
+    long_ihl[14] = 0x4f;
+    let mut long_total = good();
+    long_total[14 + 2..14 + 4].copy_from_slice(&2000u16.to_be_bytes());
+    let fragment = |frag_off| {
+        request(
+            80,
+            GUEST,
+            Ipv4Opts {
+                option_words: 0,
+                frag_off,
+            },
+        )
+    };
+    let mut bad_arp = arp_request(GUEST_MAC, GUEST, METADATA);
+    bad_arp[14 + 4] = 8;
+    let mut long_payload6 = request6(GUEST6, 80);
+    long_payload6[14 + 4..14 + 6].copy_from_slice(&2000u16.to_be_bytes());
+    let frag6 = ethernet(
+        HOST_MAC,
+        GUEST_MAC,
+        ETH_P_IPV6,
+        &ipv6(STRANGER6, METADATA6, 44, 64, &[6, 0, 0, 1, 0, 0, 0, 1]),
+    );
+    run_table(
+        &fx,
+        &[
+            Case::tap(
+                "an unregistered source",
+                request(80, [10, 0, 0, 6], Ipv4Opts::default()),
+                TC_ACT_SHOT,
+                |c| c.drop_unregistered,
+            ),
+            Case::tap(
+                "ARP from an unregistered source",
+                arp_request(GUEST_MAC, [10, 0, 0, 9], METADATA),
+                TC_ACT_SHOT,
+                |c| c.drop_unregistered,
+            ),
+            Case::tap(
+                "IPv6 from an unregistered source",
+                request6(STRANGER6, 80),
+                TC_ACT_SHOT,
+                |c| c.drop_unregistered,
+            ),
+            Case::tap(
+                "a solicitation from an unregistered source",
+                neighbor_solicitation(GUEST_MAC, STRANGER6, METADATA6),
+                TC_ACT_SHOT,
+                |c| c.drop_unregistered,
+            ),
+            Case::tap(
+                "DAD for our address: nobody may claim it",
+                neighbor_solicitation(GUEST_MAC, [0; 16], METADATA6),
+                TC_ACT_SHOT,
+                |c| c.drop_unregistered,
+            ),
+            Case::tap(
+                "an unregistered source's fragment header",
+                frag6,
+                TC_ACT_SHOT,
+                |c| c.drop_unregistered,
+            ),
+            Case::tap(
+                "IHL 4, shorter than the fixed header",
+                bad_ihl,
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::tap(
+                "TCP header cut short",
+                good()[..V4_TCP + 10].to_vec(),
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::tap(
+                "IHL past the end of the packet",
+                long_ihl[..14 + 40].to_vec(),
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::tap(
+                "IP total length beyond the frame",
+                long_total,
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::tap(
+                "TCP data offset under five words",
+                with_data_offset(good(), V4_TCP, 4),
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::tap(
+                "TCP data offset beyond the packet",
+                with_data_offset(good(), V4_TCP, 15),
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::tap(
+                "IPv6 payload length beyond the frame",
+                long_payload6,
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::tap(
+                "IPv6 TCP data offset under five words",
+                with_data_offset(request6(GUEST6, 80), V6_TCP, 2),
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::tap(
+                "IPv6 TCP header cut short",
+                request6(GUEST6, 80)[..V6_TCP + 10].to_vec(),
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::tap(
+                "ARP with a hardware address length of 8",
+                bad_arp,
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::tap(
+                "a first fragment (MF)",
+                fragment(0x2000),
+                TC_ACT_SHOT,
+                |c| c.drop_fragment,
+            ),
+            Case::tap(
+                "a later fragment (offset)",
+                fragment(0x0010),
+                TC_ACT_SHOT,
+                |c| c.drop_fragment,
+            ),
+        ],
+    );
+    // A solicitation with a hop limit other than 255 is not from the link.
+    let mut forwarded = neighbor_solicitation(GUEST_MAC, GUEST6, METADATA6);
+    forwarded[14 + 7] = 64;
+    fx.check(&Case::tap(
+        "a forwarded solicitation",
+        forwarded,
+        TC_ACT_SHOT,
+        |c| c.drop_malformed,
+    ));
+}
+
+#[test]
+fn tap_ingress_drops_guest_traffic_using_the_datapaths_own_addresses() {
+    let fx = Fixture::new();
+    let slot_icmp = ethernet(
+        ROUTER_MAC,
+        GUEST_MAC,
+        0x0800,
+        &ipv4(
+            GUEST,
+            SLOT_ADDR,
+            1,
+            &[8, 0, 0, 0, 0, 0, 0, 0],
+            Ipv4Opts::default(),
+        ),
+    );
+    let slot6_icmp = ethernet(
+        HOST_MAC,
+        GUEST_MAC,
+        ETH_P_IPV6,
+        &ipv6(GUEST6, SLOT6_ADDR, 58, 64, &[128, 0, 0, 0, 0, 0, 0, 0]),
+    );
+    run_table(
+        &fx,
+        &[
+            Case::tap(
+                "a forged proxy reply to another guest's slot",
+                tcp_frame(
+                    (ROUTER_MAC, GUEST_MAC),
+                    PROXY,
+                    SLOT_ADDR,
+                    (PROXY_PORT, 40000),
+                    b"INJECTED",
+                    Ipv4Opts::default(),
+                ),
+                TC_ACT_SHOT,
+                |c| c.drop_reserved,
+            ),
+            Case::tap(
+                "a connection straight to the proxy's address",
+                tcp_frame(
+                    (ROUTER_MAC, GUEST_MAC),
+                    GUEST,
+                    PROXY,
+                    (40000, PROXY_PORT),
+                    b"",
+                    Ipv4Opts::default(),
+                ),
+                TC_ACT_SHOT,
+                |c| c.drop_reserved,
+            ),
+            Case::tap(
+                "a packet from a slot address",
+                tcp_frame(
+                    (ROUTER_MAC, GUEST_MAC),
+                    SLOT_ADDR,
+                    PROXY,
+                    (40000, PROXY_PORT),
+                    b"",
+                    Ipv4Opts::default(),
+                ),
+                TC_ACT_SHOT,
+                |c| c.drop_reserved,
+            ),
+            Case::tap(
+                "ICMP to a slot address, whatever the protocol",
+                slot_icmp,
+                TC_ACT_SHOT,
+                |c| c.drop_reserved,
+            ),
+            Case::tap(
+                "ARP for a slot address",
+                arp_request(GUEST_MAC, GUEST, SLOT_ADDR),
+                TC_ACT_SHOT,
+                |c| c.drop_reserved,
+            ),
+            Case::tap(
+                "ARP for the proxy's address",
+                arp_request(GUEST_MAC, GUEST, PROXY),
+                TC_ACT_SHOT,
+                |c| c.drop_reserved,
+            ),
+            Case::tap(
+                "IPv6: the forged reply of the report, proxy to a slot",
+                tcp6_frame(
+                    (HOST_MAC, GUEST_MAC),
+                    PROXY6,
+                    SLOT6_ADDR,
+                    (80, 40000),
+                    b"INJECTED",
+                ),
+                TC_ACT_SHOT,
+                |c| c.drop_reserved,
+            ),
+            Case::tap(
+                "IPv6: a connection straight to the proxy",
+                tcp6_frame((HOST_MAC, GUEST_MAC), SLOT6_ADDR, PROXY6, (40000, 80), b""),
+                TC_ACT_SHOT,
+                |c| c.drop_reserved,
+            ),
+            Case::tap("IPv6: ICMPv6 to a slot", slot6_icmp, TC_ACT_SHOT, |c| {
+                c.drop_reserved
+            }),
+            Case::tap(
+                "IPv6: a solicitation for the proxy's address",
+                neighbor_solicitation(GUEST_MAC, GUEST6, PROXY6),
+                TC_ACT_SHOT,
+                |c| c.drop_reserved,
+            ),
+            Case::tap(
+                "IPv6: a solicitation for a slot",
+                neighbor_solicitation(GUEST_MAC, GUEST6, SLOT6_ADDR),
+                TC_ACT_SHOT,
+                |c| c.drop_reserved,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn tap_ingress_fails_closed_before_the_daemon_configures_it() {
+    let fx = Fixture::unconfigured();
+    run_table(
+        &fx,
+        &[
+            Case::tap(
+                "a request",
+                request(80, GUEST, Ipv4Opts::default()),
+                TC_ACT_SHOT,
+                |c| c.drop_error,
+            ),
+            Case::tap(
+                "ARP for the metadata address",
+                arp_request(GUEST_MAC, GUEST, METADATA),
+                TC_ACT_SHOT,
+                |c| c.drop_error,
+            ),
+            Case::tap("an IPv6 request", request6(GUEST6, 80), TC_ACT_SHOT, |c| {
+                c.drop_error
+            }),
+            Case::tap(
+                "a solicitation for the metadata address",
+                neighbor_solicitation(GUEST_MAC, GUEST6, METADATA6),
+                TC_ACT_SHOT,
+                |c| c.drop_error,
+            ),
+            Case::tap(
+                "other traffic still flows",
+                request(8080, GUEST, Ipv4Opts::default()),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn tap_ingress_answers_arp_and_neighbour_solicitations_for_the_metadata_address() {
+    let fx = Fixture::new();
+    let advertisement = neighbor_advertisement((GUEST_MAC, GUEST6), (HOST_MAC, METADATA6));
     // Without the source link-layer option (shorter): still answered.
     let mut short = neighbor_solicitation(GUEST_MAC, GUEST6, METADATA6);
     short.truncate(14 + 40 + 24);
@@ -540,68 +853,169 @@ fn tap_ingress_answers_neighbour_solicitations_for_the_metadata_address() {
         icmp
     });
     short[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&check.to_be_bytes());
-    let out = fx.expect("tap_ingress", &short, TC_ACT_REDIRECT, |c| c.arp_replied);
-    assert_eq!(out.len(), 14 + 40 + 32);
+    run_table(
+        &fx,
+        &[
+            Case::tap(
+                "ARP: the host device's MAC, back to the asker",
+                arp_request(GUEST_MAC, GUEST, METADATA),
+                TC_ACT_REDIRECT,
+                |c| c.arp_replied,
+            )
+            .to(arp_reply((HOST_MAC, METADATA), (GUEST_MAC, GUEST))),
+            Case::tap(
+                "NDP: a solicited advertisement with the target option",
+                neighbor_solicitation(GUEST_MAC, GUEST6, METADATA6),
+                TC_ACT_REDIRECT,
+                |c| c.ndp_replied,
+            )
+            .to(advertisement.clone()),
+            Case::tap(
+                "NDP: a solicitation without the source option",
+                short,
+                TC_ACT_REDIRECT,
+                |c| c.ndp_replied,
+            )
+            .to(advertisement),
+        ],
+    );
 }
 
 #[test]
-fn tap_ingress_ipv6_drops_unregistered_and_passes_other_icmpv6_and_extension_headers() {
+fn host_egress_returns_replies_to_the_guest() {
     let fx = Fixture::new();
-    let stranger: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99];
-    fx.expect("tap_ingress", &request6(stranger, 80), TC_ACT_SHOT, |c| {
-        c.drop_unregistered
-    });
-    fx.expect(
-        "tap_ingress",
-        &neighbor_solicitation(GUEST_MAC, stranger, METADATA6),
-        TC_ACT_SHOT,
-        |c| c.drop_unregistered,
+    // The guest's request taught the slot which MAC it addressed.
+    fx.run("tap_ingress", &request(80, GUEST, Ipv4Opts::default()));
+    run_table(
+        &fx,
+        &[
+            Case::host(
+                "IPv4: from the metadata address and the MAC the guest addressed",
+                reply(SLOT_ADDR, PROXY, PROXY_PORT),
+                TC_ACT_REDIRECT,
+                |c| c.replied,
+            )
+            .to(tcp_frame(
+                (GUEST_MAC, ROUTER_MAC),
+                METADATA,
+                GUEST,
+                (80, 40000),
+                RESPONSE,
+                Ipv4Opts::default(),
+            )),
+            Case::host(
+                "IPv6: no request learned a MAC yet, so from the host device's",
+                reply6(SLOT6_ADDR),
+                TC_ACT_REDIRECT,
+                |c| c.replied,
+            )
+            .to(tcp6_frame(
+                (GUEST_MAC, HOST_MAC),
+                METADATA6,
+                GUEST6,
+                (80, 40000),
+                RESPONSE,
+            )),
+        ],
     );
-    // DAD for our address ("::" source) is never answered.
-    fx.expect(
-        "tap_ingress",
-        &neighbor_solicitation(GUEST_MAC, [0; 16], METADATA6),
-        TC_ACT_SHOT,
-        |c| c.drop_unregistered,
-    );
-    // A registered source's other traffic to the address passes untouched:
-    // an echo request, a fragment header, a hop-by-hop header, port 8080.
-    for input in [
-        ethernet(
-            HOST_MAC,
-            GUEST_MAC,
-            ETH_P_IPV6,
-            &ipv6(GUEST6, METADATA6, 58, 64, &[128, 0, 0, 0, 0, 0, 0, 0]),
-        ),
-        ethernet(
-            HOST_MAC,
-            GUEST_MAC,
-            ETH_P_IPV6,
-            &ipv6(GUEST6, METADATA6, 44, 64, &[6, 0, 0, 1, 0, 0, 0, 1]),
-        ),
-        ethernet(
-            HOST_MAC,
-            GUEST_MAC,
-            ETH_P_IPV6,
-            &ipv6(GUEST6, METADATA6, 0, 64, &[6, 0, 1, 4, 0, 0, 0, 0]),
-        ),
-        request6(GUEST6, 8080),
-        // A solicitation for someone else.
-        neighbor_solicitation(GUEST_MAC, GUEST6, PROXY6),
-    ] {
-        let out = fx.expect("tap_ingress", &input, TC_ACT_OK, |c| c.passed);
-        assert_eq!(out, input);
-    }
-    // From an unregistered source, the same are dropped.
-    let frag = ethernet(
+}
+
+#[test]
+fn host_egress_drops_forged_unknown_and_malformed_replies_and_passes_the_rest() {
+    let fx = Fixture::new();
+    let mut unknown6 = SLOT6_ADDR;
+    unknown6[15] = 9;
+    let udp_from_proxy = ethernet(
         HOST_MAC,
-        GUEST_MAC,
-        ETH_P_IPV6,
-        &ipv6(stranger, METADATA6, 44, 64, &[6, 0, 0, 1, 0, 0, 0, 1]),
+        HOST_MAC,
+        0x0800,
+        &ipv4(PROXY, SLOT_ADDR, 17, &[0; 8], Ipv4Opts::default()),
     );
-    fx.expect("tap_ingress", &frag, TC_ACT_SHOT, |c| c.drop_unregistered);
-    // A solicitation with a hop limit other than 255 is not from the link.
-    let mut forwarded = neighbor_solicitation(GUEST_MAC, GUEST6, METADATA6);
-    forwarded[14 + 7] = 64;
-    fx.expect("tap_ingress", &forwarded, TC_ACT_SHOT, |c| c.drop_malformed);
+    run_table(
+        &fx,
+        &[
+            Case::host(
+                "a reply to a slot with no entry",
+                reply([100, 64, 0, 9], PROXY, PROXY_PORT),
+                TC_ACT_SHOT,
+                |c| c.drop_no_slot,
+            ),
+            Case::host(
+                "an IPv6 reply to a slot with no entry",
+                reply6(unknown6),
+                TC_ACT_SHOT,
+                |c| c.drop_no_slot,
+            ),
+            Case::host(
+                "a truncated reply",
+                reply(SLOT_ADDR, PROXY, PROXY_PORT)[..V4_TCP + 8].to_vec(),
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::host(
+                "a reply with a TCP data offset under five words",
+                with_data_offset(reply(SLOT_ADDR, PROXY, PROXY_PORT), V4_TCP, 3),
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::host(
+                "a truncated IPv6 reply",
+                reply6(SLOT6_ADDR)[..V6_TCP + 8].to_vec(),
+                TC_ACT_SHOT,
+                |c| c.drop_malformed,
+            ),
+            Case::host(
+                "a forged reply a guest got forwarded here",
+                reply(SLOT_ADDR, PROXY, PROXY_PORT),
+                TC_ACT_SHOT,
+                |c| c.drop_forged,
+            )
+            .from_device(LO),
+            Case::host(
+                "a forged IPv6 reply a guest got forwarded here",
+                reply6(SLOT6_ADDR),
+                TC_ACT_SHOT,
+                |c| c.drop_forged,
+            )
+            .from_device(LO),
+            Case::host(
+                "anything forwarded from the proxy's address",
+                udp_from_proxy,
+                TC_ACT_SHOT,
+                |c| c.drop_forged,
+            )
+            .from_device(LO),
+            Case::host(
+                "not from the proxy's address",
+                reply(SLOT_ADDR, [169, 254, 169, 1], PROXY_PORT),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::host(
+                "not from the proxy's port",
+                reply(SLOT_ADDR, PROXY, 22),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::host(
+                "outside the NAT range",
+                reply([10, 0, 0, 5], PROXY, PROXY_PORT),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::host(
+                "forwarded, but not from the proxy's address",
+                reply(SLOT_ADDR, [169, 254, 169, 1], PROXY_PORT),
+                TC_ACT_OK,
+                |c| c.passed,
+            )
+            .from_device(LO),
+            Case::host(
+                "IPv6 not from the proxy",
+                ethernet(HOST_MAC, HOST_MAC, ETH_P_IPV6, &[0x60; 60]),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+        ],
+    );
 }

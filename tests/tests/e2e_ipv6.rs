@@ -46,7 +46,7 @@ fn cloud_init_reads_over_ipv6_for_two_vms_with_the_same_addresses() {
     let mdr0 = hv.mac_of("mdr0").unwrap();
     assert!(neigh.contains(&mdr0), "{neigh}");
     let counters = hv.counters(&a.tap).unwrap();
-    assert!(counters["arp_replied"].as_u64().unwrap() >= 1, "{counters}");
+    assert!(counters["ndp_replied"].as_u64().unwrap() >= 1, "{counters}");
 
     // From the global address too, and EC2's local-ipv4 is still the
     // port's IPv4 address.

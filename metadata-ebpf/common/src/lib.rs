@@ -152,6 +152,82 @@ pub struct DatapathConfig {
     pub nat_v6_size: u32,
 }
 
+impl DatapathConfig {
+    /// The slot an IPv4 address of the NAT range stands for, if it is one.
+    #[inline(always)]
+    pub const fn slot_v4(&self, addr: Ipv4Be) -> Option<Slot> {
+        let offset = addr.to_bits().wrapping_sub(self.nat_v4_base.to_bits());
+        if offset < self.nat_v4_size {
+            Some(Slot(offset))
+        } else {
+            None
+        }
+    }
+
+    /// The IPv4 address that `slot` is NATed to.
+    #[inline(always)]
+    pub const fn slot_addr_v4(&self, slot: Slot) -> Ipv4Be {
+        slot_addr_v4(self.nat_v4_base, slot)
+    }
+
+    /// Whether `addr` lies in the IPv6 NAT /96 (slots and the proxy's own
+    /// address alike).
+    #[inline(always)]
+    pub fn in_nat_v6(&self, addr: &Ipv6Be) -> bool {
+        let (a, b) = (&addr.0, &self.nat_v6_base.0);
+        // Three word compares instead of a 12-step byte loop.
+        word(a, 0) == word(b, 0) && word(a, 4) == word(b, 4) && word(a, 8) == word(b, 8)
+    }
+
+    /// The slot an address of the IPv6 NAT /96 stands for, if it is one.
+    #[inline(always)]
+    pub fn slot_v6(&self, addr: &Ipv6Be) -> Option<Slot> {
+        if !self.in_nat_v6(addr) {
+            return None;
+        }
+        let slot = u32::from_be_bytes([addr.0[12], addr.0[13], addr.0[14], addr.0[15]]);
+        (slot < self.nat_v6_size).then_some(Slot(slot))
+    }
+
+    /// The IPv6 address that `slot` is NATed to.
+    #[inline(always)]
+    pub const fn slot_addr_v6(&self, slot: Slot) -> Ipv6Be {
+        slot_addr_v6(self.nat_v6_base, slot)
+    }
+
+    /// Whether a guest may not use `addr` as an IPv4 source or destination:
+    /// it is one of the datapath's own addresses (a NAT slot, or the
+    /// proxy's address where that is not the metadata address itself).
+    #[inline(always)]
+    pub fn reserved_v4(&self, addr: Ipv4Be) -> bool {
+        self.slot_v4(addr).is_some() || (addr == self.proxy_v4 && addr != METADATA_V4)
+    }
+}
+
+/// The IPv4 address that `slot` is NATed to in the range starting at `base`.
+#[inline(always)]
+pub const fn slot_addr_v4(base: Ipv4Be, slot: Slot) -> Ipv4Be {
+    Ipv4Be::from_bits(base.to_bits().wrapping_add(slot.0))
+}
+
+/// The IPv6 address that `slot` is NATed to in the /96 `prefix`: the slot
+/// number in the last 32 bits.
+#[inline(always)]
+pub const fn slot_addr_v6(prefix: Ipv6Be, slot: Slot) -> Ipv6Be {
+    let mut addr = prefix.0;
+    let [a, b, c, d] = slot.0.to_be_bytes();
+    addr[12] = a;
+    addr[13] = b;
+    addr[14] = c;
+    addr[15] = d;
+    Ipv6Be(addr)
+}
+
+#[inline(always)]
+fn word(bytes: &[u8; 16], at: usize) -> u32 {
+    u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
 /// Key of [`map_names::PORTS_V4`]: a guest source as seen on one tap.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -229,9 +305,11 @@ pub struct DeviceCounters {
     pub steered: u64,
     /// Proxy replies returned to a guest.
     pub replied: u64,
-    /// ARP requests (IPv4) and Neighbour Solicitations (IPv6) for the
-    /// metadata address answered by the program.
+    /// ARP requests for the metadata address answered by the program.
     pub arp_replied: u64,
+    /// Neighbour Solicitations for the metadata address answered by the
+    /// program with a Neighbour Advertisement.
+    pub ndp_replied: u64,
     /// Dropped: metadata traffic from a source not registered on this tap.
     pub drop_unregistered: u64,
     /// Dropped: metadata traffic with a truncated or malformed header.
@@ -240,8 +318,19 @@ pub struct DeviceCounters {
     pub drop_fragment: u64,
     /// Dropped: a reply for a slot that has no entry (port removed).
     pub drop_no_slot: u64,
-    /// Dropped: steering failed (checksum helper or redirect error).
+    /// Dropped: steering failed (checksum helper or redirect error), or
+    /// metadata traffic arrived before the daemon configured the datapath.
     pub drop_error: u64,
+    /// Dropped: a guest packet from or to the datapath's own addresses (the
+    /// NAT slot ranges, or the proxy's address when it is not the metadata
+    /// address), or ARP/NDP asking for them: forged proxy replies and
+    /// attempts to reach the proxy directly.
+    pub drop_reserved: u64,
+    /// Dropped on the host device: a packet from the proxy's address that
+    /// the host stack did not send itself (one a guest forged and the
+    /// hypervisor forwarded). Counted on the tap it came in on when that
+    /// tap is attached, else on the host device.
+    pub drop_forged: u64,
 }
 
 impl DeviceCounters {
@@ -253,21 +342,27 @@ impl DeviceCounters {
             steered,
             replied,
             arp_replied,
+            ndp_replied,
             drop_unregistered,
             drop_malformed,
             drop_fragment,
             drop_no_slot,
             drop_error,
+            drop_reserved,
+            drop_forged,
         } = *other;
         self.passed += passed;
         self.steered += steered;
         self.replied += replied;
         self.arp_replied += arp_replied;
+        self.ndp_replied += ndp_replied;
         self.drop_unregistered += drop_unregistered;
         self.drop_malformed += drop_malformed;
         self.drop_fragment += drop_fragment;
         self.drop_no_slot += drop_no_slot;
         self.drop_error += drop_error;
+        self.drop_reserved += drop_reserved;
+        self.drop_forged += drop_forged;
     }
 
     /// Total dropped packets, whatever the reason.
@@ -277,6 +372,18 @@ impl DeviceCounters {
             + self.drop_fragment
             + self.drop_no_slot
             + self.drop_error
+            + self.drop_reserved
+            + self.drop_forged
+    }
+
+    /// Every packet counted, whatever the verdict.
+    pub fn total(&self) -> u64 {
+        self.passed
+            + self.steered
+            + self.replied
+            + self.arp_replied
+            + self.ndp_replied
+            + self.dropped()
     }
 }
 
@@ -304,5 +411,5 @@ const _: () = {
     assert!(size_of::<PortKeyV4>() == 8);
     assert!(size_of::<PortV4>() == 4);
     assert!(size_of::<SlotV4>() == 4 + 4 + 6 + 6);
-    assert!(size_of::<DeviceCounters>() == 9 * 8);
+    assert!(size_of::<DeviceCounters>() == 12 * 8);
 };
