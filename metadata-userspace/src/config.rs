@@ -201,6 +201,9 @@ pub struct ProxyConfig {
     /// Host-only address the proxy listens on, on the host device.
     pub address: Ipv4Addr,
     pub port: u16,
+    /// Concurrent connections one instance may hold; the excess is closed
+    /// at once, so that no guest can take every descriptor.
+    pub max_connections_per_instance: usize,
 }
 
 impl Default for ProxyConfig {
@@ -208,6 +211,7 @@ impl Default for ProxyConfig {
         Self {
             address: Ipv4Addr::new(169, 254, 169, 254),
             port: 80,
+            max_connections_per_instance: 64,
         }
     }
 }
@@ -624,6 +628,7 @@ mod tests {
         assert_eq!(config.datapath.nat_v4.to_string(), "100.64.0.0/10");
         assert_eq!(config.proxy.address, Ipv4Addr::new(169, 254, 169, 254));
         assert_eq!(config.proxy.port, 80);
+        assert_eq!(config.proxy.max_connections_per_instance, 64);
         assert_eq!(config.ports.source, PortSourceKind::File);
         assert!(matches!(config.backend, BackendConfig::Local(_)));
     }
@@ -633,7 +638,7 @@ mod tests {
         let err = parse("[daemon]\nstate_dir = \"/x\"\n\n[proxy]\nprot = 80\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "/etc/mdr.toml:5: key `proxy.prot`: unknown field `prot`, expected `address` or `port`"
+            "/etc/mdr.toml:5: key `proxy.prot`: unknown field `prot`, expected one of `address`, `port`, `max_connections_per_instance`"
         );
     }
 

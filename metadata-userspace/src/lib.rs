@@ -1,15 +1,15 @@
 //! metadata-redirector: the host daemon that loads the eBPF datapath,
 //! tracks which VM owns which tap, and serves instance metadata.
 //!
-//! Split by concern: [`datapath`] (load, attach, maps), [`ports`] (where
-//! port records come from), [`proxy`] (HTTP), [`backends`] (what answers),
+//! Split by concern: [`inventory`] (port records and where they come
+//! from), [`datapath`] (load, attach, maps), [`serve`] (the serving core,
+//! with the proxy and agent policies), [`backends`] (what answers),
 //! [`config`] and [`cli`]; [`daemon`] ties them together.
 
-pub mod agent;
 pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
-pub mod ports;
-pub mod proxy;
+pub mod inventory;
+pub mod serve;

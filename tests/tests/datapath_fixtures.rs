@@ -286,7 +286,7 @@ impl Case {
         self
     }
 
-    fn from_device(mut self, ingress: Ifindex) -> Self {
+    fn entered_on(mut self, ingress: Ifindex) -> Self {
         self.ingress = ingress.0;
         self
     }
@@ -970,21 +970,21 @@ fn host_egress_drops_forged_unknown_and_malformed_replies_and_passes_the_rest() 
                 TC_ACT_SHOT,
                 |c| c.drop_forged,
             )
-            .from_device(LO),
+            .entered_on(LO),
             Case::host(
                 "a forged IPv6 reply a guest got forwarded here",
                 reply6(SLOT6_ADDR),
                 TC_ACT_SHOT,
                 |c| c.drop_forged,
             )
-            .from_device(LO),
+            .entered_on(LO),
             Case::host(
                 "anything forwarded from the proxy's address",
                 udp_from_proxy,
                 TC_ACT_SHOT,
                 |c| c.drop_forged,
             )
-            .from_device(LO),
+            .entered_on(LO),
             Case::host(
                 "not from the proxy's address",
                 reply(SLOT_ADDR, [169, 254, 169, 1], PROXY_PORT),
@@ -1009,7 +1009,7 @@ fn host_egress_drops_forged_unknown_and_malformed_replies_and_passes_the_rest() 
                 TC_ACT_OK,
                 |c| c.passed,
             )
-            .from_device(LO),
+            .entered_on(LO),
             Case::host(
                 "IPv6 not from the proxy",
                 ethernet(HOST_MAC, HOST_MAC, ETH_P_IPV6, &[0x60; 60]),

@@ -15,7 +15,7 @@ use super::{
     Reply,
     password::{PasswordError, PasswordStore},
 };
-use crate::{config::LocalBackendConfig, datapath::Identity};
+use crate::{config::LocalBackendConfig, inventory::Identity};
 
 /// OpenStack metadata versions, oldest first, as Nova lists them.
 pub const OPENSTACK_VERSIONS: [&str; 10] = [

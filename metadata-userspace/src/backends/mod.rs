@@ -9,7 +9,7 @@ use std::path::Path;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header, request::Parts};
 
-use crate::{config::BackendConfig, datapath::Identity};
+use crate::{config::BackendConfig, inventory::Identity};
 
 /// A complete answer: status, content type and body.
 #[derive(Debug, Clone, PartialEq, Eq)]

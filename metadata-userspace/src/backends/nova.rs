@@ -23,7 +23,7 @@ use log::{error, warn};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
 use super::Reply;
-use crate::{config::NovaBackendConfig, datapath::Identity};
+use crate::{config::NovaBackendConfig, inventory::Identity};
 
 /// A Nova backend that could not be set up.
 #[derive(Debug, thiserror::Error)]

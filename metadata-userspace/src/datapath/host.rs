@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::DatapathError;
 use crate::{
     config::{Ipv4Net, Ipv6Net96},
-    ports::Mac,
+    inventory::Mac,
 };
 
 /// A network device of this network namespace.

@@ -9,6 +9,7 @@
 //! listens: the guest sees a refused connection, and nothing leaks onto the
 //! tenant network.
 
+pub mod bpffs;
 pub mod events;
 pub mod family;
 pub mod host;
@@ -43,7 +44,7 @@ use self::{
 };
 use crate::{
     config::Config,
-    ports::{Instance, PortIndex},
+    inventory::{Identity, PortIndex, Registry},
 };
 
 /// The eBPF object built by build.rs from the metadata-ebpf crate.
@@ -100,6 +101,8 @@ pub enum DatapathError {
     MissingMap(&'static str),
     #[error(transparent)]
     Slots(#[from] slots::SlotsExhausted),
+    #[error(transparent)]
+    Bpffs(#[from] bpffs::BpffsError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError {
@@ -110,21 +113,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError {
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source }
 }
-
-/// Who sits behind a slot: what the proxy needs to answer a request.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub instance: Arc<Instance>,
-    /// Index of the port in `instance.ports`.
-    pub port: usize,
-    /// The tap the guest is plugged into.
-    pub device: String,
-    /// The guest's own address (never the slot address).
-    pub guest_addr: IpAddr,
-}
-
-/// Slot address -> identity, as the proxy sees its peers.
-pub type Registry = HashMap<IpAddr, Identity>;
 
 /// A tap the datapath is attached to.
 #[derive(Debug)]
@@ -176,7 +164,7 @@ impl Datapath {
             dp.nat_v6,
         )?;
         let bpffs = dp.bpffs.clone();
-        ensure_bpffs(&bpffs)?;
+        bpffs::ensure_shared(&bpffs)?;
         fs::create_dir_all(bpffs.join(LINKS_DIR)).map_err(io_err(format!(
             "creating {}",
             bpffs.join(LINKS_DIR).display()
@@ -273,7 +261,7 @@ impl Datapath {
             .map(|(ifindex, name)| Link {
                 name,
                 ifindex,
-                mac: crate::ports::Mac::default(),
+                mac: crate::inventory::Mac::default(),
                 mtu: 0,
             })
             .collect();
@@ -590,42 +578,6 @@ fn detach_pinned(link: PinnedLink, pin: &Path) {
     }
 }
 
-/// Mounts bpffs at the standard place if the pin folder is not on one.
-fn ensure_bpffs(path: &Path) -> Result<(), DatapathError> {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-    let root = Path::new("/sys/fs/bpf");
-    if !path.starts_with(root) {
-        // An operator-chosen folder: it must already be on a bpffs.
-        return Ok(());
-    }
-    let c_root = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
-    // SAFETY: statfs writes into the zeroed struct we own.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and pointer.
-    let rc = unsafe { libc::statfs(c_root.as_ptr(), &mut stat) };
-    if rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
-    // SAFETY: valid C strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            c_root.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(DatapathError::Io {
-            what: "mounting bpffs on /sys/fs/bpf".into(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
 /// Forwards the programs' aya-log events to the daemon's log.
 fn start_logger(ebpf: &mut Ebpf) {
     match aya_log::EbpfLogger::init(ebpf) {
@@ -692,6 +644,11 @@ pub struct Status {
 /// Reads the pinned maps and links of a (possibly running) daemon.
 pub fn read_status(config: &Config, index: &PortIndex) -> Result<Status, DatapathError> {
     let bpffs = &config.datapath.bpffs;
+    if !bpffs.join(map_names::CONFIG).exists()
+        && let Some(why) = bpffs::explain_missing(bpffs)
+    {
+        return Err(why.into());
+    }
     let open = |name: &'static str| -> Result<Map, DatapathError> {
         let data = MapData::from_pin(bpffs.join(name)).map_err(map_err(name))?;
         Map::from_map_data(data).map_err(map_err(name))
@@ -781,6 +738,11 @@ pub fn read_status(config: &Config, index: &PortIndex) -> Result<Status, Datapat
 pub fn teardown(config: &Config) -> Result<Vec<String>, DatapathError> {
     let mut removed = Vec::new();
     let bpffs = &config.datapath.bpffs;
+    if !bpffs.exists()
+        && let Some(why) = bpffs::explain_missing(bpffs)
+    {
+        return Err(why.into());
+    }
     let links = bpffs.join(LINKS_DIR);
     if let Ok(entries) = fs::read_dir(&links) {
         for entry in entries.flatten() {

@@ -1,7 +1,6 @@
-//! Where port records come from: which VM sits behind which tap, with which
-//! MAC and addresses, and the instance data the local backend serves.
-//!
-//! The only source so far is the instances file (`[ports] source = "file"`).
+//! Port records: which VM sits behind which tap, with which MAC and
+//! addresses, and the instance data the local backend serves; and the
+//! instances file they are written in (`[ports] source = "file"`).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

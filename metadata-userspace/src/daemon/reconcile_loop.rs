@@ -1,0 +1,159 @@
+//! The reconcile loop: brings the datapath in line with the inventory
+//! whenever the port source publishes a snapshot, a link appears or goes,
+//! a retry is due, or a periodic resync comes round; and turns signals
+//! into a reload or a stop.
+
+use std::{
+    sync::{Arc, PoisonError},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use log::{debug, error, info};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::{Notify, watch},
+};
+
+use crate::{
+    datapath::{Datapath, events::LinkEvents},
+    inventory::Snapshot,
+    serve::proxy::SharedRegistry,
+};
+
+/// Quiet time after a link event before resyncing, to batch bursts.
+const LINK_SETTLE: Duration = Duration::from_millis(2);
+/// Delay before retrying a failed sync.
+const SYNC_RETRY: Duration = Duration::from_millis(100);
+/// A full resync now and then, whatever the events said.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct ReconcileLoop {
+    datapath: Datapath,
+    inventory: watch::Receiver<Snapshot>,
+    registry: SharedRegistry,
+    link_events: LinkEvents,
+}
+
+/// Why the loop woke up.
+enum Wake {
+    Stop,
+    Reload,
+    Sync,
+}
+
+/// The signals the daemon acts on.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            hangup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+}
+
+impl ReconcileLoop {
+    pub fn new(
+        datapath: Datapath,
+        inventory: watch::Receiver<Snapshot>,
+        registry: SharedRegistry,
+        link_events: LinkEvents,
+    ) -> Self {
+        Self {
+            datapath,
+            inventory,
+            registry,
+            link_events,
+        }
+    }
+
+    /// Runs until SIGINT or SIGTERM; SIGHUP asks the port source to reload.
+    pub async fn run(&mut self, reload: &Notify) -> anyhow::Result<()> {
+        let mut signals = Signals::install()?;
+        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        // After a failed sync (a device vanished mid-listing, say), try
+        // again soon instead of waiting for the next event.
+        let retry = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(retry);
+        let mut retry_armed = false;
+        loop {
+            let wake = tokio::select! {
+                _ = signals.interrupt.recv() => Wake::Stop,
+                _ = signals.terminate.recv() => Wake::Stop,
+                _ = signals.hangup.recv() => Wake::Reload,
+                changed = self.inventory.changed() => match changed {
+                    Ok(()) => Wake::Sync,
+                    Err(_) => {
+                        error!("the port source stopped; stopping");
+                        Wake::Stop
+                    }
+                },
+                _ = resync.tick() => Wake::Sync,
+                () = &mut retry, if retry_armed => Wake::Sync,
+                result = self.link_events.next(LINK_SETTLE) => {
+                    if let Err(err) = result {
+                        error!("reading link events: {err}");
+                    }
+                    Wake::Sync
+                }
+            };
+            match wake {
+                Wake::Stop => return Ok(()),
+                Wake::Reload => reload.notify_one(),
+                Wake::Sync => {
+                    retry_armed = !self.sync();
+                    if retry_armed {
+                        retry
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + SYNC_RETRY);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One sync against the latest snapshot; false when it must be retried.
+    fn sync(&mut self) -> bool {
+        let snapshot = Arc::clone(&self.inventory.borrow_and_update());
+        let started = Instant::now();
+        let synced = self.datapath.sync(&snapshot);
+        debug!(
+            "synced {} taps in {:.2} ms",
+            self.datapath.attached().len(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        match synced {
+            Ok(registry) => {
+                *self
+                    .registry
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(registry);
+                true
+            }
+            Err(err) => {
+                error!("updating the datapath (retrying shortly): {err}");
+                false
+            }
+        }
+    }
+}
+
+/// Logs each attached tap with its slots.
+pub fn log_attached(datapath: &Datapath) {
+    for tap in datapath.attached().values() {
+        let slots: Vec<String> = tap
+            .slots
+            .iter()
+            .map(|(guest, slot, nat)| format!("{guest}->{nat} (slot {})", slot.0))
+            .collect();
+        info!("tap {}: {}", tap.name, slots.join(", "));
+    }
+}

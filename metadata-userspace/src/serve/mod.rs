@@ -1,0 +1,376 @@
+//! The serving core shared by the proxy (TCP, guests identified by their
+//! slot address) and the agent socket (unix, guests identified by the
+//! headers Neutron's haproxies add): the accept loop, the per-instance
+//! connection cap, the HTTP limits, request bodies, the backend call and the
+//! graceful drain on shutdown. The two differ only in their [`Policy`].
+
+pub mod activation;
+pub mod agent;
+pub mod proxy;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    fmt, io,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use log::{debug, warn};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{
+    backends::{Backend, Reply},
+    config::ProxyConfig,
+    inventory::Identity,
+};
+
+/// Every limit of the serving core, defined once for both listeners.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time a client gets to send a request's headers (slowloris).
+    pub header_read_timeout: Duration,
+    /// Largest request body (the password POST needs about 1 KB).
+    pub max_body: usize,
+    /// On shutdown, time a just-accepted connection gets to send its
+    /// request before the drain closes idle connections.
+    pub first_request_grace: Duration,
+    /// On shutdown, time requests in flight get to finish.
+    pub drain: Duration,
+    /// Concurrent connections one instance may hold; the excess is closed
+    /// at once, for that instance only.
+    pub max_connections_per_instance: usize,
+}
+
+impl Limits {
+    pub fn new(proxy: &ProxyConfig) -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            max_body: 64 * 1024,
+            first_request_grace: Duration::from_millis(200),
+            drain: Duration::from_secs(10),
+            max_connections_per_instance: proxy.max_connections_per_instance,
+        }
+    }
+}
+
+/// How a listener tells guests apart.
+pub trait Policy: Send + Sync + 'static {
+    type Peer: fmt::Debug + Send + Sync + 'static;
+
+    /// The instance all of a new connection's requests come from, when the
+    /// connection alone says so (the proxy: the slot it came from); `None`
+    /// when each request says for itself (the agent).
+    fn connection_owner(&self, peer: &Self::Peer) -> Option<Arc<str>>;
+
+    /// The identity behind one request, or the status to refuse it with.
+    fn identify(&self, peer: &Self::Peer, headers: &HeaderMap) -> Result<Identity, StatusCode>;
+}
+
+/// A listening socket of either kind.
+pub trait Acceptor: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Peer: fmt::Debug;
+
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
+}
+
+impl Acceptor for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    type Peer = std::net::SocketAddr;
+
+    async fn accept(&self) -> io::Result<(Self::Stream, Self::Peer)> {
+        let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
+        // Small responses: no Nagle delay. A failure only costs latency.
+        if let Err(err) = stream.set_nodelay(true) {
+            debug!("TCP_NODELAY for {peer}: {err}");
+        }
+        Ok((stream, peer))
+    }
+}
+
+impl Acceptor for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    type Peer = tokio::net::unix::SocketAddr;
+
+    async fn accept(&self) -> io::Result<(Self::Stream, Self::Peer)> {
+        tokio::net::UnixListener::accept(self).await
+    }
+}
+
+/// Serves `acceptor` with `policy` until `stop` resolves, then lets the
+/// requests in flight finish (up to `limits.drain`) and returns.
+///
+/// The listener is dropped as soon as `stop` resolves. With socket
+/// activation another holder (systemd) keeps the socket open, so new
+/// connections wait in its backlog for the next daemon instead of failing.
+pub async fn serve<A, P>(
+    acceptor: A,
+    policy: Arc<P>,
+    backend: Arc<Backend>,
+    limits: Arc<Limits>,
+    stop: impl Future<Output = ()>,
+) where
+    A: Acceptor,
+    P: Policy<Peer = A::Peer>,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = ConnectionCounts::default();
+    let mut accept_errors = ThrottledLog::new("accept failed");
+    let mut over_cap = ThrottledLog::new("closed a connection over its instance's cap");
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut stop => break,
+            accepted = acceptor.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                accept_errors.report(&err);
+                if is_resource_exhaustion(&err) {
+                    // The pending connection stays queued; retrying at once
+                    // would spin. A short pause, not a stall for others.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                continue;
+            }
+        };
+        let guard = match policy.connection_owner(&peer) {
+            Some(owner) => match connections.acquire(owner, limits.max_connections_per_instance) {
+                Some(guard) => Some(guard),
+                None => {
+                    // Over its cap: this instance's connection closes now.
+                    over_cap.report(&format_args!(
+                        "{peer:?} holds {} connections already",
+                        limits.max_connections_per_instance
+                    ));
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let connection = serve_connection(stream, peer, &policy, &backend, &limits);
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(err) = watched.await {
+                debug!("connection: {err}");
+            }
+        });
+    }
+    drop(acceptor);
+    // A connection accepted just before the stop may not have sent its
+    // request yet, and a graceful shutdown closes connections that have no
+    // request in progress: give such clients a moment first.
+    tokio::time::sleep(limits.first_request_grace).await;
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            "requests still in flight after {:?}; closing them",
+            limits.drain
+        );
+    }
+}
+
+/// One HTTP/1.1 connection with the core's limits.
+fn serve_connection<S, P>(
+    stream: S,
+    peer: P::Peer,
+    policy: &Arc<P>,
+    backend: &Arc<Backend>,
+    limits: &Arc<Limits>,
+) -> impl hyper_util::server::graceful::GracefulConnection<Error = hyper::Error> + Send + 'static
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: Policy,
+{
+    let peer = Arc::new(peer);
+    let (policy, backend, limits2) = (Arc::clone(policy), Arc::clone(backend), Arc::clone(limits));
+    let service = service_fn(move |request| {
+        let (peer, policy, backend, limits) = (
+            Arc::clone(&peer),
+            Arc::clone(&policy),
+            Arc::clone(&backend),
+            Arc::clone(&limits2),
+        );
+        async move {
+            let response = handle(request, peer.as_ref(), &*policy, &backend, &limits).await;
+            Ok::<_, Infallible>(response)
+        }
+    });
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+}
+
+/// One request: identify, read the body within its limit, ask the backend.
+async fn handle<P: Policy>(
+    request: Request<Incoming>,
+    peer: &P::Peer,
+    policy: &P,
+    backend: &Backend,
+    limits: &Limits,
+) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let identity = match policy.identify(peer, request.headers()) {
+        Ok(identity) => identity,
+        Err(status) => return Reply::status(status).into_response(&method),
+    };
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, limits.max_body).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => {
+            let too_large = err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            let status = if too_large {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return Reply::status(status).into_response(&method);
+        }
+    };
+    let reply = backend.handle(&identity, &parts, body).await;
+    debug!(
+        "{} {method} {} -> {} ({} {})",
+        identity.guest_addr,
+        parts.uri.path(),
+        reply.status.as_u16(),
+        identity.instance.id,
+        identity.device
+    );
+    reply.into_response(&method)
+}
+
+fn is_resource_exhaustion(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Open connections per instance, for the per-instance cap.
+#[derive(Debug, Default, Clone)]
+struct ConnectionCounts(Arc<Mutex<HashMap<Arc<str>, usize>>>);
+
+impl ConnectionCounts {
+    /// Counts a new connection of `owner`, or `None` when it already holds
+    /// `cap` connections.
+    fn acquire(&self, owner: Arc<str>, cap: usize) -> Option<ConnectionGuard> {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(Arc::clone(&owner)).or_default();
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionGuard {
+            counts: self.clone(),
+            owner,
+        })
+    }
+}
+
+/// One counted connection; uncounted when dropped.
+#[derive(Debug)]
+struct ConnectionGuard {
+    counts: ConnectionCounts,
+    owner: Arc<str>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.owner) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.owner);
+            }
+        }
+    }
+}
+
+/// A log line for a recurring error at most once per interval, with the
+/// number of occurrences it stands for.
+#[derive(Debug)]
+pub struct ThrottledLog {
+    what: &'static str,
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ThrottledLog {
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            interval: Duration::from_secs(1),
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    pub fn report(&mut self, err: &dyn fmt::Display) {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now - last < self.interval) {
+            self.suppressed += 1;
+            return;
+        }
+        if self.suppressed > 0 {
+            warn!(
+                "{}: {err} ({} more since the last report)",
+                self.what, self.suppressed
+            );
+        } else {
+            warn!("{}: {err}", self.what);
+        }
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_is_per_instance_and_released_on_drop() {
+        let counts = ConnectionCounts::default();
+        let a: Arc<str> = Arc::from("a");
+        let held: Vec<_> = (0..3)
+            .map(|_| counts.acquire(Arc::clone(&a), 3).expect("under the cap"))
+            .collect();
+        assert!(
+            counts.acquire(Arc::clone(&a), 3).is_none(),
+            "a is at its cap"
+        );
+        assert!(counts.acquire(Arc::from("b"), 3).is_some(), "b is not");
+        drop(held);
+        assert!(counts.acquire(a, 3).is_some(), "released");
+        assert!(
+            counts.0.lock().unwrap().len() <= 1,
+            "no entries left behind"
+        );
+    }
+
+    #[test]
+    fn throttled_log_counts_what_it_suppresses() {
+        let mut log = ThrottledLog::new("test");
+        let err = io::Error::other("boom");
+        for _ in 0..100 {
+            log.report(&err);
+        }
+        assert_eq!(log.suppressed, 99);
+    }
+}

@@ -1,0 +1,418 @@
+//! A hostile guest against the datapath and the daemon: forged proxy
+//! replies with forwarding on, direct reach of the proxy through the slot
+//! ranges, descriptor exhaustion, and a daemon without a shared bpffs.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use metadata_tests::{
+    Hypervisor, InstanceSpec, METADATA, Netns, RawSocket, Vm,
+    packet::{Ipv4Opts, tcp_frame, tcp6_frame},
+    raise_open_files_limit, veth_pair, wait_for,
+};
+
+const ATTACKER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+const VICTIM_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
+const META: &str = "/openstack/latest/meta_data.json";
+const PROXY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xa9fe, 0x6464, 0, 0, 0, 0xffff, 0xfffe);
+
+fn mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    bytes.try_into().expect("6 bytes")
+}
+
+fn counter(hv: &Hypervisor, tap: &str, name: &str) -> u64 {
+    hv.counters(tap).unwrap()[name].as_u64().unwrap()
+}
+
+/// The NAT addresses of `tap`'s slots, IPv4 and IPv6.
+fn slot_addrs(hv: &Hypervisor, tap: &str) -> Vec<IpAddr> {
+    let status = hv.status().unwrap();
+    let taps = status["taps"].as_array().unwrap();
+    let tap = taps.iter().find(|t| t["device"] == tap).unwrap();
+    tap["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["nat"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// The uuid `vm` is served, asserted to be its own.
+fn served(vm: &Vm, spec: &InstanceSpec) {
+    let (status, body) = vm.http_get(METADATA, META).unwrap();
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["uuid"], spec.id.as_str());
+}
+
+/// Two VMs, the daemon, and forwarding on in the hypervisor, as on many
+/// compute nodes.
+fn setup() -> (Hypervisor, Vm, Vm, InstanceSpec) {
+    let mut hv = Hypervisor::new().unwrap();
+    let attacker = hv.add_vm(ATTACKER_IP).unwrap();
+    let victim = hv.add_vm(VICTIM_IP).unwrap();
+    let victim_spec = InstanceSpec::for_vm(&victim, "victim");
+    hv.set_instances(vec![
+        InstanceSpec::for_vm(&attacker, "attacker"),
+        victim_spec.clone(),
+    ])
+    .unwrap();
+    hv.start_daemon().unwrap();
+    hv.ns()
+        .exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )
+        .unwrap();
+    (hv, attacker, victim, victim_spec)
+}
+
+/// Data segments "from the proxy" to each of `slots`, as a guest forges
+/// them: to `dst_mac`, from the metadata or proxy address and port 80.
+fn forged_replies(slots: &[IpAddr], src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<Vec<u8>> {
+    slots
+        .iter()
+        .map(|slot| match slot {
+            IpAddr::V4(slot) => tcp_frame(
+                (dst_mac, src_mac),
+                [169, 254, 169, 254],
+                slot.octets(),
+                (80, 40000),
+                b"INJECTED",
+                Ipv4Opts::default(),
+            ),
+            IpAddr::V6(slot) => tcp6_frame(
+                (dst_mac, src_mac),
+                PROXY6.octets(),
+                slot.octets(),
+                (80, 40000),
+                b"INJECTED",
+            ),
+        })
+        .collect()
+}
+
+fn injected(frames: &[Vec<u8>]) -> usize {
+    frames
+        .iter()
+        .filter(|f| f.windows(8).any(|w| w == b"INJECTED"))
+        .count()
+}
+
+#[test]
+fn forged_proxy_replies_never_reach_another_vm_even_with_forwarding_on() {
+    let (hv, attacker, victim, victim_spec) = setup();
+    let victim_slots = slot_addrs(&hv, &victim.tap);
+    assert_eq!(
+        victim_slots.len(),
+        2,
+        "one IPv4 and one IPv6 slot: {victim_slots:?}"
+    );
+    let capture = victim.ns.run(|| RawSocket::open("eth0")).unwrap().unwrap();
+
+    let tap_mac = mac(&hv.mac_of(&attacker.tap).unwrap());
+    let forged = forged_replies(&victim_slots, mac(&attacker.mac), tap_mac);
+    attacker
+        .ns
+        .run(|| -> anyhow::Result<()> {
+            let socket = RawSocket::open("eth0")?;
+            for frame in &forged {
+                socket.send(frame)?;
+            }
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+    // The forgeries went through the hypervisor before this request and
+    // its reply did: if one was delivered, it is in the capture by now.
+    served(&victim, &victim_spec);
+    let seen = capture.drain();
+    assert_eq!(injected(&seen), 0, "no forged segment reached the victim");
+    assert!(!seen.is_empty(), "the capture saw the victim's own traffic");
+    let dropped = counter(&hv, &attacker.tap, "drop_reserved");
+    assert_eq!(
+        dropped,
+        forged.len() as u64,
+        "each forgery dropped at the attacker's tap"
+    );
+    println!("attacker's tap: drop_reserved {dropped}");
+}
+
+#[test]
+fn forged_replies_from_an_unwatched_device_are_dropped_on_the_host_device() {
+    // Defence in depth: a forgery that never crossed a tap program (an
+    // uplink the datapath does not watch) still reaches host_egress, which
+    // translates only what the host itself sent.
+    let (hv, _attacker, victim, victim_spec) = setup();
+    let victim_slots = slot_addrs(&hv, &victim.tap);
+    let capture = victim.ns.run(|| RawSocket::open("eth0")).unwrap().unwrap();
+    let outside = Netns::new("mdr-vm").unwrap();
+    let uplink = format!("up{}", outside.name().trim_start_matches("mdr-vm-"));
+    veth_pair(hv.ns(), &uplink, &outside).unwrap();
+    hv.ns().ip(&["link", "set", &uplink, "up"]).unwrap();
+    outside.ip(&["link", "set", "eth0", "up"]).unwrap();
+    let uplink_mac = mac(&hv.mac_of(&uplink).unwrap());
+    let outside_mac = mac(&outside
+        .ip(&["-json", "link", "show", "eth0"])
+        .map(|j| {
+            let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+            v[0]["address"].as_str().unwrap().to_owned()
+        })
+        .unwrap());
+    // IPv6 only: the IPv4 stack drops a forwarded packet whose source is
+    // one of its own addresses (a martian) before any program sees it.
+    let v6_slots: Vec<IpAddr> = victim_slots.into_iter().filter(IpAddr::is_ipv6).collect();
+    let forged = forged_replies(&v6_slots, outside_mac, uplink_mac);
+    let host_dropped = || -> u64 {
+        hv.status().unwrap()["host_counters"]["drop_forged"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = host_dropped();
+    outside
+        .run(|| -> anyhow::Result<()> {
+            let socket = RawSocket::open("eth0")?;
+            for frame in &forged {
+                socket.send(frame)?;
+            }
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+    let dropped = wait_for("the forgery to be dropped", Duration::from_secs(5), || {
+        Some(host_dropped() - before).filter(|n| *n >= 1)
+    })
+    .unwrap();
+    served(&victim, &victim_spec);
+    assert_eq!(
+        injected(&capture.drain()),
+        0,
+        "no forged segment reached the victim"
+    );
+    println!("host device: drop_forged {dropped}");
+}
+
+#[test]
+fn a_guest_cannot_connect_to_the_proxy_by_routing_to_the_slot_ranges() {
+    let (hv, attacker, victim, _) = setup();
+    let victim_slots = slot_addrs(&hv, &victim.tap);
+    let tap_mac = hv.mac_of(&attacker.tap).unwrap();
+    // Route the slot ranges to the tap, and claim the victim's IPv6 slot.
+    let ns = &attacker.ns;
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "10.0.0.1",
+        "lladdr",
+        &tap_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    ns.ip(&["route", "add", "100.64.0.0/10", "via", "10.0.0.1"])
+        .unwrap();
+    ns.ip(&[
+        "-6",
+        "neigh",
+        "replace",
+        "fe80::1",
+        "lladdr",
+        &tap_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "fd00:a9fe:6464::/96",
+        "via",
+        "fe80::1",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+    let victim_v6 = victim_slots.iter().find(|a| a.is_ipv6()).unwrap();
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{victim_v6}/128"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])
+    .unwrap();
+
+    let mut targets: Vec<SocketAddr> = victim_slots
+        .iter()
+        .filter(|a| a.is_ipv4())
+        .map(|a| SocketAddr::new(*a, 80))
+        .collect();
+    targets.push(SocketAddr::new(IpAddr::V6(PROXY6), 80));
+    for target in targets {
+        let connected = attacker
+            .ns
+            .run(move || TcpStream::connect_timeout(&target, Duration::from_secs(1)))
+            .unwrap();
+        assert!(
+            connected.is_err(),
+            "{target} must not be reachable from a guest"
+        );
+    }
+    let dropped = counter(&hv, &attacker.tap, "drop_reserved");
+    assert!(dropped >= 2, "the SYNs were dropped at the tap: {dropped}");
+    println!("attacker's tap: drop_reserved {dropped}");
+    assert!(
+        !hv.log().contains("refused a request"),
+        "nothing reached the proxy"
+    );
+}
+
+/// Opens up to `count` connections to the metadata service from `vm` and
+/// holds them until `stop`; reports how many opened.
+fn hold_connections(vm: &Vm, count: usize, opened: &AtomicUsize, stop: &AtomicBool) {
+    vm.ns
+        .run(|| {
+            let mut held = Vec::with_capacity(count);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while held.len() < count && Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                if let Ok(stream) = TcpStream::connect_timeout(&METADATA, Duration::from_secs(1)) {
+                    held.push(stream);
+                    opened.store(held.len(), Ordering::Relaxed);
+                }
+            }
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_guest_holding_thousands_of_connections_does_not_slow_another_guest() {
+    const HELD: usize = 3000;
+    raise_open_files_limit().unwrap();
+    let (hv, attacker, victim, victim_spec) = setup();
+    let opened = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let slowest = std::thread::scope(|s| {
+        s.spawn(|| hold_connections(&attacker, HELD, &opened, &stop));
+        wait_for(
+            "the attacker to hold 1000 connections",
+            Duration::from_secs(30),
+            || (opened.load(Ordering::Relaxed) >= 1000).then_some(()),
+        )
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..20 {
+            let started = Instant::now();
+            served(&victim, &victim_spec);
+            tx.send(started.elapsed()).unwrap();
+        }
+        wait_for(
+            "the attacker to finish opening",
+            Duration::from_secs(40),
+            || (opened.load(Ordering::Relaxed) >= HELD).then_some(()),
+        )
+        .unwrap();
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", hv.daemon_pid().unwrap()))
+            .unwrap()
+            .count();
+        stop.store(true, Ordering::Relaxed);
+        drop(tx);
+        (rx.iter().max().unwrap(), fds)
+    });
+    let (slowest, daemon_fds) = slowest;
+    println!(
+        "slowest of 20 requests while another guest held {HELD} connections: {slowest:?}; daemon fds {daemon_fds}"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "slowest request took {slowest:?}"
+    );
+    assert!(
+        daemon_fds < 64 + 100,
+        "the attacker holds at most its cap: {daemon_fds} fds"
+    );
+    let log = hv.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("over its instance's cap") || l.contains("accept failed"))
+        .count();
+    assert!(
+        (1..=60).contains(&lines),
+        "a bounded number of log lines about it: {lines}"
+    );
+}
+
+#[test]
+fn without_a_shared_bpffs_the_daemon_refuses_to_start_and_under_nsenter_it_fails_closed() {
+    let mut hv = Hypervisor::new().unwrap();
+    let vm = hv.add_vm(ATTACKER_IP).unwrap();
+    let spec = InstanceSpec::for_vm(&vm, "nsenter");
+    hv.set_instances(vec![spec.clone()]).unwrap();
+    hv.write_files().unwrap();
+
+    // `ip netns exec` remounts /sys: no bpffs of the host's in there.
+    let binary = metadata_tests::daemon_binary().unwrap();
+    let config = hv.config_path();
+    let output = hv
+        .ns()
+        .command(binary.to_str().unwrap())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "refused: {stderr}");
+    assert!(
+        stderr.contains("mount namespace of its own") && stderr.contains("nsenter --net"),
+        "explains why and how: {stderr}"
+    );
+    let status = hv
+        .ns()
+        .command(binary.to_str().unwrap())
+        .args(["status", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!status.status.success());
+    assert!(String::from_utf8_lossy(&status.stderr).contains("nsenter --net"));
+    assert!(!hv.bpffs().exists(), "nothing pinned anywhere");
+
+    // Under nsenter --net (the harness's way): pins on the host's bpffs,
+    // and after SIGKILL the programs stay and metadata fails closed.
+    hv.start_daemon().unwrap();
+    served(&vm, &spec);
+    hv.kill_daemon().unwrap();
+    let steered = counter(&hv, &vm.tap, "steered");
+    assert!(
+        vm.http_get(METADATA, META).is_err(),
+        "nothing serves while down"
+    );
+    let after = counter(&hv, &vm.tap, "steered");
+    assert!(
+        after > steered,
+        "still steered to the host device after SIGKILL: {steered} -> {after}"
+    );
+    hv.start_daemon().unwrap();
+    served(&vm, &spec);
+}
