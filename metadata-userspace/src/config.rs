@@ -106,7 +106,7 @@ fn locate(source: &str, offset: usize) -> (usize, String) {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: DaemonConfig,
-    pub datapath: DatapathConfig,
+    pub datapath: DatapathSection,
     pub proxy: ProxyConfig,
     pub ports: PortsConfig,
     pub agent: AgentConfig,
@@ -165,7 +165,7 @@ impl Default for DaemonConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DatapathConfig {
+pub struct DatapathSection {
     /// Glob patterns of VM-facing devices.
     pub interfaces: Vec<GlobPattern>,
     /// The host end of the veth pair the proxy listens on.
@@ -182,7 +182,7 @@ pub struct DatapathConfig {
     pub bpffs: PathBuf,
 }
 
-impl Default for DatapathConfig {
+impl Default for DatapathSection {
     fn default() -> Self {
         Self {
             interfaces: vec![GlobPattern::from_str("tap*").expect("valid default pattern")],
@@ -563,14 +563,11 @@ pub struct Ipv6Net96 {
 }
 
 impl Ipv6Net96 {
-    /// Slot `n`'s address: the prefix with `n` in the last 32 bits.
-    pub fn slot(&self, n: u32) -> std::net::Ipv6Addr {
-        std::net::Ipv6Addr::from(self.prefix.to_bits() | u128::from(n))
-    }
-
     /// The proxy's IPv6 address (never a slot: slots stay far below it).
     pub fn proxy(&self) -> std::net::Ipv6Addr {
-        self.slot(0xffff_fffe)
+        let prefix = metadata_common::Ipv6Be(self.prefix.octets());
+        let addr = metadata_common::slot_addr_v6(prefix, metadata_common::PROXY_SLOT_V6);
+        std::net::Ipv6Addr::from(addr.0)
     }
 }
 

@@ -12,4 +12,5 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod inventory;
+pub mod reconcile;
 pub mod serve;

@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Run(args) => runtime.block_on(daemon::run(&args.config)),
-        Command::Status { config, json } => daemon::status(&config.config, json),
-        Command::Teardown(args) => daemon::teardown(&args.config),
+        Command::Status { config, json } => runtime.block_on(daemon::status(&config.config, json)),
+        Command::Teardown(args) => runtime.block_on(daemon::teardown(&args.config)),
     }
 }

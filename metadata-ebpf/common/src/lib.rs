@@ -13,6 +13,9 @@
 //! by accident.
 #![no_std]
 
+#[cfg(feature = "user")]
+extern crate alloc;
+
 /// The link-local IPv4 address guests send metadata requests to.
 pub const METADATA_V4: Ipv4Be = Ipv4Be([169, 254, 169, 254]);
 /// The link-local IPv6 address guests send metadata requests to.
@@ -31,6 +34,9 @@ pub const MAX_SLOTS_V4: u32 = 16_384;
 /// Highest number of IPv6 slots (one per registered (tap, guest IPv6)
 /// pair: fixed addresses and the EUI-64 link-local address of each port).
 pub const MAX_SLOTS_V6: u32 = 16_384;
+/// The "slot" of the proxy's own IPv6 address in the NAT /96
+/// (`prefix::ffff:fffe`), far above any real slot.
+pub const PROXY_SLOT_V6: Slot = Slot(0xffff_fffe);
 /// Highest number of VM-facing devices the datapath tracks counters for.
 pub const MAX_DEVICES: u32 = 8_192;
 
@@ -53,6 +59,52 @@ pub mod map_names {
     pub const LOG_RATELIMIT: &str = "MDR_LOG_RATELIMIT";
     /// Device ifindex -> [`crate::DeviceCounters`], per CPU.
     pub const COUNTERS: &str = "MDR_COUNTERS";
+}
+
+/// Names of the programs, as in the object file and `bpftool prog show`.
+pub mod program_names {
+    /// On every VM-facing tap, TCX ingress.
+    pub const TAP: &str = "tap_ingress";
+    /// On the host device, TCX egress.
+    pub const HOST: &str = "host_egress";
+}
+
+/// Where the daemon pins its state under its bpffs folder (`datapath.bpffs`).
+pub mod pins {
+    use super::{Ifindex, map_names};
+
+    /// Maps pinned by name under the folder. The log ring buffer is not: it
+    /// belongs to the daemon that reads it.
+    pub const MAPS: [&str; 7] = [
+        map_names::CONFIG,
+        map_names::PORTS_V4,
+        map_names::SLOTS_V4,
+        map_names::PORTS_V6,
+        map_names::SLOTS_V6,
+        map_names::COUNTERS,
+        map_names::LOG_RATELIMIT,
+    ];
+    /// Subfolder holding the pinned TCX links.
+    pub const LINKS_DIR: &str = "links";
+    /// File name of the host program's link in [`LINKS_DIR`].
+    pub const HOST_LINK: &str = super::program_names::HOST;
+    /// Prefix of a tap link's file name in [`LINKS_DIR`]; the tap's ifindex
+    /// follows it.
+    pub const TAP_LINK_PREFIX: &str = "tap_ingress-";
+
+    /// The tap whose link pin is called `file_name`, if it is one.
+    pub fn tap_of_link(file_name: &str) -> Option<Ifindex> {
+        file_name
+            .strip_prefix(TAP_LINK_PREFIX)
+            .and_then(|n| n.parse().ok())
+            .map(Ifindex)
+    }
+
+    /// The file name of `tap`'s link pin in [`LINKS_DIR`].
+    #[cfg(feature = "user")]
+    pub fn tap_link(tap: Ifindex) -> alloc::string::String {
+        alloc::format!("{TAP_LINK_PREFIX}{}", tap.0)
+    }
 }
 
 /// A network interface index as the kernel assigns it. Zero is never a
@@ -384,6 +436,87 @@ impl DeviceCounters {
             + self.arp_replied
             + self.ndp_replied
             + self.dropped()
+    }
+}
+
+#[cfg(feature = "user")]
+impl core::fmt::Display for Ifindex {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// MAC addresses as text ("fa:16:3e:11:22:33"), for config files, logs
+/// and `status`.
+#[cfg(feature = "user")]
+mod mac_text {
+    use alloc::{format, string::String};
+    use core::{fmt, str::FromStr};
+
+    use super::MacAddr;
+
+    impl FromStr for MacAddr {
+        type Err = String;
+
+        fn from_str(text: &str) -> Result<Self, Self::Err> {
+            let bad = || format!("`{text}` is not a MAC address like fa:16:3e:11:22:33");
+            let mut mac = [0u8; 6];
+            let mut parts = text.split(':');
+            for byte in &mut mac {
+                let part = parts.next().ok_or_else(bad)?;
+                if part.len() != 2 {
+                    return Err(bad());
+                }
+                *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+            }
+            if parts.next().is_some() {
+                return Err(bad());
+            }
+            if mac[0] & 1 != 0 {
+                return Err(format!("`{text}` is a multicast address, not a port's MAC"));
+            }
+            Ok(Self(mac))
+        }
+    }
+
+    impl fmt::Display for MacAddr {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let [a, b, c, d, e, g] = self.0;
+            write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for MacAddr {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let text = <alloc::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
+        }
+    }
+}
+
+impl MacAddr {
+    /// fe80::/64 with the modified EUI-64 interface id of this MAC: the
+    /// link-local address a guest with this MAC uses.
+    pub const fn eui64_link_local(&self) -> Ipv6Be {
+        let [a, b, c, d, e, f] = self.0;
+        Ipv6Be([
+            0xfe,
+            0x80,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            a ^ 0x02,
+            b,
+            c,
+            0xff,
+            0xfe,
+            d,
+            e,
+            f,
+        ])
     }
 }
 

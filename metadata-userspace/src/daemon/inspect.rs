@@ -6,10 +6,14 @@ use std::path::Path;
 use anyhow::Context as _;
 use log::warn;
 
-use crate::{config::Config, datapath, inventory::PortIndex};
+use crate::{
+    config::Config,
+    datapath::status::{self as pinned, Status},
+    inventory::PortIndex,
+};
 
 /// Prints the state of the datapath.
-pub fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
+pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     // Without the records, taps show no instance; say why instead of
     // failing the whole status.
@@ -17,16 +21,23 @@ pub fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
         warn!("showing taps without instances: {err}");
         PortIndex::default()
     });
-    let status = datapath::read_status(&config, &index).with_context(|| {
-        format!(
-            "reading the datapath pinned under {} (is the daemon running?)",
-            config.datapath.bpffs.display()
-        )
-    })?;
+    let status = pinned::read_status(&config, &index)
+        .await
+        .with_context(|| {
+            format!(
+                "reading the datapath pinned under {} (is the daemon running?)",
+                config.datapath.bpffs.display()
+            )
+        })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(());
+    } else {
+        print_table(&status);
     }
+    Ok(())
+}
+
+fn print_table(status: &Status) {
     println!("host device {}", status.host_device);
     println!(
         "{:<16} {:>7} {:<38} {:>10} {:>10} {:>10} {:>6} {:>8}",
@@ -62,13 +73,14 @@ pub fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
 }
 
 /// Removes everything the daemon created.
-pub fn teardown(config_path: &Path) -> anyhow::Result<()> {
+pub async fn teardown(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let removed = datapath::teardown(&config).context("tearing down the datapath")?;
+    let removed = pinned::teardown(&config)
+        .await
+        .context("tearing down the datapath")?;
     for item in removed {
         println!("removed {item}");
     }

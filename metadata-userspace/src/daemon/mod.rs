@@ -21,7 +21,7 @@ pub use self::inspect::{status, teardown};
 use crate::{
     backends::Backend,
     config::Config,
-    datapath::{Datapath, events::LinkEvents},
+    datapath::{Datapath, netlink::LinkEvents},
     inventory::{PortSource as _, file::FileSource},
     serve::{Limits, proxy::SharedRegistry},
 };
@@ -33,8 +33,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (source, snapshot) = FileSource::open(&config.ports.file)?;
     // Subscribe before the first sync, so no tap appearing in between is missed.
     let link_events = LinkEvents::subscribe().context("subscribing to rtnetlink link events")?;
-    let mut datapath = Datapath::start(&config).context("starting the datapath")?;
-    let registry = datapath.sync(&snapshot).context("attaching to taps")?;
+    let mut datapath = Datapath::start(&config)
+        .await
+        .context("starting the datapath")?;
+    let registry = datapath
+        .sync(&snapshot)
+        .await
+        .context("attaching to taps")?;
     reconcile_loop::log_attached(&datapath);
     let registry: SharedRegistry = Arc::new(RwLock::new(Arc::new(registry)));
     let backend = Backend::new(&config.backend, &config.daemon.state_dir)

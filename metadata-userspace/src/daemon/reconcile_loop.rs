@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use crate::{
-    datapath::{Datapath, events::LinkEvents},
+    datapath::{Datapath, netlink::LinkEvents},
     inventory::Snapshot,
     serve::proxy::SharedRegistry,
 };
@@ -100,7 +100,9 @@ impl ReconcileLoop {
                 () = &mut retry, if retry_armed => Wake::Sync,
                 result = self.link_events.next(LINK_SETTLE) => {
                     if let Err(err) = result {
-                        error!("reading link events: {err}");
+                        error!("reading link events ({err}); subscribing again");
+                        self.link_events = LinkEvents::subscribe()
+                            .context("subscribing to link events again")?;
                     }
                     Wake::Sync
                 }
@@ -109,7 +111,7 @@ impl ReconcileLoop {
                 Wake::Stop => return Ok(()),
                 Wake::Reload => reload.notify_one(),
                 Wake::Sync => {
-                    retry_armed = !self.sync();
+                    retry_armed = !self.sync().await;
                     if retry_armed {
                         retry
                             .as_mut()
@@ -121,10 +123,10 @@ impl ReconcileLoop {
     }
 
     /// One sync against the latest snapshot; false when it must be retried.
-    fn sync(&mut self) -> bool {
+    async fn sync(&mut self) -> bool {
         let snapshot = Arc::clone(&self.inventory.borrow_and_update());
         let started = Instant::now();
-        let synced = self.datapath.sync(&snapshot);
+        let synced = self.datapath.sync(&snapshot).await;
         debug!(
             "synced {} taps in {:.2} ms",
             self.datapath.attached().len(),

@@ -107,6 +107,15 @@ pub struct SlotMaps<F: Family> {
 }
 
 impl<F: Family> SlotMaps<F> {
+    /// Takes the family's two maps out of the loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf, capacity: u32) -> Result<Self, DatapathError> {
+        Ok(Self {
+            ports: super::take_map(ebpf, F::PORTS)?,
+            slots: super::take_map(ebpf, F::SLOTS)?,
+            capacity,
+        })
+    }
+
     /// The (pair, slot) assignment in the map now.
     pub fn current(&self) -> Vec<(F::Key, Slot)> {
         self.ports

@@ -10,7 +10,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use tokio::sync::{Notify, watch};
 
-pub use self::ports::{Instance, Mac, Port, PortIndex};
+pub use self::ports::{Instance, Port, PortIndex};
 
 /// Who sits behind a slot or a haproxy request: what the backends need to
 /// answer it.

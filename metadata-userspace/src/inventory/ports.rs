@@ -4,7 +4,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    fmt,
     net::{IpAddr, Ipv4Addr},
     path::Path,
     str::FromStr,
@@ -13,6 +12,8 @@ use std::{
 
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
+
+use metadata_common::MacAddr;
 
 use crate::config::{ConfigError, DeviceName, parse_file};
 
@@ -38,7 +39,7 @@ pub struct Instance {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
     pub device: DeviceName,
-    pub mac: Mac,
+    pub mac: MacAddr,
     pub network_id: String,
     pub ips: Vec<PortAddress>,
     /// The Neutron router serving the port's subnet, for agent mode's
@@ -62,7 +63,7 @@ impl Port {
                 IpAddr::V4(_) => None,
             })
             .collect();
-        let link_local = self.mac.eui64_link_local();
+        let link_local = std::net::Ipv6Addr::from(self.mac.eui64_link_local().0);
         if !addrs.contains(&link_local) {
             addrs.push(link_local);
         }
@@ -104,67 +105,7 @@ impl FromStr for PortAddress {
     }
 }
 
-/// An Ethernet MAC address written "fa:16:3e:11:22:33".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Mac(pub [u8; 6]);
-
-impl FromStr for Mac {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{text}` is not a MAC address like fa:16:3e:11:22:33");
-        let mut mac = [0u8; 6];
-        let mut parts = text.split(':');
-        for byte in &mut mac {
-            let part = parts.next().ok_or_else(bad)?;
-            if part.len() != 2 {
-                return Err(bad());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        }
-        if parts.next().is_some() {
-            return Err(bad());
-        }
-        if mac[0] & 1 != 0 {
-            return Err(format!("`{text}` is a multicast address, not a port's MAC"));
-        }
-        Ok(Self(mac))
-    }
-}
-
-impl Mac {
-    /// fe80::/64 with the modified EUI-64 interface id of this MAC.
-    pub fn eui64_link_local(&self) -> std::net::Ipv6Addr {
-        let [a, b, c, d, e, f] = self.0;
-        std::net::Ipv6Addr::from([
-            0xfe,
-            0x80,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            a ^ 0x02,
-            b,
-            c,
-            0xff,
-            0xfe,
-            d,
-            e,
-            f,
-        ])
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-crate::config::deserialize_from_str!(Mac, PortAddress);
+crate::config::deserialize_from_str!(PortAddress);
 
 /// The instances file as written.
 #[derive(Debug, Deserialize)]
@@ -211,7 +152,7 @@ fn default_availability_zone() -> String {
 #[serde(deny_unknown_fields)]
 struct PortRecord {
     device: Spanned<DeviceName>,
-    mac: Mac,
+    mac: MacAddr,
     network_id: String,
     #[serde(default)]
     ips: Vec<Spanned<PortAddress>>,
