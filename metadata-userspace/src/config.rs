@@ -101,20 +101,28 @@ fn locate(source: &str, offset: usize) -> (usize, String) {
     (line, key)
 }
 
-/// `metadata-redirector.toml`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `metadata-redirector.toml`, resolved: relative paths made absolute,
+/// the backend section turned into what it means.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub daemon: DaemonConfig,
     pub datapath: DatapathSection,
     pub proxy: ProxyConfig,
     pub ports: PortsConfig,
     pub agent: AgentConfig,
-    /// `[backend]` as written; [`Config::backend`] is what it means.
-    #[serde(rename = "backend")]
-    backend_section: BackendSection,
-    #[serde(skip)]
     pub backend: BackendConfig,
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ConfigFile {
+    daemon: DaemonConfig,
+    datapath: DatapathSection,
+    proxy: ProxyConfig,
+    ports: PortsConfig,
+    agent: AgentConfig,
+    backend: BackendSection,
 }
 
 /// `[backend]` as written: one flat table whose `type` says which keys
@@ -293,103 +301,101 @@ pub struct NovaBackendConfig {
     pub timeout_s: u64,
 }
 
+/// A key of `[backend]` that was given, with where.
+type GivenKey = (&'static str, Option<std::ops::Range<usize>>);
+
+fn given<T>(key: &'static str, value: Option<&Spanned<T>>) -> GivenKey {
+    (key, value.map(Spanned::span))
+}
+
 impl BackendSection {
     /// What the section means, or an error naming the offending key.
     fn resolve(self, path: &Path, source: &str) -> Result<BackendConfig, ConfigError> {
-        let err = |span: std::ops::Range<usize>, message: String| {
-            Err(ConfigError::at(path, source, span, message))
-        };
         let kind = self
             .kind
             .as_ref()
             .map_or(BackendKind::Local, |k| *k.get_ref());
-        let kind_span = self.kind.as_ref().map_or(0..0, Spanned::span);
-        let base = path.parent().unwrap_or_else(|| Path::new("."));
-        let file = |p: Option<Spanned<PathBuf>>| {
-            p.map(|p| {
-                let p = p.into_inner();
-                if p.is_relative() { base.join(p) } else { p }
-            })
+        let (wrong, other) = match kind {
+            BackendKind::Local => (self.nova_keys().to_vec(), "nova"),
+            BackendKind::Nova => (self.local_keys().to_vec(), "local"),
         };
-        let nova_only: [(&str, Option<std::ops::Range<usize>>); 9] = [
-            ("url", self.url.as_ref().map(Spanned::span)),
-            (
-                "shared_secret",
-                self.shared_secret.as_ref().map(Spanned::span),
-            ),
-            (
-                "shared_secret_file",
-                self.shared_secret_file.as_ref().map(Spanned::span),
-            ),
-            ("ca_file", self.ca_file.as_ref().map(Spanned::span)),
-            ("client_cert", self.client_cert.as_ref().map(Spanned::span)),
-            ("client_key", self.client_key.as_ref().map(Spanned::span)),
-            ("insecure", self.insecure.as_ref().map(Spanned::span)),
-            (
-                "connect_timeout_s",
-                self.connect_timeout_s.as_ref().map(Spanned::span),
-            ),
-            ("timeout_s", self.timeout_s.as_ref().map(Spanned::span)),
-        ];
-        let local_only: [(&str, Option<std::ops::Range<usize>>); 3] = [
-            ("vendor_data", self.vendor_data.as_ref().map(Spanned::span)),
-            (
-                "vendor_data2",
-                self.vendor_data2.as_ref().map(Spanned::span),
-            ),
-            ("dns", self.dns.as_ref().map(Spanned::span)),
-        ];
-        match kind {
-            BackendKind::Local => {
-                if let Some((key, Some(span))) = nova_only.into_iter().find(|(_, s)| s.is_some()) {
-                    return err(span, format!("`{key}` applies to type = \"nova\" only"));
-                }
-                Ok(BackendConfig::Local(LocalBackendConfig {
-                    vendor_data: self
-                        .vendor_data
-                        .map(Spanned::into_inner)
-                        .unwrap_or_default(),
-                    vendor_data2: self
-                        .vendor_data2
-                        .map(Spanned::into_inner)
-                        .unwrap_or_default(),
-                    dns: self.dns.map(Spanned::into_inner).unwrap_or_default(),
-                }))
-            }
-            BackendKind::Nova => {
-                if let Some((key, Some(span))) = local_only.into_iter().find(|(_, s)| s.is_some()) {
-                    return err(span, format!("`{key}` applies to type = \"local\" only"));
-                }
-                let Some(url) = self.url else {
-                    return err(kind_span, "type = \"nova\" needs `url`".into());
-                };
-                if self.shared_secret.is_some() == self.shared_secret_file.is_some() {
-                    return err(
-                        kind_span,
-                        "give exactly one of `shared_secret` and `shared_secret_file`".into(),
-                    );
-                }
-                if let (Some(cert), None) | (None, Some(cert)) =
-                    (&self.client_cert, &self.client_key)
-                {
-                    return err(
-                        cert.span(),
-                        "give both `client_cert` and `client_key`, or neither".into(),
-                    );
-                }
-                Ok(BackendConfig::Nova(NovaBackendConfig {
-                    url: url.into_inner(),
-                    shared_secret: self.shared_secret.map(Spanned::into_inner),
-                    shared_secret_file: file(self.shared_secret_file),
-                    ca_file: file(self.ca_file),
-                    client_cert: file(self.client_cert),
-                    client_key: file(self.client_key),
-                    insecure: self.insecure.is_some_and(|i| *i.get_ref()),
-                    connect_timeout_s: self.connect_timeout_s.map_or(5, Spanned::into_inner),
-                    timeout_s: self.timeout_s.map_or(60, Spanned::into_inner),
-                }))
-            }
+        if let Some((key, Some(span))) = wrong.into_iter().find(|(_, s)| s.is_some()) {
+            let message = format!("`{key}` applies to type = \"{other}\" only");
+            return Err(ConfigError::at(path, source, span, message));
         }
+        match kind {
+            BackendKind::Local => Ok(BackendConfig::Local(self.local())),
+            BackendKind::Nova => self.nova(path, source).map(BackendConfig::Nova),
+        }
+    }
+
+    fn nova_keys(&self) -> [GivenKey; 9] {
+        [
+            given("url", self.url.as_ref()),
+            given("shared_secret", self.shared_secret.as_ref()),
+            given("shared_secret_file", self.shared_secret_file.as_ref()),
+            given("ca_file", self.ca_file.as_ref()),
+            given("client_cert", self.client_cert.as_ref()),
+            given("client_key", self.client_key.as_ref()),
+            given("insecure", self.insecure.as_ref()),
+            given("connect_timeout_s", self.connect_timeout_s.as_ref()),
+            given("timeout_s", self.timeout_s.as_ref()),
+        ]
+    }
+
+    fn local_keys(&self) -> [GivenKey; 3] {
+        [
+            given("vendor_data", self.vendor_data.as_ref()),
+            given("vendor_data2", self.vendor_data2.as_ref()),
+            given("dns", self.dns.as_ref()),
+        ]
+    }
+
+    fn local(self) -> LocalBackendConfig {
+        LocalBackendConfig {
+            vendor_data: self
+                .vendor_data
+                .map(Spanned::into_inner)
+                .unwrap_or_default(),
+            vendor_data2: self
+                .vendor_data2
+                .map(Spanned::into_inner)
+                .unwrap_or_default(),
+            dns: self.dns.map(Spanned::into_inner).unwrap_or_default(),
+        }
+    }
+
+    fn nova(self, path: &Path, source: &str) -> Result<NovaBackendConfig, ConfigError> {
+        let kind_span = self.kind.as_ref().map_or(0..0, Spanned::span);
+        let err = |span, message: &str| Err(ConfigError::at(path, source, span, message.into()));
+        let Some(url) = self.url else {
+            return err(kind_span, "type = \"nova\" needs `url`");
+        };
+        if self.shared_secret.is_some() == self.shared_secret_file.is_some() {
+            return err(
+                kind_span,
+                "give exactly one of `shared_secret` and `shared_secret_file`",
+            );
+        }
+        if let (Some(cert), None) | (None, Some(cert)) = (&self.client_cert, &self.client_key) {
+            return err(
+                cert.span(),
+                "give both `client_cert` and `client_key`, or neither",
+            );
+        }
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let file = |p: Option<Spanned<PathBuf>>| p.map(|p| base.join(p.into_inner()));
+        Ok(NovaBackendConfig {
+            url: url.into_inner(),
+            shared_secret: self.shared_secret.map(Spanned::into_inner),
+            shared_secret_file: file(self.shared_secret_file),
+            ca_file: file(self.ca_file),
+            client_cert: file(self.client_cert),
+            client_key: file(self.client_key),
+            insecure: self.insecure.is_some_and(|i| *i.get_ref()),
+            connect_timeout_s: self.connect_timeout_s.map_or(5, Spanned::into_inner),
+            timeout_s: self.timeout_s.map_or(60, Spanned::into_inner),
+        })
     }
 }
 
@@ -431,17 +437,20 @@ impl Config {
 
     /// Parses config text that came from `path`.
     pub fn parse(path: &Path, source: &str) -> Result<Self, ConfigError> {
-        let mut config: Self = parse_str(path, source)?;
+        let file: ConfigFile = parse_str(path, source)?;
+        // Relative paths are relative to the config file's folder (an
+        // absolute one stays as it is through `join`).
         let base = path.parent().unwrap_or_else(|| Path::new("."));
-        if config.ports.file.is_relative() {
-            config.ports.file = base.join(&config.ports.file);
-        }
-        if let Some(socket) = &mut config.agent.socket
-            && socket.is_relative()
-        {
-            *socket = base.join(&*socket);
-        }
-        config.backend = std::mem::take(&mut config.backend_section).resolve(path, source)?;
+        let mut config = Self {
+            backend: file.backend.resolve(path, source)?,
+            daemon: file.daemon,
+            datapath: file.datapath,
+            proxy: file.proxy,
+            ports: file.ports,
+            agent: file.agent,
+        };
+        config.ports.file = base.join(&config.ports.file);
+        config.agent.socket = config.agent.socket.map(|socket| base.join(socket));
         if config.datapath.host_mtu < 1280 || config.datapath.host_mtu > 65_535 {
             let at = source.find("host_mtu").unwrap_or(0);
             return Err(ConfigError::at(

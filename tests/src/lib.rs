@@ -334,9 +334,9 @@ pub fn uuid_like() -> String {
     )
 }
 
-/// Where the daemon binary is: `MDR_BIN`, or the release build.
+/// Where the daemon binary is: `METADATA_REDIRECTOR_BIN`, or the release build.
 pub fn daemon_binary() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("MDR_BIN") {
+    let path = match std::env::var_os("METADATA_REDIRECTOR_BIN") {
         Some(path) => PathBuf::from(path),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/metadata-redirector"),
     };

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use metadata_common::{Ifindex, map_names, pins};
 use metadata_tests::{Hypervisor, InstanceSpec, METADATA, Vm, wait_for};
 
 const IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
@@ -43,12 +44,12 @@ fn tap_listed(hv: &Hypervisor, tap: &str) -> bool {
 
 /// Names of the pinned links.
 fn link_pins(hv: &Hypervisor) -> Vec<String> {
-    let mut pins: Vec<String> = std::fs::read_dir(hv.bpffs().join("links"))
+    let mut names: Vec<String> = std::fs::read_dir(hv.bpffs().join(pins::LINKS_DIR))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    pins.sort();
-    pins
+    names.sort();
+    names
 }
 
 #[test]
@@ -75,7 +76,7 @@ fn taps_that_appear_disappear_and_come_back_are_followed() {
         (!tap_listed(&hv, &b.tap)).then_some(())
     })
     .unwrap();
-    assert!(!link_pins(&hv).contains(&format!("tap_ingress-{first}")));
+    assert!(!link_pins(&hv).contains(&pins::tap_link(Ifindex(first))));
 
     // The same name with a new ifindex is served again.
     hv.replug(&b).unwrap();
@@ -177,19 +178,19 @@ fn a_thousand_tap_create_delete_cycles_leave_nothing_behind() {
         (taps.len() == 1 && link_pins(&hv) == base_pins).then_some(())
     })
     .unwrap();
-    let ports = dump_map(&hv, "MDR_PORTS_V4");
+    let ports = dump_map(&hv, map_names::PORTS_V4);
     assert_eq!(
         ports.as_array().unwrap().len(),
         1,
         "one (tap, address) entry: {ports}"
     );
-    let ports_v6 = dump_map(&hv, "MDR_PORTS_V6");
+    let ports_v6 = dump_map(&hv, map_names::PORTS_V6);
     assert_eq!(
         ports_v6.as_array().unwrap().len(),
         1,
         "one (tap, link-local) entry: {ports_v6}"
     );
-    let counters = dump_map(&hv, "MDR_COUNTERS");
+    let counters = dump_map(&hv, map_names::COUNTERS);
     assert_eq!(
         counters.as_array().unwrap().len(),
         2,

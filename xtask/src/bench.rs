@@ -20,6 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use metadata_common::{map_names, pins, program_names};
+
 use anyhow::{Context as _, bail, ensure};
 use metadata_tests::{Hypervisor, InstanceSpec, METADATA, Vm, neutron::NeutronNetwork};
 use serde_json::{Value, json};
@@ -366,7 +368,7 @@ fn first_request(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         } else {
             Duration::from_millis(10)
         };
-        let links = hv.bpffs().join("links");
+        let links = hv.bpffs().join(pins::LINKS_DIR);
         let (attached, times) = std::thread::scope(|s| {
             let attached = s.spawn(|| {
                 // When the daemon had pinned a link for every tap.
@@ -376,7 +378,7 @@ fn first_request(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
                         .map(|d| {
                             d.filter_map(Result::ok)
                                 .filter(|e| {
-                                    e.file_name().to_string_lossy().starts_with("tap_ingress-")
+                                    e.file_name().to_str().and_then(pins::tap_of_link).is_some()
                                 })
                                 .count()
                         })
@@ -495,10 +497,10 @@ fn bpf_memlock_kib() -> anyhow::Result<u64> {
         let items: Value = serde_json::from_slice(&out.stdout).context("bpftool json")?;
         for item in items.as_array().into_iter().flatten() {
             let name = item["name"].as_str().unwrap_or_default();
-            let ours = name.starts_with("MDR_")
+            let ours = name.starts_with(map_names::PREFIX)
                 || name == "AYA_LOGS"
-                || name == "tap_ingress"
-                || name == "host_egress";
+                || name == program_names::TAP
+                || name == program_names::HOST;
             if ours {
                 total += item["bytes_memlock"].as_u64().unwrap_or(0);
             }

@@ -181,7 +181,7 @@ fn test(args: &[String]) -> anyhow::Result<(u64, u64)> {
     let mut child = cargo()
         .args(["test", "--release", "--lib", "--bins", "--tests"])
         .args(args)
-        .env("MDR_BIN", &binary)
+        .env("METADATA_REDIRECTOR_BIN", &binary)
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;

@@ -43,6 +43,9 @@ pub const MAX_DEVICES: u32 = 8_192;
 /// Names of the maps, as they appear in the object file, in `bpftool map
 /// show` and as file names under the bpffs pin folder.
 pub mod map_names {
+    /// What every map name starts with; `bpftool` shows at most 15
+    /// characters of a name, so tools match on this.
+    pub const PREFIX: &str = "MDR_";
     /// [`crate::DatapathConfig`] at index 0: host device, proxy address and
     /// the NAT range. Written by the daemon at start.
     pub const CONFIG: &str = "MDR_CONFIG";

@@ -15,7 +15,10 @@ use super::{
     Reply,
     password::{PasswordError, PasswordStore},
 };
-use crate::{config::LocalBackendConfig, inventory::Identity};
+use crate::{
+    config::LocalBackendConfig,
+    inventory::{Identity, Port},
+};
 
 /// OpenStack metadata versions, oldest first, as Nova lists them.
 pub const OPENSTACK_VERSIONS: [&str; 10] = [
@@ -179,8 +182,6 @@ fn openstack_meta_data(who: &Identity) -> Value {
         .iter()
         .map(|(name, key)| json!({"name": name, "type": key_type(key), "data": key}))
         .collect();
-    let mut seed = [0u8; 512];
-    fill_random(&mut seed);
     let mut meta = json!({
         "uuid": instance.id,
         "name": instance.name,
@@ -192,8 +193,10 @@ fn openstack_meta_data(who: &Identity) -> Value {
         "keys": keys,
         "meta": instance.meta,
         "devices": [],
-        "random_seed": base64::engine::general_purpose::STANDARD.encode(seed),
     });
+    if let Some(seed) = random_seed() {
+        meta["random_seed"] = Value::String(seed);
+    }
     if !instance.files.is_empty() {
         let files: Vec<Value> = instance
             .files
@@ -219,7 +222,6 @@ fn key_type(key: &str) -> &'static str {
 /// fixed address with its netmask and routes, or a DHCP network when the
 /// record gives no prefix length; DNS servers as services.
 fn network_data(who: &Identity, default_dns: &[std::net::IpAddr]) -> Value {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let mut links = Vec::new();
     let mut networks = Vec::new();
     let mut services = Vec::new();
@@ -232,49 +234,8 @@ fn network_data(who: &Identity, default_dns: &[std::net::IpAddr]) -> Value {
             "ethernet_mac_address": port.mac.to_string(),
             "mtu": port.mtu,
         }));
-        let mut dhcp_v4 = false;
-        for ip in &port.ips {
-            let id = format!("network{}", networks.len());
-            let network = match (ip.addr, ip.prefix_len) {
-                (IpAddr::V4(addr), Some(len)) => {
-                    let mask =
-                        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0));
-                    let routes: Vec<Value> = match port.gateway {
-                        Some(IpAddr::V4(gw)) => vec![json!({
-                            "network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": gw.to_string(),
-                        })],
-                        _ => Vec::new(),
-                    };
-                    json!({
-                        "id": id, "link": link_id, "type": "ipv4",
-                        "ip_address": addr.to_string(), "netmask": mask.to_string(),
-                        "routes": routes, "network_id": port.network_id,
-                    })
-                }
-                (IpAddr::V6(addr), Some(len)) => {
-                    let mask =
-                        Ipv6Addr::from(u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0));
-                    let routes: Vec<Value> = match port.gateway {
-                        Some(IpAddr::V6(gw)) => vec![json!({
-                            "network": "::", "netmask": "::", "gateway": gw.to_string(),
-                        })],
-                        _ => Vec::new(),
-                    };
-                    json!({
-                        "id": id, "link": link_id, "type": "ipv6",
-                        "ip_address": addr.to_string(), "netmask": mask.to_string(),
-                        "routes": routes, "network_id": port.network_id,
-                    })
-                }
-                // One DHCP network per link is enough for cloud-init.
-                (IpAddr::V4(_), None) if !dhcp_v4 => {
-                    dhcp_v4 = true;
-                    json!({"id": id, "link": link_id, "type": "ipv4_dhcp", "network_id": port.network_id})
-                }
-                _ => continue,
-            };
-            networks.push(network);
-        }
+        let first = networks.len();
+        networks.extend(port_networks(port, &link_id, first));
         let dns = if port.dns.is_empty() {
             default_dns
         } else {
@@ -288,6 +249,54 @@ fn network_data(who: &Identity, default_dns: &[std::net::IpAddr]) -> Value {
         }
     }
     json!({"links": links, "networks": networks, "services": services})
+}
+
+/// The networks of one port: one per fixed address with a prefix length,
+/// one DHCP network when an IPv4 address has none (one per link is enough
+/// for cloud-init). Ids continue from `first`.
+fn port_networks(port: &Port, link_id: &str, first: usize) -> Vec<Value> {
+    let mut networks = Vec::new();
+    let mut dhcp_v4 = false;
+    for ip in &port.ips {
+        let id = format!("network{}", first + networks.len());
+        let network = match (ip.addr, ip.prefix_len) {
+            (addr, Some(len)) => fixed_network(&id, link_id, port, addr, len),
+            (std::net::IpAddr::V4(_), None) if !dhcp_v4 => {
+                dhcp_v4 = true;
+                json!({"id": id, "link": link_id, "type": "ipv4_dhcp", "network_id": port.network_id})
+            }
+            _ => continue,
+        };
+        networks.push(network);
+    }
+    networks
+}
+
+/// A fixed address with its netmask and, when the port has a gateway of
+/// the same family, the default route.
+fn fixed_network(id: &str, link_id: &str, port: &Port, addr: std::net::IpAddr, len: u8) -> Value {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let (kind, mask, any) = match addr {
+        IpAddr::V4(_) => {
+            let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0));
+            ("ipv4", IpAddr::V4(mask), "0.0.0.0")
+        }
+        IpAddr::V6(_) => {
+            let mask = Ipv6Addr::from(u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0));
+            ("ipv6", IpAddr::V6(mask), "::")
+        }
+    };
+    let routes: Vec<Value> = port
+        .gateway
+        .filter(|gw| gw.is_ipv4() == addr.is_ipv4())
+        .map(|gw| json!({"network": any, "netmask": any, "gateway": gw.to_string()}))
+        .into_iter()
+        .collect();
+    json!({
+        "id": id, "link": link_id, "type": kind,
+        "ip_address": addr.to_string(), "netmask": mask.to_string(),
+        "routes": routes, "network_id": port.network_id,
+    })
 }
 
 /// The EC2 tree under one version.
@@ -390,28 +399,36 @@ fn folder<const N: usize>(children: [(&str, Ec2Node); N]) -> Ec2Node {
     )
 }
 
-/// The EC2 meta-data tree Nova serves for an instance.
-fn ec2_meta_data(who: &Identity) -> Ec2Node {
-    let instance = &who.instance;
-    // EC2 ids are "i-" plus 8 hex digits; Nova derives them from its
-    // database id, which the local backend does not have: use the uuid.
-    let short: String = instance
-        .id
+/// EC2 ids are "i-" plus 8 hex digits; Nova derives them from its
+/// database id, which the local backend does not have: use the uuid.
+fn ec2_instance_id(uuid: &str) -> String {
+    let short: String = uuid
         .chars()
         .filter(char::is_ascii_hexdigit)
         .take(8)
         .collect();
-    let ec2_id = format!("i-{short:0>8}");
-    // The port's own IPv4 address, also when asked over IPv6.
-    let local_ipv4 = match who.guest_addr {
+    format!("i-{short:0>8}")
+}
+
+/// The port's own IPv4 address, also when asked over IPv6.
+fn local_ipv4(who: &Identity) -> String {
+    match who.guest_addr {
         std::net::IpAddr::V4(addr) => addr.to_string(),
-        std::net::IpAddr::V6(_) => instance
+        std::net::IpAddr::V6(_) => who
+            .instance
             .ports
             .get(who.port)
             .and_then(|port| port.ipv4().next())
             .map(|addr| addr.to_string())
             .unwrap_or_default(),
-    };
+    }
+}
+
+/// The EC2 meta-data tree Nova serves for an instance.
+fn ec2_meta_data(who: &Identity) -> Ec2Node {
+    let instance = &who.instance;
+    let ec2_id = ec2_instance_id(&instance.id);
+    let local_ipv4 = local_ipv4(who);
     let mut tree = BTreeMap::new();
     for (key, value) in [
         ("ami-id", leaf("ami-00000001")),
@@ -457,16 +474,25 @@ fn ec2_meta_data(who: &Identity) -> Ec2Node {
     Ec2Node::Folder(tree)
 }
 
-/// Fills `buf` from the kernel's CSPRNG.
-fn fill_random(buf: &mut [u8]) {
+/// 512 bytes from the kernel's CSPRNG, base64-encoded, for the guest to
+/// seed its own. Left out (and logged) rather than served weak when the
+/// kernel cannot give them.
+fn random_seed() -> Option<String> {
+    let mut seed = [0u8; 512];
     let mut filled = 0;
-    while filled < buf.len() {
+    while filled < seed.len() {
         // SAFETY: writes at most the remaining length into our buffer.
         let n =
-            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
-        if n <= 0 {
-            break;
+            unsafe { libc::getrandom(seed[filled..].as_mut_ptr().cast(), seed.len() - filled, 0) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::error!("getrandom failed ({err}); meta_data.json goes out without random_seed");
+            return None;
         }
         filled += n as usize;
     }
+    Some(base64::engine::general_purpose::STANDARD.encode(seed))
 }

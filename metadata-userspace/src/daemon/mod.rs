@@ -15,14 +15,18 @@ use std::{
 
 use anyhow::Context as _;
 use log::{error, info};
-use tokio::sync::{Notify, watch};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 
 pub use self::inspect::{status, teardown};
 use crate::{
     backends::Backend,
     config::Config,
+    config::PortSourceKind,
     datapath::{Datapath, netlink::LinkEvents},
-    inventory::{PortSource as _, file::FileSource},
+    inventory::{PortSource, Snapshot, file::FileSource},
     serve::{Limits, proxy::SharedRegistry},
 };
 
@@ -30,7 +34,9 @@ use crate::{
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     limits::raise_open_files_limit()?;
-    let (source, snapshot) = FileSource::open(&config.ports.file)?;
+    let reload = Arc::new(Notify::new());
+    let (source_task, inventory) = start_port_source(&config, Arc::clone(&reload))?;
+    let snapshot = Arc::clone(&inventory.borrow());
     // Subscribe before the first sync, so no tap appearing in between is missed.
     let link_events = LinkEvents::subscribe().context("subscribing to rtnetlink link events")?;
     let mut datapath = Datapath::start(&config)
@@ -45,9 +51,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let backend = Backend::new(&config.backend, &config.daemon.state_dir)
         .context("setting up the backend")?;
 
-    let (snapshots, inventory) = watch::channel(snapshot);
-    let reload = Arc::new(Notify::new());
-    let source_task = tokio::spawn(source.run(snapshots, Arc::clone(&reload)));
     let (stop, stopped) = watch::channel(false);
     let servers = listeners::Servers {
         registry: Arc::clone(&registry),
@@ -79,4 +82,27 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // where nothing listens until the next daemon starts (fail closed).
     info!("stopped; programs stay attached until `metadata-redirector teardown`");
     Ok(())
+}
+
+/// Starts the configured port source: its first snapshot must load, later
+/// ones arrive through the returned receiver.
+fn start_port_source(
+    config: &Config,
+    reload: Arc<Notify>,
+) -> anyhow::Result<(JoinHandle<()>, watch::Receiver<Snapshot>)> {
+    match config.ports.source {
+        PortSourceKind::File => {
+            let (source, first) = FileSource::open(&config.ports.file)?;
+            Ok(spawn_source(source, first, reload))
+        }
+    }
+}
+
+fn spawn_source(
+    source: impl PortSource,
+    first: Snapshot,
+    reload: Arc<Notify>,
+) -> (JoinHandle<()>, watch::Receiver<Snapshot>) {
+    let (snapshots, inventory) = watch::channel(first);
+    (tokio::spawn(source.run(snapshots, reload)), inventory)
 }

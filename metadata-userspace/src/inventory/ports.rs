@@ -163,6 +163,86 @@ struct PortRecord {
     dns: Vec<IpAddr>,
 }
 
+/// The instances file's consistency rules, checked record by record with
+/// the file, line and key of the first record that breaks one.
+struct RecordCheck<'a> {
+    path: &'a Path,
+    source: &'a str,
+    ids: HashSet<String>,
+    devices: HashSet<String>,
+    /// A guest address may appear once per tap: it is the datapath key.
+    addresses: HashSet<(String, IpAddr)>,
+}
+
+impl RecordCheck<'_> {
+    fn error(&self, span: std::ops::Range<usize>, message: String) -> ConfigError {
+        ConfigError::at(self.path, self.source, span, message)
+    }
+
+    fn instance(&mut self, record: InstanceRecord) -> Result<Instance, ConfigError> {
+        let id_span = record.id.span();
+        let id = record.id.into_inner();
+        if id.trim().is_empty() {
+            return Err(self.error(id_span, "must not be empty".into()));
+        }
+        if !self.ids.insert(id.clone()) {
+            return Err(self.error(id_span, format!("instance `{id}` is listed twice")));
+        }
+        let ports = record
+            .ports
+            .into_iter()
+            .map(|port| self.port(port))
+            .collect::<Result<Vec<_>, _>>()?;
+        let name = record.name.unwrap_or_else(|| id.clone());
+        Ok(Instance {
+            hostname: record.hostname.unwrap_or_else(|| name.clone()),
+            name,
+            id,
+            project_id: record.project_id,
+            availability_zone: record.availability_zone,
+            launch_index: record.launch_index,
+            user_data: record.user_data,
+            public_keys: record.public_keys,
+            meta: record.meta,
+            files: record
+                .files
+                .into_iter()
+                .map(|f| (f.path, f.content))
+                .collect(),
+            ports,
+        })
+    }
+
+    fn port(&mut self, port: PortRecord) -> Result<Port, ConfigError> {
+        let device_span = port.device.span();
+        let device = port.device.into_inner();
+        if !self.devices.insert(device.0.clone()) {
+            let message = format!("device `{device}` belongs to more than one port");
+            return Err(self.error(device_span, message));
+        }
+        let mut ips = Vec::new();
+        for ip in port.ips {
+            let span = ip.span();
+            let ip = ip.into_inner();
+            if !self.addresses.insert((device.0.clone(), ip.addr)) {
+                let message = format!("address {} is listed twice on `{device}`", ip.addr);
+                return Err(self.error(span, message));
+            }
+            ips.push(ip);
+        }
+        Ok(Port {
+            device,
+            mac: port.mac,
+            network_id: port.network_id,
+            ips,
+            router_id: port.router_id,
+            gateway: port.gateway,
+            mtu: port.mtu,
+            dns: port.dns,
+        })
+    }
+}
+
 /// All port records, indexed the ways the daemon looks them up.
 #[derive(Debug, Default)]
 pub struct PortIndex {
@@ -184,86 +264,27 @@ impl PortIndex {
     }
 
     fn from_records(path: &Path, source: &str, file: InstancesFile) -> Result<Self, ConfigError> {
+        let mut check = RecordCheck {
+            path,
+            source,
+            ids: HashSet::new(),
+            devices: HashSet::new(),
+            addresses: HashSet::new(),
+        };
+        let instances = file
+            .instance
+            .into_iter()
+            .map(|record| check.instance(record))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::from_instances(instances))
+    }
+
+    /// The index of `instances`, whose devices are distinct (a port source
+    /// checks that before).
+    pub fn from_instances(instances: Vec<Instance>) -> Self {
         let mut index = Self::default();
-        let mut ids = HashSet::new();
-        // A guest address may appear once per tap: it is the datapath key.
-        let mut addresses = HashSet::new();
-        for record in file.instance {
-            let id_span = record.id.span();
-            let id = record.id.into_inner();
-            if id.trim().is_empty() {
-                return Err(ConfigError::at(
-                    path,
-                    source,
-                    id_span,
-                    "must not be empty".into(),
-                ));
-            }
-            if !ids.insert(id.clone()) {
-                return Err(ConfigError::at(
-                    path,
-                    source,
-                    id_span,
-                    format!("instance `{id}` is listed twice"),
-                ));
-            }
-            let mut ports = Vec::new();
-            for port in record.ports {
-                let device_span = port.device.span();
-                let device = port.device.into_inner();
-                if index.by_device.contains_key(&device.0)
-                    || ports.iter().any(|p: &Port| p.device == device)
-                {
-                    return Err(ConfigError::at(
-                        path,
-                        source,
-                        device_span,
-                        format!("device `{device}` belongs to more than one port"),
-                    ));
-                }
-                let mut ips = Vec::new();
-                for ip in port.ips {
-                    let span = ip.span();
-                    let ip = ip.into_inner();
-                    if !addresses.insert((device.0.clone(), ip.addr)) {
-                        return Err(ConfigError::at(
-                            path,
-                            source,
-                            span,
-                            format!("address {} is listed twice on `{device}`", ip.addr),
-                        ));
-                    }
-                    ips.push(ip);
-                }
-                ports.push(Port {
-                    device,
-                    mac: port.mac,
-                    network_id: port.network_id,
-                    ips,
-                    router_id: port.router_id,
-                    gateway: port.gateway,
-                    mtu: port.mtu,
-                    dns: port.dns,
-                });
-            }
-            let name = record.name.unwrap_or_else(|| id.clone());
-            let instance = Arc::new(Instance {
-                hostname: record.hostname.unwrap_or_else(|| name.clone()),
-                name,
-                id,
-                project_id: record.project_id,
-                availability_zone: record.availability_zone,
-                launch_index: record.launch_index,
-                user_data: record.user_data,
-                public_keys: record.public_keys,
-                meta: record.meta,
-                files: record
-                    .files
-                    .into_iter()
-                    .map(|f| (f.path, f.content))
-                    .collect(),
-                ports,
-            });
+        for instance in instances {
+            let instance = Arc::new(instance);
             for (i, port) in instance.ports.iter().enumerate() {
                 index
                     .by_device
@@ -271,7 +292,7 @@ impl PortIndex {
             }
             index.instances.push(instance);
         }
-        Ok(index)
+        index
     }
 
     /// The instance and port plugged into `device`, if any.

@@ -120,9 +120,7 @@ pub async fn serve<A, P>(
     P: Policy<Peer = A::Peer>,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let connections = ConnectionCounts::default();
-    let mut accept_errors = ThrottledLog::new("accept failed");
-    let mut over_cap = ThrottledLog::new("closed a connection over its instance's cap");
+    let mut admission = Admission::new(Arc::clone(&limits));
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -130,31 +128,11 @@ pub async fn serve<A, P>(
             () = &mut stop => break,
             accepted = acceptor.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                accept_errors.report(&err);
-                if is_resource_exhaustion(&err) {
-                    // The pending connection stays queued; retrying at once
-                    // would spin. A short pause, not a stall for others.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                continue;
-            }
+        let Some((stream, peer)) = admission.accepted(accepted).await else {
+            continue;
         };
-        let guard = match policy.connection_owner(&peer) {
-            Some(owner) => match connections.acquire(owner, limits.max_connections_per_instance) {
-                Some(guard) => Some(guard),
-                None => {
-                    // Over its cap: this instance's connection closes now.
-                    over_cap.report(&format_args!(
-                        "{peer:?} holds {} connections already",
-                        limits.max_connections_per_instance
-                    ));
-                    continue;
-                }
-            },
-            None => None,
+        let Some(guard) = admission.admit(&*policy, &peer) else {
+            continue;
         };
         let connection = serve_connection(stream, peer, &policy, &backend, &limits);
         let watched = graceful.watch(connection);
@@ -166,9 +144,14 @@ pub async fn serve<A, P>(
         });
     }
     drop(acceptor);
-    // A connection accepted just before the stop may not have sent its
-    // request yet, and a graceful shutdown closes connections that have no
-    // request in progress: give such clients a moment first.
+    drain(graceful, &limits).await;
+}
+
+/// A connection accepted just before the stop may not have sent its
+/// request yet, and a graceful shutdown closes connections that have no
+/// request in progress: give such clients a moment, then let the requests
+/// in flight finish.
+async fn drain(graceful: hyper_util::server::graceful::GracefulShutdown, limits: &Limits) {
     tokio::time::sleep(limits.first_request_grace).await;
     if tokio::time::timeout(limits.drain, graceful.shutdown())
         .await
@@ -178,6 +161,60 @@ pub async fn serve<A, P>(
             "requests still in flight after {:?}; closing them",
             limits.drain
         );
+    }
+}
+
+/// What the accept loop lets through: accept errors reported (throttled)
+/// and the per-instance connection cap.
+#[derive(Debug)]
+struct Admission {
+    limits: Arc<Limits>,
+    connections: ConnectionCounts,
+    accept_errors: ThrottledLog,
+    over_cap: ThrottledLog,
+}
+
+impl Admission {
+    fn new(limits: Arc<Limits>) -> Self {
+        Self {
+            limits,
+            connections: ConnectionCounts::default(),
+            accept_errors: ThrottledLog::new("accept failed"),
+            over_cap: ThrottledLog::new("closed a connection over its instance's cap"),
+        }
+    }
+
+    /// The accepted connection, or `None` after reporting an error.
+    async fn accepted<S, P>(&mut self, accepted: io::Result<(S, P)>) -> Option<(S, P)> {
+        match accepted {
+            Ok(accepted) => Some(accepted),
+            Err(err) => {
+                self.accept_errors.report(&err);
+                if is_resource_exhaustion(&err) {
+                    // The pending connection stays queued; retrying at once
+                    // would spin. A short pause, not a stall for others.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                None
+            }
+        }
+    }
+
+    /// Counts the connection against its instance's cap: `Some` to serve
+    /// it (with the guard that uncounts it), `None` to close it now.
+    fn admit<P: Policy>(&mut self, policy: &P, peer: &P::Peer) -> Option<Option<ConnectionGuard>> {
+        let Some(owner) = policy.connection_owner(peer) else {
+            return Some(None);
+        };
+        let cap = self.limits.max_connections_per_instance;
+        match self.connections.acquire(owner, cap) {
+            Some(guard) => Some(Some(guard)),
+            None => {
+                self.over_cap
+                    .report(&format_args!("{peer:?} holds {cap} connections already"));
+                None
+            }
+        }
     }
 }
 
