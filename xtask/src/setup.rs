@@ -48,6 +48,14 @@ pub const PROGRAMS: &[Program] = &[
     program("qemu-system-x86_64", "qemu-system-x86"),
     program("qemu-img", "qemu-utils"),
     program("dnsmasq", "dnsmasq-base"),
+    program("ovsdb-server", "openvswitch-common"),
+    program("ovsdb-tool", "openvswitch-common"),
+    program("ovsdb-client", "openvswitch-common"),
+    program("ovs-appctl", "openvswitch-common"),
+    program("ovs-vsctl", "openvswitch-switch"),
+    program("ovn-sbctl", "ovn-common"),
+    // ovn-central ships the Southbound schema the tests create databases from.
+    program("ovn-northd", "ovn-central"),
 ];
 
 /// Packages that must come from the same Debian release as each other.

@@ -35,7 +35,7 @@ use aya::{
     maps::{Array, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{ProgramError, SchedClassifier, TcAttachType, links::LinkError},
 };
-use log::{debug, info, warn};
+use log::{info, warn};
 use metadata_common::{
     DatapathConfig, DeviceCounters, Ifindex, Ipv4Be, Ipv6Be, MAX_SLOTS_V4, MAX_SLOTS_V6, MacAddr,
     PortBe, Slot, map_names, pins, program_names,
@@ -256,9 +256,8 @@ impl Datapath {
         for &ifindex in &plan.add_counters {
             failures.extend(self.add_counters(ifindex).err());
         }
-        failures.extend(self.attach(plan));
-        for &ifindex in &plan.adopt {
-            failures.extend(self.adopt(plan, ifindex).err());
+        for &ifindex in plan.attach.iter().chain(&plan.adopt) {
+            failures.extend(self.attach(plan, ifindex).err());
         }
         for &ifindex in &plan.detach {
             let pin = links::tap_pin(&self.links_dir, ifindex);
@@ -277,55 +276,9 @@ impl Datapath {
         failures
     }
 
-    /// Creates the plan's new links, many at once.
-    fn attach(&mut self, plan: &Plan) -> Vec<DatapathError> {
-        if plan.attach.is_empty() {
-            return Vec::new();
-        }
-        let program = match classifier(&mut self.ebpf, program_names::TAP).and_then(|p| {
-            p.fd()
-                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
-                .map_err(|source| DatapathError::Program {
-                    program: program_names::TAP,
-                    source,
-                })
-        }) {
-            Ok(fd) => fd,
-            Err(err) => return vec![err],
-        };
-        let taps: Vec<(Ifindex, PathBuf)> = plan
-            .attach
-            .iter()
-            .map(|&tap| (tap, links::tap_pin(&self.links_dir, tap)))
-            .collect();
-        let started = std::time::Instant::now();
-        let outcomes = links::attach_ingress_many(std::os::fd::AsFd::as_fd(&program), &taps);
-        debug!("created {} links in {:?}", taps.len(), started.elapsed());
-        let names: BTreeMap<Ifindex, &str> = plan
-            .taps
-            .iter()
-            .map(|t| (t.ifindex, t.name.as_str()))
-            .collect();
-        let mut failures = Vec::new();
-        for (tap, outcome) in outcomes {
-            let name = names.get(&tap).copied().unwrap_or("?");
-            match outcome {
-                Ok(()) => {
-                    info!("attached {} to {name} (ifindex {tap})", program_names::TAP);
-                    self.adopted.insert(tap);
-                }
-                // Typically the device vanished since it was listed.
-                Err(source) => failures.push(DatapathError::Io {
-                    what: format!("attaching {} to {name} (ifindex {tap})", program_names::TAP),
-                    source,
-                }),
-            }
-        }
-        failures
-    }
-
-    /// Gives a predecessor's link on `tap` this daemon's program.
-    fn adopt(&mut self, plan: &Plan, tap: Ifindex) -> Result<(), DatapathError> {
+    /// Attaches the program to `tap`: a new link, or a predecessor's link
+    /// given this daemon's program.
+    fn attach(&mut self, plan: &Plan, tap: Ifindex) -> Result<(), DatapathError> {
         let name = plan
             .taps
             .iter()
@@ -333,6 +286,7 @@ impl Datapath {
             .map_or_else(String::new, |t| t.name.clone());
         let pin = links::tap_pin(&self.links_dir, tap);
         let program = classifier(&mut self.ebpf, program_names::TAP)?;
+        let started = std::time::Instant::now();
         links::attach_or_adopt(
             program,
             program_names::TAP,
@@ -340,7 +294,11 @@ impl Datapath {
             TcAttachType::Ingress,
             &pin,
         )?;
-        info!("adopted the link on {name} (ifindex {tap})");
+        info!(
+            "attached {} to {name} (ifindex {tap}) in {:?}",
+            program_names::TAP,
+            started.elapsed()
+        );
         self.adopted.insert(tap);
         Ok(())
     }
