@@ -35,6 +35,11 @@ pub static MDR_PORTS_V6: HashMap<PortKeyV6, PortV6, { MAX_SLOTS_V6 as usize }> =
 #[btf_map]
 pub static MDR_SLOTS_V6: Array<SlotV6, { MAX_SLOTS_V6 as usize }> = Array::new();
 
+/// (tap ifindex, IPv4) -> 1: the metadata next hops the tap program
+/// answers ARP for besides 169.254.169.254 (see `map_names::NEXTHOPS_V4`).
+#[btf_map]
+pub static MDR_NEXTHOPS_V4: HashMap<PortKeyV4, u32, { MAX_SLOTS_V4 as usize }> = HashMap::new();
+
 /// Per-CPU counters per device. Entries are created by the daemon when it
 /// attaches a device; the programs only look them up, never insert.
 #[btf_map]

@@ -8,12 +8,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use metadata_common::{
-    DatapathConfig, Ifindex, Ipv6Be, METADATA_V4, METADATA_V6, PortKeyV4, PortKeyV6,
+    DatapathConfig, Ifindex, Ipv4Be, Ipv6Be, METADATA_V4, METADATA_V6, PortKeyV4, PortKeyV6,
 };
 
 use crate::{
     csum,
-    maps::{MDR_PORTS_V4, MDR_PORTS_V6},
+    maps::{MDR_NEXTHOPS_V4, MDR_PORTS_V4, MDR_PORTS_V6},
     parse::{
         ArpEthIpv4, ETH_LEN, EthHdr, IPPROTO_ICMPV6, IPV6_LEN, Ipv6Hdr, LinkLayerOpt, NeighMsg,
         ensure_linear, header_mut,
@@ -129,13 +129,22 @@ pub fn answer_ns(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) ->
     Ok(Verdict::NdpReplied.redirected(action))
 }
 
+/// Whether `addr` is a metadata next hop the datapath answers for on `tap`.
+#[inline(always)]
+fn is_nexthop(tap: Ifindex, addr: Ipv4Be) -> bool {
+    MDR_NEXTHOPS_V4
+        .get_ptr(PortKeyV4 { ifindex: tap, addr })
+        .is_some()
+}
+
 const ARPHRD_ETHER: [u8; 2] = 1u16.to_be_bytes();
 const ARPOP_REQUEST: [u8; 2] = 1u16.to_be_bytes();
 const ARPOP_REPLY: [u8; 2] = 2u16.to_be_bytes();
 const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
 
-/// Turns an ARP request for 169.254.169.254 from a registered (tap, sender
-/// address) into the reply, in place, and sends it back out of the tap.
+/// Turns an ARP request for 169.254.169.254 (or for a metadata next hop of
+/// the tap) from a registered (tap, sender address) into the reply, in
+/// place, and sends it back out of the tap.
 /// ARP that asks for or claims one of the datapath's own addresses is
 /// dropped; other ARP packets pass untouched.
 #[inline(always)]
@@ -154,7 +163,7 @@ pub fn answer_arp(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) -
     if cfg.is_some_and(|cfg| cfg.reserved_v4(arp.tpa) || cfg.reserved_v4(arp.spa)) {
         return Err(Verdict::DropReserved);
     }
-    if arp.tpa != METADATA_V4 || arp.op != ARPOP_REQUEST {
+    if arp.op != ARPOP_REQUEST || !(arp.tpa == METADATA_V4 || is_nexthop(tap, arp.tpa)) {
         return Ok(Verdict::Pass);
     }
     if arp.htype != ARPHRD_ETHER || arp.ptype != ETH_P_IP || arp.hlen != 6 || arp.plen != 4 {
@@ -172,11 +181,12 @@ pub fn answer_arp(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) -
     }
     let asker_mac = arp.sha;
     let asker_ip = arp.spa;
+    let asked = arp.tpa;
     arp.op = ARPOP_REPLY;
     arp.tha = asker_mac;
     arp.tpa = asker_ip;
     arp.sha = cfg.host_mac;
-    arp.spa = METADATA_V4;
+    arp.spa = asked;
     eth.dst = asker_mac;
     eth.src = cfg.host_mac;
     // SAFETY: bpf_redirect takes plain integers. Flags 0: out of the tap,

@@ -239,8 +239,18 @@ pub struct AgentConfig {
 pub struct PortsConfig {
     /// Where port records come from.
     pub source: PortSourceKind,
-    /// The instances file, relative to the config file.
+    /// source = "file": the instances file, relative to the config file.
     pub file: PathBuf,
+    /// source = "ovn": the local Open_vSwitch database.
+    pub ovs: String,
+    /// source = "ovn": the OVN Southbound, one or more comma-separated
+    /// remotes (the members of a cluster).
+    pub ovn_sb: Option<String>,
+    /// TLS files for `ssl:` Southbound remotes, as neutron's `[ovn]` names
+    /// them.
+    pub ovn_sb_private_key: Option<PathBuf>,
+    pub ovn_sb_certificate: Option<PathBuf>,
+    pub ovn_sb_ca_cert: Option<PathBuf>,
 }
 
 impl Default for PortsConfig {
@@ -248,6 +258,11 @@ impl Default for PortsConfig {
         Self {
             source: PortSourceKind::File,
             file: PathBuf::from("instances.toml"),
+            ovs: "unix:/run/openvswitch/db.sock".into(),
+            ovn_sb: None,
+            ovn_sb_private_key: None,
+            ovn_sb_certificate: None,
+            ovn_sb_ca_cert: None,
         }
     }
 }
@@ -255,7 +270,10 @@ impl Default for PortsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PortSourceKind {
+    /// The instances file (the embedded default).
     File,
+    /// Open vSwitch and the OVN Southbound (an ML2/OVN compute node).
+    Ovn,
 }
 
 #[derive(Debug, Clone)]
@@ -450,6 +468,11 @@ impl Config {
             agent: file.agent,
         };
         config.ports.file = base.join(&config.ports.file);
+        if config.ports.source == PortSourceKind::Ovn && config.ports.ovn_sb.is_none() {
+            let at = source.find("source").unwrap_or(0);
+            let message = "source = \"ovn\" needs `ovn_sb`".to_owned();
+            return Err(ConfigError::at(path, source, at..at, message));
+        }
         config.agent.socket = config.agent.socket.map(|socket| base.join(socket));
         if config.datapath.host_mtu < 1280 || config.datapath.host_mtu > 65_535 {
             let at = source.find("host_mtu").unwrap_or(0);

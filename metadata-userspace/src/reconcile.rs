@@ -42,6 +42,8 @@ pub struct Current {
     pub adopted: BTreeSet<Ifindex>,
     /// Devices with a counters entry.
     pub counters: BTreeSet<Ifindex>,
+    /// The metadata next hops answered now.
+    pub nexthops_v4: BTreeSet<PortKeyV4>,
 }
 
 /// Which devices the datapath may attach to, and its slot capacities.
@@ -84,6 +86,9 @@ pub struct Plan {
     /// Links of devices that are gone or have no port record any more.
     pub detach: Vec<Ifindex>,
     pub remove_counters: Vec<Ifindex>,
+    /// Metadata next hops to answer ARP for, and to stop answering for.
+    pub add_nexthops_v4: Vec<PortKeyV4>,
+    pub remove_nexthops_v4: Vec<PortKeyV4>,
 }
 
 /// Plans the datapath for `inventory` on `devices`, given `current`.
@@ -95,48 +100,58 @@ pub fn plan(
 ) -> Result<Plan, SlotsExhausted> {
     let taps = wanted_taps(inventory, devices, scope);
     let wanted: BTreeSet<Ifindex> = taps.iter().map(|t| t.ifindex).collect();
-    let desired_v4: Vec<PortKeyV4> = taps
-        .iter()
-        .flat_map(|tap| {
-            let port = &tap.instance.ports[tap.port];
-            port.ipv4().map(|addr| PortKeyV4 {
-                ifindex: tap.ifindex,
-                addr: Ipv4Be(addr.octets()),
-            })
-        })
-        .collect();
-    let desired_v6: Vec<PortKeyV6> = taps
-        .iter()
-        .flat_map(|tap| {
-            let port = &tap.instance.ports[tap.port];
-            port.ipv6().into_iter().map(|addr| PortKeyV6 {
-                ifindex: tap.ifindex,
-                addr: Ipv6Be(addr.octets()),
-            })
-        })
-        .collect();
+    let desired = Desired::of(&taps);
     let with_counters: BTreeSet<Ifindex> = wanted.iter().copied().chain([scope.host]).collect();
+    let new_only = |want: &BTreeSet<Ifindex>, have: &BTreeSet<Ifindex>| -> Vec<Ifindex> {
+        want.difference(have).copied().collect()
+    };
     Ok(Plan {
-        slots_v4: slots::plan(&current.ports_v4, &desired_v4, scope.capacity_v4)?,
-        slots_v6: slots::plan(&current.ports_v6, &desired_v6, scope.capacity_v6)?,
-        add_counters: with_counters
-            .difference(&current.counters)
-            .copied()
-            .collect(),
-        attach: wanted.difference(&current.pinned).copied().collect(),
+        slots_v4: slots::plan(&current.ports_v4, &desired.v4, scope.capacity_v4)?,
+        slots_v6: slots::plan(&current.ports_v6, &desired.v6, scope.capacity_v6)?,
+        add_counters: new_only(&with_counters, &current.counters),
+        attach: new_only(&wanted, &current.pinned),
         adopt: wanted
             .intersection(&current.pinned)
             .filter(|t| !current.adopted.contains(t))
             .copied()
             .collect(),
-        detach: current.pinned.difference(&wanted).copied().collect(),
-        remove_counters: current
-            .counters
-            .difference(&with_counters)
-            .copied()
-            .collect(),
+        detach: new_only(&current.pinned, &wanted),
+        remove_counters: new_only(&current.counters, &with_counters),
+        add_nexthops_v4: desired.nexthops_v4.difference(&current.nexthops_v4).copied().collect(),
+        remove_nexthops_v4: current.nexthops_v4.difference(&desired.nexthops_v4).copied().collect(),
         taps,
     })
+}
+
+/// The map keys the wanted taps call for.
+struct Desired {
+    v4: Vec<PortKeyV4>,
+    v6: Vec<PortKeyV6>,
+    nexthops_v4: BTreeSet<PortKeyV4>,
+}
+
+impl Desired {
+    fn of(taps: &[Tap]) -> Self {
+        let mut desired = Self {
+            v4: Vec::new(),
+            v6: Vec::new(),
+            nexthops_v4: BTreeSet::new(),
+        };
+        for tap in taps {
+            let port = &tap.instance.ports[tap.port];
+            let v4 = |addr: std::net::Ipv4Addr| PortKeyV4 {
+                ifindex: tap.ifindex,
+                addr: Ipv4Be(addr.octets()),
+            };
+            desired.v4.extend(port.ipv4().map(v4));
+            desired.v6.extend(port.ipv6().into_iter().map(|addr| PortKeyV6 {
+                ifindex: tap.ifindex,
+                addr: Ipv6Be(addr.octets()),
+            }));
+            desired.nexthops_v4.extend(port.metadata_nexthop.map(v4));
+        }
+        desired
+    }
 }
 
 /// The devices that match `datapath.interfaces` and have a port record.
@@ -361,6 +376,20 @@ mod tests {
         let plan = plan(&inventory(&[]), &devices(&[]), &current, &scope(&patterns)).unwrap();
         assert_eq!(plan.detach, [Ifindex(40)]);
         assert_eq!(plan.remove_counters, [Ifindex(40)]);
+    }
+
+    #[test]
+    fn metadata_next_hops_follow_their_taps() {
+        let text = "[[instance]]\nid = \"i\"\nproject_id = \"p\"\n[[instance.port]]\n\
+                    device = \"tapa\"\nmac = \"fa:16:3e:00:00:01\"\nnetwork_id = \"n\"\n\
+                    ips = [\"10.0.0.5\"]\nmetadata_nexthop = \"10.0.0.2\"\n";
+        let inv = PortIndex::parse(Path::new("instances.toml"), text).unwrap();
+        let patterns = taps();
+        let stale = PortKeyV4 { ifindex: Ifindex(3), addr: Ipv4Be([10, 0, 0, 2]) };
+        let current = Current { nexthops_v4: [stale].into(), ..Current::default() };
+        let plan = plan(&inv, &devices(&[(7, "tapa")]), &current, &scope(&patterns)).unwrap();
+        assert_eq!(plan.add_nexthops_v4, [PortKeyV4 { ifindex: Ifindex(7), addr: Ipv4Be([10, 0, 0, 2]) }]);
+        assert_eq!(plan.remove_nexthops_v4, [stale]);
     }
 
     #[test]

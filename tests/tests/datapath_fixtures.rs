@@ -36,6 +36,9 @@ const PROXY: [u8; 4] = [169, 254, 169, 250];
 const PROXY_PORT: u16 = 8775;
 const NAT_BASE: [u8; 4] = [100, 64, 0, 0];
 const SLOT: u32 = 3;
+/// The network's metadata port address, the guest's next hop to
+/// 169.254.169.254 under ML2/OVN.
+const NEXTHOP: [u8; 4] = [10, 0, 0, 2];
 const SLOT_ADDR: [u8; 4] = [100, 64, 0, 3];
 /// The guest's EUI-64 link-local address (from GUEST_MAC).
 const GUEST6: [u8; 16] = [
@@ -107,6 +110,18 @@ impl Fixture {
                     guest_mac: MacAddr(GUEST_MAC),
                     router_mac: MacAddr::default(),
                 },
+                0,
+            )
+            .unwrap();
+        let mut nexthops: HashMap<&mut MapData, PortKeyV4, u32> =
+            HashMap::try_from(fixture.ebpf.map_mut(map_names::NEXTHOPS_V4).unwrap()).unwrap();
+        nexthops
+            .insert(
+                PortKeyV4 {
+                    ifindex: LO,
+                    addr: Ipv4Be(NEXTHOP),
+                },
+                1,
                 0,
             )
             .unwrap();
@@ -480,6 +495,12 @@ fn tap_ingress_passes_other_traffic_untouched() {
             Case::tap(
                 "a bare Ethernet header",
                 ethernet(ROUTER_MAC, GUEST_MAC, 0x88cc, &[]),
+                TC_ACT_OK,
+                |c| c.passed,
+            ),
+            Case::tap(
+                "ARP for another address of the network",
+                arp_request(GUEST_MAC, GUEST, [10, 0, 0, 3]),
                 TC_ACT_OK,
                 |c| c.passed,
             ),
@@ -863,6 +884,13 @@ fn tap_ingress_answers_arp_and_neighbour_solicitations_for_the_metadata_address(
                 |c| c.arp_replied,
             )
             .to(arp_reply((HOST_MAC, METADATA), (GUEST_MAC, GUEST))),
+            Case::tap(
+                "ARP for the network's metadata next hop: answered the same way",
+                arp_request(GUEST_MAC, GUEST, NEXTHOP),
+                TC_ACT_REDIRECT,
+                |c| c.arp_replied,
+            )
+            .to(arp_reply((HOST_MAC, NEXTHOP), (GUEST_MAC, GUEST))),
             Case::tap(
                 "NDP: a solicited advertisement with the target option",
                 neighbor_solicitation(GUEST_MAC, GUEST6, METADATA6),

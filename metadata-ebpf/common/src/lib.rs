@@ -62,6 +62,11 @@ pub mod map_names {
     pub const LOG_RATELIMIT: &str = "MDR_LOG_RATELIMIT";
     /// Device ifindex -> [`crate::DeviceCounters`], per CPU.
     pub const COUNTERS: &str = "MDR_COUNTERS";
+    /// (tap ifindex, IPv4) -> 1: further addresses the tap program answers
+    /// ARP for with the host device's MAC, as it does for 169.254.169.254:
+    /// a network's metadata port address, when the guest's route to the
+    /// metadata service goes via it (ML2/OVN).
+    pub const NEXTHOPS_V4: &str = "MDR_NEXTHOPS_V4";
 }
 
 /// Names of the programs, as in the object file and `bpftool prog show`.
@@ -78,7 +83,7 @@ pub mod pins {
 
     /// Maps pinned by name under the folder. The log ring buffer is not: it
     /// belongs to the daemon that reads it.
-    pub const MAPS: [&str; 7] = [
+    pub const MAPS: [&str; 8] = [
         map_names::CONFIG,
         map_names::PORTS_V4,
         map_names::SLOTS_V4,
@@ -86,6 +91,7 @@ pub mod pins {
         map_names::SLOTS_V6,
         map_names::COUNTERS,
         map_names::LOG_RATELIMIT,
+        map_names::NEXTHOPS_V4,
     ];
     /// Subfolder holding the pinned TCX links.
     pub const LINKS_DIR: &str = "links";
@@ -285,7 +291,7 @@ fn word(bytes: &[u8; 16], at: usize) -> u32 {
 
 /// Key of [`map_names::PORTS_V4`]: a guest source as seen on one tap.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortKeyV4 {
     /// The tap the packet arrived on (cannot be forged by the guest).
     pub ifindex: Ifindex,

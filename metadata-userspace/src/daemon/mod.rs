@@ -21,12 +21,21 @@ use tokio::{
 };
 
 pub use self::inspect::{status, teardown};
+
+/// The file under the state folder listing the taps a port source knows
+/// but cannot serve yet (for `status`).
+pub const WAITING_FILE: &str = "ports-waiting.json";
 use crate::{
     backends::Backend,
     config::Config,
     config::PortSourceKind,
     datapath::{Datapath, netlink::LinkEvents},
-    inventory::{PortSource, Snapshot, file::FileSource},
+    inventory::{
+        PortSource, Snapshot,
+        file::FileSource,
+        ovn::{OvnSettings, OvnSource},
+        ovsdb::remote::{self, TlsFiles},
+    },
     serve::{Limits, proxy::SharedRegistry},
 };
 
@@ -35,7 +44,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     limits::raise_open_files_limit()?;
     let reload = Arc::new(Notify::new());
-    let (source_task, inventory) = start_port_source(&config, Arc::clone(&reload))?;
+    let (source_task, inventory) = start_port_source(&config, Arc::clone(&reload)).await?;
     let snapshot = Arc::clone(&inventory.borrow());
     // Subscribe before the first sync, so no tap appearing in between is missed.
     let link_events = LinkEvents::subscribe().context("subscribing to rtnetlink link events")?;
@@ -86,7 +95,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
 /// Starts the configured port source: its first snapshot must load, later
 /// ones arrive through the returned receiver.
-fn start_port_source(
+async fn start_port_source(
     config: &Config,
     reload: Arc<Notify>,
 ) -> anyhow::Result<(JoinHandle<()>, watch::Receiver<Snapshot>)> {
@@ -95,7 +104,29 @@ fn start_port_source(
             let (source, first) = FileSource::open(&config.ports.file)?;
             Ok(spawn_source(source, first, reload))
         }
+        PortSourceKind::Ovn => {
+            let settings = ovn_settings(config)?;
+            let (source, first) = OvnSource::open(settings).await;
+            Ok(spawn_source(source, first, reload))
+        }
     }
+}
+
+fn ovn_settings(config: &Config) -> anyhow::Result<OvnSettings> {
+    let ports = &config.ports;
+    let sb = ports.ovn_sb.as_deref().unwrap_or_default();
+    std::fs::create_dir_all(&config.daemon.state_dir)
+        .with_context(|| format!("creating {}", config.daemon.state_dir.display()))?;
+    Ok(OvnSettings {
+        ovs: ports.ovs.parse().context("[ports] ovs")?,
+        sb: remote::parse_list(sb).context("[ports] ovn_sb")?,
+        sb_tls: TlsFiles {
+            private_key: ports.ovn_sb_private_key.clone(),
+            certificate: ports.ovn_sb_certificate.clone(),
+            ca_cert: ports.ovn_sb_ca_cert.clone(),
+        },
+        waiting_file: config.daemon.state_dir.join(WAITING_FILE),
+    })
 }
 
 fn spawn_source(

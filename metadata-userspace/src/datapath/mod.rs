@@ -32,13 +32,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{ProgramError, SchedClassifier, TcAttachType, links::LinkError},
 };
 use log::{info, warn};
 use metadata_common::{
     DatapathConfig, DeviceCounters, Ifindex, Ipv4Be, Ipv6Be, MAX_SLOTS_V4, MAX_SLOTS_V6, MacAddr,
-    PortBe, Slot, map_names, pins, program_names,
+    PortBe, PortKeyV4, Slot, map_names, pins, program_names,
 };
 
 use self::{
@@ -119,6 +119,7 @@ pub struct Datapath {
     v4: SlotMaps<V4>,
     v6: SlotMaps<V6>,
     counters: PerCpuHashMap<MapData, Ifindex, DeviceCounters>,
+    nexthops_v4: BpfHashMap<MapData, PortKeyV4, u32>,
     /// Pinned taps whose link runs this daemon's program.
     adopted: BTreeSet<Ifindex>,
     attached: BTreeMap<Ifindex, AttachedTap>,
@@ -165,6 +166,7 @@ impl Datapath {
         let v4 = SlotMaps::<V4>::take(&mut ebpf, entry.nat_v4_size)?;
         let v6 = SlotMaps::<V6>::take(&mut ebpf, entry.nat_v6_size)?;
         let counters = take_map(&mut ebpf, map_names::COUNTERS)?;
+        let nexthops_v4 = take_map(&mut ebpf, map_names::NEXTHOPS_V4)?;
         for name in [program_names::TAP, program_names::HOST] {
             classifier(&mut ebpf, name)?
                 .load()
@@ -190,6 +192,7 @@ impl Datapath {
             v4,
             v6,
             counters,
+            nexthops_v4,
             adopted: BTreeSet::new(),
             attached: BTreeMap::new(),
         })
@@ -240,6 +243,7 @@ impl Datapath {
             pinned: links::pinned_taps(&self.links_dir)?,
             adopted: self.adopted.clone(),
             counters: self.counters.keys().filter_map(Result::ok).collect(),
+            nexthops_v4: self.nexthops_v4.keys().filter_map(Result::ok).collect(),
         })
     }
 
@@ -267,6 +271,7 @@ impl Datapath {
             }
             self.adopted.remove(&ifindex);
         }
+        failures.extend(self.apply_nexthops(plan));
         for &ifindex in &plan.remove_counters {
             match self.counters.remove(&ifindex) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -301,6 +306,22 @@ impl Datapath {
         );
         self.adopted.insert(tap);
         Ok(())
+    }
+
+    fn apply_nexthops(&mut self, plan: &Plan) -> Vec<DatapathError> {
+        let mut failures = Vec::new();
+        for key in &plan.add_nexthops_v4 {
+            if let Err(err) = self.nexthops_v4.insert(key, 1, 0) {
+                failures.push(map_err(map_names::NEXTHOPS_V4)(err));
+            }
+        }
+        for key in &plan.remove_nexthops_v4 {
+            match self.nexthops_v4.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => failures.push(map_err(map_names::NEXTHOPS_V4)(err)),
+            }
+        }
+        failures
     }
 
     fn add_counters(&mut self, ifindex: Ifindex) -> Result<(), DatapathError> {

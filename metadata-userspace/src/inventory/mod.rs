@@ -4,6 +4,7 @@
 //! look identities up in them. Nothing here needs a loaded datapath.
 
 pub mod file;
+pub mod ovn;
 pub mod ovsdb;
 pub mod ports;
 

@@ -49,6 +49,10 @@ pub struct Port {
     pub gateway: Option<IpAddr>,
     pub mtu: Option<u32>,
     pub dns: Vec<IpAddr>,
+    /// The address a guest's route to 169.254.169.254 goes via, when it is
+    /// not on-link (ML2/OVN's DHCP option 121 names the network's metadata
+    /// port): the program answers ARP for it on this port's tap.
+    pub metadata_nexthop: Option<Ipv4Addr>,
 }
 
 impl Port {
@@ -161,6 +165,7 @@ struct PortRecord {
     mtu: Option<u32>,
     #[serde(default)]
     dns: Vec<IpAddr>,
+    metadata_nexthop: Option<Ipv4Addr>,
 }
 
 /// The instances file's consistency rules, checked record by record with
@@ -239,6 +244,7 @@ impl RecordCheck<'_> {
             gateway: port.gateway,
             mtu: port.mtu,
             dns: port.dns,
+            metadata_nexthop: port.metadata_nexthop,
         })
     }
 }

@@ -1,0 +1,221 @@
+//! From the two databases' replicas to an inventory: pure, so every rule
+//! (which taps are candidates, which bindings are served here, what a
+//! binding's columns mean) is unit-tested without a server.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+};
+
+use log::warn;
+use metadata_common::MacAddr;
+use serde_json::{Value, json};
+
+use crate::{
+    config::DeviceName,
+    inventory::{
+        Instance, Port, PortIndex,
+        ovsdb::replica::{Replica, Row, set_atoms, string_map, uuid_of, uuids},
+        ports::PortAddress,
+    },
+};
+
+/// A tap on this host whose OVS Interface row names a Neutron port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Candidate {
+    /// external_ids:iface-id, the Neutron port id (Port_Binding.logical_port).
+    pub iface_id: String,
+    /// The Interface's name: the tap.
+    pub device: String,
+}
+
+/// This chassis's name: the Open_vSwitch row's external_ids:system-id.
+pub fn system_id(ovs: &Replica) -> Option<String> {
+    ovs.table("Open_vSwitch")
+        .find_map(|(_, row)| string_map(&row["external_ids"]).remove("system-id"))
+}
+
+/// The local Interface rows with an iface-id.
+pub fn candidates(ovs: &Replica) -> BTreeSet<Candidate> {
+    ovs.table("Interface")
+        .filter_map(|(_, row)| {
+            let iface_id = string_map(&row["external_ids"]).remove("iface-id")?;
+            let device = row["name"].as_str()?.to_owned();
+            Some(Candidate { iface_id, device })
+        })
+        .collect()
+}
+
+/// The Southbound monitor: only the bindings of local candidates (one
+/// `logical_port ==` clause each, OR-ed), the networks' metadata
+/// localports, the datapaths, and this chassis's rows. Never the whole
+/// Port_Binding table.
+pub fn sb_requests(candidates: &BTreeSet<Candidate>, system_id: Option<&str>) -> Value {
+    json!({
+        "Port_Binding": [{"columns": BINDING_COLUMNS, "where": binding_clauses(candidates)}],
+        "Datapath_Binding": [{"columns": ["external_ids"]}],
+        "Chassis": [{"columns": ["name"], "where": chassis_clauses(system_id)}],
+        "Chassis_Private": [{"columns": ["name"], "where": chassis_clauses(system_id)}],
+    })
+}
+
+const BINDING_COLUMNS: [&str; 7] = [
+    "logical_port",
+    "mac",
+    "chassis",
+    "additional_chassis",
+    "datapath",
+    "external_ids",
+    "type",
+];
+
+/// The Port_Binding clauses: each candidate, and every localport.
+pub fn binding_clauses(candidates: &BTreeSet<Candidate>) -> Vec<Value> {
+    candidates
+        .iter()
+        .map(|c| json!(["logical_port", "==", c.iface_id]))
+        .chain([json!(["type", "==", "localport"])])
+        .collect()
+}
+
+fn chassis_clauses(system_id: Option<&str>) -> Vec<Value> {
+    match system_id {
+        Some(name) => vec![json!(["name", "==", name])],
+        None => vec![json!(false)],
+    }
+}
+
+/// What the replicas make of this host.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub index: PortIndex,
+    /// Local candidates with no binding served here (yet).
+    pub waiting: Vec<Candidate>,
+}
+
+/// The instances served on this chassis.
+pub fn inventory(ovs: &Replica, sb: &Replica) -> Inventory {
+    let system_id = system_id(ovs);
+    let chassis: BTreeSet<&String> = sb
+        .table("Chassis")
+        .filter(|(_, row)| system_id.as_deref().is_some_and(|id| row["name"] == id))
+        .map(|(uuid, _)| uuid)
+        .collect();
+    let bindings: BTreeMap<&str, (&String, &Row)> = sb
+        .table("Port_Binding")
+        .filter_map(|(uuid, row)| Some((row["logical_port"].as_str()?, (uuid, row))))
+        .collect();
+    let mut ports: BTreeMap<(String, String), Vec<Port>> = BTreeMap::new();
+    let mut waiting = Vec::new();
+    for candidate in candidates(ovs) {
+        let served = bindings
+            .get(candidate.iface_id.as_str())
+            .filter(|(_, row)| bound_here(row, &chassis));
+        let Some((uuid, row)) = served else {
+            waiting.push(candidate);
+            continue;
+        };
+        match port(sb, &candidate, row) {
+            Ok((owner, port)) => ports.entry(owner).or_default().push(port),
+            Err(reason) => warn!("skipping Port_Binding {uuid} ({}): {reason}", candidate.iface_id),
+        }
+    }
+    let instances = ports
+        .into_iter()
+        .map(|((id, project_id), ports)| instance(id, project_id, ports))
+        .collect();
+    Inventory {
+        index: PortIndex::from_instances(instances),
+        waiting,
+    }
+}
+
+/// Whether a binding's chassis, or one of its additional chassis (live
+/// migration), is this one.
+fn bound_here(row: &Row, chassis: &BTreeSet<&String>) -> bool {
+    uuids(&row["chassis"])
+        .iter()
+        .chain(&uuids(&row["additional_chassis"]))
+        .any(|uuid| chassis.contains(uuid))
+}
+
+/// The port a binding describes, with its owner (instance, project).
+fn port(sb: &Replica, candidate: &Candidate, row: &Row) -> Result<((String, String), Port), String> {
+    let ids = string_map(&row["external_ids"]);
+    let instance = ids.get("neutron:device_id").filter(|id| !id.is_empty());
+    let instance = instance.ok_or("no neutron:device_id")?.clone();
+    let project = ids.get("neutron:project_id").cloned().unwrap_or_default();
+    let (mac, addrs) = mac_column(&row["mac"])?;
+    let datapath = uuid_of(&row["datapath"]).ok_or("no datapath")?;
+    let device = candidate.device.parse::<DeviceName>().map_err(|e| format!("device: {e}"))?;
+    let port = Port {
+        device,
+        mac,
+        network_id: network_id(sb, &datapath),
+        ips: addrs.into_iter().map(|addr| PortAddress { addr, prefix_len: None }).collect(),
+        router_id: None,
+        gateway: None,
+        mtu: None,
+        dns: Vec::new(),
+        metadata_nexthop: metadata_nexthop(sb, &datapath),
+    };
+    Ok(((instance, project), port))
+}
+
+/// The mac column's first entry: "MAC IP1 IP2 ...".
+pub fn mac_column(value: &Value) -> Result<(MacAddr, Vec<IpAddr>), String> {
+    let entry = set_atoms(value);
+    let text = entry.first().and_then(Value::as_str).ok_or("an empty mac column")?;
+    let mut words = text.split_whitespace();
+    let mac: MacAddr = words.next().ok_or("an empty mac column")?.parse()?;
+    let addrs = words
+        .map(|w| w.parse::<IpAddr>().map_err(|_| format!("`{w}` in the mac column is not an address")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((mac, addrs))
+}
+
+/// The Neutron network of a datapath: its external_ids name "neutron-<id>".
+fn network_id(sb: &Replica, datapath: &str) -> String {
+    let row = sb.tables.get("Datapath_Binding").and_then(|t| t.get(datapath));
+    let name = row.and_then(|row| string_map(&row["external_ids"]).remove("name"));
+    match name {
+        Some(name) => name.strip_prefix("neutron-").unwrap_or(&name).to_owned(),
+        None => datapath.to_owned(),
+    }
+}
+
+/// The IPv4 address of the network's metadata port (the localport owned by
+/// network:distributed), which OVN's DHCP gives guests as the next hop to
+/// 169.254.169.254.
+fn metadata_nexthop(sb: &Replica, datapath: &str) -> Option<Ipv4Addr> {
+    sb.table("Port_Binding")
+        .filter(|(_, row)| row["type"] == "localport")
+        .filter(|(_, row)| uuid_of(&row["datapath"]).as_deref() == Some(datapath))
+        .filter(|(_, row)| {
+            string_map(&row["external_ids"]).get("neutron:device_owner").map(String::as_str)
+                == Some("network:distributed")
+        })
+        .find_map(|(_, row)| {
+            let (_, addrs) = mac_column(&row["mac"]).ok()?;
+            addrs.into_iter().find_map(|a| match a {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+        })
+}
+
+fn instance(id: String, project_id: String, ports: Vec<Port>) -> Instance {
+    Instance {
+        name: id.clone(),
+        hostname: id.clone(),
+        id,
+        project_id,
+        availability_zone: "nova".into(),
+        launch_index: 0,
+        user_data: None,
+        public_keys: BTreeMap::new(),
+        meta: BTreeMap::new(),
+        files: Vec::new(),
+        ports,
+    }
+}
