@@ -14,6 +14,7 @@
 
 pub mod neutron;
 pub mod nova_peer;
+pub mod ovn;
 pub mod packet;
 
 use std::{
@@ -360,6 +361,8 @@ pub struct Hypervisor {
     activated: Vec<std::net::TcpListener>,
     /// Extra TOML appended to the generated config.
     pub extra_config: String,
+    /// The `[ports]` section; the instances file when `None`.
+    pub ports_config: Option<String>,
     /// Capabilities the daemon keeps (`setpriv --bounding-set`), if limited.
     pub capabilities: Option<Vec<&'static str>>,
 }
@@ -379,11 +382,17 @@ impl Hypervisor {
             activated: Vec::new(),
             capabilities: None,
             extra_config: String::new(),
+            ports_config: None,
         })
     }
 
     pub fn ns(&self) -> &Netns {
         &self.ns
+    }
+
+    /// This hypervisor's folder for files (removed with it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn bpffs(&self) -> &Path {
@@ -526,9 +535,10 @@ impl Hypervisor {
         fs::write(&tmp, instances).with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         let config = format!(
-            "[daemon]\nstate_dir = {}\n\n[datapath]\nbpffs = {}\n\n[ports]\nfile = \"instances.toml\"\n{}",
+            "[daemon]\nstate_dir = {}\n\n[datapath]\nbpffs = {}\n\n[ports]\n{}\n{}",
             quote(&self.dir.join("state").display().to_string()),
             quote(&self.bpffs.display().to_string()),
+            self.ports_config.as_deref().unwrap_or("file = \"instances.toml\""),
             self.extra_config
         );
         let path = self.config_path();

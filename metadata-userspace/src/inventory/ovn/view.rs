@@ -15,7 +15,7 @@ use crate::{
     config::DeviceName,
     inventory::{
         Instance, Port, PortIndex,
-        ovsdb::replica::{Replica, Row, set_atoms, string_map, uuid_of, uuids},
+        ovsdb::replica::{Replica, Row, column, set_atoms, string_map, uuid_of, uuids},
         ports::PortAddress,
     },
 };
@@ -32,15 +32,15 @@ pub struct Candidate {
 /// This chassis's name: the Open_vSwitch row's external_ids:system-id.
 pub fn system_id(ovs: &Replica) -> Option<String> {
     ovs.table("Open_vSwitch")
-        .find_map(|(_, row)| string_map(&row["external_ids"]).remove("system-id"))
+        .find_map(|(_, row)| string_map(&column(row, "external_ids")).remove("system-id"))
 }
 
 /// The local Interface rows with an iface-id.
 pub fn candidates(ovs: &Replica) -> BTreeSet<Candidate> {
     ovs.table("Interface")
         .filter_map(|(_, row)| {
-            let iface_id = string_map(&row["external_ids"]).remove("iface-id")?;
-            let device = row["name"].as_str()?.to_owned();
+            let iface_id = string_map(&column(row, "external_ids")).remove("iface-id")?;
+            let device = column(row, "name").as_str()?.to_owned();
             Some(Candidate { iface_id, device })
         })
         .collect()
@@ -98,12 +98,12 @@ pub fn inventory(ovs: &Replica, sb: &Replica) -> Inventory {
     let system_id = system_id(ovs);
     let chassis: BTreeSet<&String> = sb
         .table("Chassis")
-        .filter(|(_, row)| system_id.as_deref().is_some_and(|id| row["name"] == id))
+        .filter(|(_, row)| system_id.as_deref().is_some_and(|id| column(row, "name") == id))
         .map(|(uuid, _)| uuid)
         .collect();
     let bindings: BTreeMap<&str, (&String, &Row)> = sb
         .table("Port_Binding")
-        .filter_map(|(uuid, row)| Some((row["logical_port"].as_str()?, (uuid, row))))
+        .filter_map(|(uuid, row)| Some((column(row, "logical_port").as_str()?, (uuid, row))))
         .collect();
     let mut ports: BTreeMap<(String, String), Vec<Port>> = BTreeMap::new();
     let mut waiting = Vec::new();
@@ -133,20 +133,20 @@ pub fn inventory(ovs: &Replica, sb: &Replica) -> Inventory {
 /// Whether a binding's chassis, or one of its additional chassis (live
 /// migration), is this one.
 fn bound_here(row: &Row, chassis: &BTreeSet<&String>) -> bool {
-    uuids(&row["chassis"])
+    uuids(&column(row, "chassis"))
         .iter()
-        .chain(&uuids(&row["additional_chassis"]))
+        .chain(&uuids(&column(row, "additional_chassis")))
         .any(|uuid| chassis.contains(uuid))
 }
 
 /// The port a binding describes, with its owner (instance, project).
 fn port(sb: &Replica, candidate: &Candidate, row: &Row) -> Result<((String, String), Port), String> {
-    let ids = string_map(&row["external_ids"]);
+    let ids = string_map(&column(row, "external_ids"));
     let instance = ids.get("neutron:device_id").filter(|id| !id.is_empty());
     let instance = instance.ok_or("no neutron:device_id")?.clone();
     let project = ids.get("neutron:project_id").cloned().unwrap_or_default();
-    let (mac, addrs) = mac_column(&row["mac"])?;
-    let datapath = uuid_of(&row["datapath"]).ok_or("no datapath")?;
+    let (mac, addrs) = mac_column(&column(row, "mac"))?;
+    let datapath = uuid_of(&column(row, "datapath")).ok_or("no datapath")?;
     let device = candidate.device.parse::<DeviceName>().map_err(|e| format!("device: {e}"))?;
     let port = Port {
         device,
@@ -177,7 +177,7 @@ pub fn mac_column(value: &Value) -> Result<(MacAddr, Vec<IpAddr>), String> {
 /// The Neutron network of a datapath: its external_ids name "neutron-<id>".
 fn network_id(sb: &Replica, datapath: &str) -> String {
     let row = sb.tables.get("Datapath_Binding").and_then(|t| t.get(datapath));
-    let name = row.and_then(|row| string_map(&row["external_ids"]).remove("name"));
+    let name = row.and_then(|row| string_map(&column(row, "external_ids")).remove("name"));
     match name {
         Some(name) => name.strip_prefix("neutron-").unwrap_or(&name).to_owned(),
         None => datapath.to_owned(),
@@ -189,14 +189,14 @@ fn network_id(sb: &Replica, datapath: &str) -> String {
 /// 169.254.169.254.
 fn metadata_nexthop(sb: &Replica, datapath: &str) -> Option<Ipv4Addr> {
     sb.table("Port_Binding")
-        .filter(|(_, row)| row["type"] == "localport")
-        .filter(|(_, row)| uuid_of(&row["datapath"]).as_deref() == Some(datapath))
+        .filter(|(_, row)| column(row, "type") == "localport")
+        .filter(|(_, row)| uuid_of(&column(row, "datapath")).as_deref() == Some(datapath))
         .filter(|(_, row)| {
-            string_map(&row["external_ids"]).get("neutron:device_owner").map(String::as_str)
+            string_map(&column(row, "external_ids")).get("neutron:device_owner").map(String::as_str)
                 == Some("network:distributed")
         })
         .find_map(|(_, row)| {
-            let (_, addrs) = mac_column(&row["mac"]).ok()?;
+            let (_, addrs) = mac_column(&column(row, "mac")).ok()?;
             addrs.into_iter().find_map(|a| match a {
                 IpAddr::V4(v4) => Some(v4),
                 IpAddr::V6(_) => None,

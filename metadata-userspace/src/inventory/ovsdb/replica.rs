@@ -70,6 +70,12 @@ impl Schema {
 /// One row: column -> value in OVSDB's JSON encoding.
 pub type Row = Map<String, Value>;
 
+/// A column of `row`; null when the row lacks it (a partial update, or a
+/// column the server's schema does not have).
+pub fn column<'a>(row: &'a Row, name: &str) -> &'a Value {
+    row.get(name).unwrap_or(&Value::Null)
+}
+
 /// Every monitored table: table -> row uuid -> row.
 #[derive(Debug, Clone, Default)]
 pub struct Replica {
