@@ -117,8 +117,16 @@ pub fn plan(
             .collect(),
         detach: new_only(&current.pinned, &wanted),
         remove_counters: new_only(&current.counters, &with_counters),
-        add_nexthops_v4: desired.nexthops_v4.difference(&current.nexthops_v4).copied().collect(),
-        remove_nexthops_v4: current.nexthops_v4.difference(&desired.nexthops_v4).copied().collect(),
+        add_nexthops_v4: desired
+            .nexthops_v4
+            .difference(&current.nexthops_v4)
+            .copied()
+            .collect(),
+        remove_nexthops_v4: current
+            .nexthops_v4
+            .difference(&desired.nexthops_v4)
+            .copied()
+            .collect(),
         taps,
     })
 }
@@ -144,10 +152,12 @@ impl Desired {
                 addr: Ipv4Be(addr.octets()),
             };
             desired.v4.extend(port.ipv4().map(v4));
-            desired.v6.extend(port.ipv6().into_iter().map(|addr| PortKeyV6 {
-                ifindex: tap.ifindex,
-                addr: Ipv6Be(addr.octets()),
-            }));
+            desired
+                .v6
+                .extend(port.ipv6().into_iter().map(|addr| PortKeyV6 {
+                    ifindex: tap.ifindex,
+                    addr: Ipv6Be(addr.octets()),
+                }));
             desired.nexthops_v4.extend(port.metadata_nexthop.map(v4));
         }
         desired
@@ -385,10 +395,22 @@ mod tests {
                     ips = [\"10.0.0.5\"]\nmetadata_nexthop = \"10.0.0.2\"\n";
         let inv = PortIndex::parse(Path::new("instances.toml"), text).unwrap();
         let patterns = taps();
-        let stale = PortKeyV4 { ifindex: Ifindex(3), addr: Ipv4Be([10, 0, 0, 2]) };
-        let current = Current { nexthops_v4: [stale].into(), ..Current::default() };
+        let stale = PortKeyV4 {
+            ifindex: Ifindex(3),
+            addr: Ipv4Be([10, 0, 0, 2]),
+        };
+        let current = Current {
+            nexthops_v4: [stale].into(),
+            ..Current::default()
+        };
         let plan = plan(&inv, &devices(&[(7, "tapa")]), &current, &scope(&patterns)).unwrap();
-        assert_eq!(plan.add_nexthops_v4, [PortKeyV4 { ifindex: Ifindex(7), addr: Ipv4Be([10, 0, 0, 2]) }]);
+        assert_eq!(
+            plan.add_nexthops_v4,
+            [PortKeyV4 {
+                ifindex: Ifindex(7),
+                addr: Ipv4Be([10, 0, 0, 2])
+            }]
+        );
         assert_eq!(plan.remove_nexthops_v4, [stale]);
     }
 

@@ -538,7 +538,9 @@ impl Hypervisor {
             "[daemon]\nstate_dir = {}\n\n[datapath]\nbpffs = {}\n\n[ports]\n{}\n{}",
             quote(&self.dir.join("state").display().to_string()),
             quote(&self.bpffs.display().to_string()),
-            self.ports_config.as_deref().unwrap_or("file = \"instances.toml\""),
+            self.ports_config
+                .as_deref()
+                .unwrap_or("file = \"instances.toml\""),
             self.extra_config
         );
         let path = self.config_path();

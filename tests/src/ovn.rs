@@ -31,7 +31,13 @@ pub struct OvsdbServer {
 }
 
 impl OvsdbServer {
-    fn start(ns: &Netns, dir: &Path, name: &str, db: PathBuf, remote: &str) -> anyhow::Result<Self> {
+    fn start(
+        ns: &Netns,
+        dir: &Path,
+        name: &str,
+        db: PathBuf,
+        remote: &str,
+    ) -> anyhow::Result<Self> {
         let mut server = Self {
             ns: ns.name().to_owned(),
             dir: dir.to_owned(),
@@ -105,9 +111,11 @@ impl LocalOvs {
         let remote = format!("punix:{}", socket.display());
         let server = OvsdbServer::start(hv.ns(), &dir, "ovs", db, &remote)?;
         let ovs = Self { server, socket };
-        wait_for("ovsdb-server (Open_vSwitch)", Duration::from_secs(10), || {
-            ovs.vsctl(&["--no-wait", "init"]).ok()
-        })?;
+        wait_for(
+            "ovsdb-server (Open_vSwitch)",
+            Duration::from_secs(10),
+            || ovs.vsctl(&["--no-wait", "init"]).ok(),
+        )?;
         let id = format!("external_ids:system-id={system_id}");
         ovs.vsctl(&["--no-wait", "set", "Open_vSwitch", ".", &id])?;
         ovs.vsctl(&["--no-wait", "add-br", "br-int"])?;
@@ -130,7 +138,14 @@ impl LocalOvs {
     /// Interface row naming the Neutron port.
     pub fn plug(&self, tap: &str, iface_id: &str, mac: &str, vm: &str) -> anyhow::Result<()> {
         self.vsctl(&[
-            "--no-wait", "add-port", "br-int", tap, "--", "set", "Interface", tap,
+            "--no-wait",
+            "add-port",
+            "br-int",
+            tap,
+            "--",
+            "set",
+            "Interface",
+            tap,
             &format!("external_ids:iface-id={iface_id}"),
             &format!("external_ids:attached-mac={mac}"),
             &format!("external_ids:vm-uuid={vm}"),
@@ -173,13 +188,23 @@ impl Southbound {
                 tool(&["join-cluster", &file, "OVN_Southbound", &raft(i), &raft(0)])?;
             }
             let remote = format!("ptcp:{}:127.0.0.1", SB_CLIENT_PORT + i);
-            members.push(OvsdbServer::start(hv.ns(), hv.dir(), &format!("sb{i}"), db, &remote)?);
+            members.push(OvsdbServer::start(
+                hv.ns(),
+                hv.dir(),
+                &format!("sb{i}"),
+                db,
+                &remote,
+            )?);
         }
         let sb = Self::ready(hv, members)?;
         for member in &sb.members {
             wait_for("the cluster to form", Duration::from_secs(30), || {
                 let ctl = member.ctl().display().to_string();
-                let status = crate::run("ovs-appctl", &["-t", &ctl, "cluster/status", "OVN_Southbound"]).ok()?;
+                let status = crate::run(
+                    "ovs-appctl",
+                    &["-t", &ctl, "cluster/status", "OVN_Southbound"],
+                )
+                .ok()?;
                 status.contains("Status: cluster member").then_some(())
             })?;
         }
@@ -204,7 +229,10 @@ impl Southbound {
 
     /// Every member's client remote, comma-separated (the daemon's `ovn_sb`).
     pub fn remotes(&self) -> String {
-        (0..self.members.len()).map(Self::remote).collect::<Vec<_>>().join(",")
+        (0..self.members.len())
+            .map(Self::remote)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// `ovn-sbctl` against the members that are up.
@@ -214,21 +242,37 @@ impl Southbound {
             .map(Self::remote)
             .collect();
         let db = format!("--db={}", up.join(","));
-        let mut full = vec!["netns", "exec", self.ns.as_str(), "ovn-sbctl", "--timeout=10", db.as_str()];
+        let mut full = vec![
+            "netns",
+            "exec",
+            self.ns.as_str(),
+            "ovn-sbctl",
+            "--timeout=10",
+            db.as_str(),
+        ];
         full.extend_from_slice(args);
         Ok(crate::run("ip", &full)?.trim().to_owned())
     }
 
-    /// A chassis (what ovn-controller registers); returns its uuid.
-    pub fn add_chassis(&self, name: &str) -> anyhow::Result<String> {
-        self.sbctl(&["chassis-add", name, "geneve", "127.0.0.1"])?;
-        self.sbctl(&["--bare", "--columns=_uuid", "find", "Chassis", &format!("name={name}")])
+    /// A chassis (what ovn-controller registers) with its tunnel
+    /// endpoint `ip`; returns its uuid.
+    pub fn add_chassis(&self, name: &str, ip: &str) -> anyhow::Result<String> {
+        self.sbctl(&["chassis-add", name, "geneve", ip])?;
+        self.sbctl(&[
+            "--bare",
+            "--columns=_uuid",
+            "find",
+            "Chassis",
+            &format!("name={name}"),
+        ])
     }
 
     /// A Neutron network's datapath; returns its uuid.
     pub fn add_network(&self, network: &str, key: u32) -> anyhow::Result<String> {
         self.sbctl(&[
-            "create", "Datapath_Binding", &format!("tunnel_key={key}"),
+            "create",
+            "Datapath_Binding",
+            &format!("tunnel_key={key}"),
             &format!("external_ids:name=neutron-{network}"),
         ])
     }

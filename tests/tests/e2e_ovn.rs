@@ -53,8 +53,12 @@ impl Site {
         let mut hv = Hypervisor::new().unwrap();
         let ovs = LocalOvs::start(&hv, CHASSIS).unwrap();
         let sb = sb(&hv).unwrap();
-        let chassis = sb.add_chassis(CHASSIS).unwrap();
-        let listener = hv.ns().run(|| TcpListener::bind("127.0.0.1:0")).unwrap().unwrap();
+        let chassis = sb.add_chassis(CHASSIS, "192.0.2.1").unwrap();
+        let listener = hv
+            .ns()
+            .run(|| TcpListener::bind("127.0.0.1:0"))
+            .unwrap()
+            .unwrap();
         let instances = guests
             .iter()
             .map(|g| NovaInstance {
@@ -73,7 +77,13 @@ impl Site {
             "\n[backend]\ntype = \"nova\"\nurl = \"http://{}\"\nshared_secret = \"{SECRET}\"\nconnect_timeout_s = 2\ntimeout_s = 5\n",
             nova.addr
         );
-        Self { hv, ovs, sb, chassis, nova }
+        Self {
+            hv,
+            ovs,
+            sb,
+            chassis,
+            nova,
+        }
     }
 
     /// A network with its metadata localport (10.0.0.2); returns the
@@ -89,14 +99,22 @@ impl Site {
             project_id: "admin",
         };
         self.sb
-            .bind(&localport, &["type=localport", "external_ids:neutron\\:device_owner=network\\:distributed"])
+            .bind(
+                &localport,
+                &[
+                    "type=localport",
+                    "external_ids:neutron\\:device_owner=\"network:distributed\"",
+                ],
+            )
             .unwrap();
         datapath
     }
 
     /// Plugs `vm` as `guest` (OVS) and binds it here (Southbound).
     fn plug(&self, vm: &Vm, guest: &Guest, datapath: &str, key: u32) -> String {
-        self.ovs.plug(&vm.tap, &guest.port, &vm.mac, &guest.instance).unwrap();
+        self.ovs
+            .plug(&vm.tap, &guest.port, &vm.mac, &guest.instance)
+            .unwrap();
         let binding = Binding {
             port: &guest.port,
             datapath,
@@ -105,13 +123,22 @@ impl Site {
             device_id: &guest.instance,
             project_id: &guest.project,
         };
-        self.sb.bind(&binding, &[&format!("chassis={}", self.chassis)]).unwrap()
+        self.sb
+            .bind(&binding, &[&format!("chassis={}", self.chassis)])
+            .unwrap()
     }
 }
 
-/// The instance uuid `vm` is served, if any.
+/// The instance uuid `vm` is served, if any. Short timeouts: a request
+/// dropped before a change applies must not hide the change behind TCP's
+/// one-second SYN retransmission.
 fn served_uuid(vm: &Vm) -> Option<String> {
-    let (status, body) = vm.http_get(METADATA, META).ok()?;
+    let quick = Duration::from_millis(150);
+    let (status, body) = vm
+        .ns
+        .run(|| metadata_tests::http_get(None, METADATA, META, quick))
+        .ok()?
+        .ok()?;
     if status != 200 {
         return None;
     }
@@ -123,10 +150,15 @@ fn served_uuid(vm: &Vm) -> Option<String> {
 fn served_within(vm: &Vm, guest: Option<&Guest>, within: Duration) -> Duration {
     let started = Instant::now();
     let want = guest.map(|g| g.instance.clone());
-    wait_for("the change to apply", within, || {
-        (served_uuid(vm) == want).then_some(())
-    })
-    .unwrap();
+    let mut last = None;
+    let applied = wait_for("the change to apply", within, || {
+        last = served_uuid(vm);
+        (last == want).then_some(())
+    });
+    assert!(
+        applied.is_ok(),
+        "wanted {want:?}, still {last:?} after {within:?}"
+    );
     started.elapsed()
 }
 
@@ -149,4 +181,201 @@ fn two_vms_with_the_same_ip_on_different_networks_are_served_with_their_own_iden
     }
     let statuses = site.nova.seen.lock().unwrap().statuses.clone();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
+#[test]
+fn a_guest_routing_via_its_networks_metadata_port_gets_arp_from_the_program() {
+    let guest = Guest::new();
+    let mut site = Site::new(Southbound::standalone, &[&guest]);
+    let vm = site.hv.add_vm(SAME_IP).unwrap();
+    // As OVN's DHCP option 121 sets it: 169.254.169.254/32 via 10.0.0.2,
+    // an address no namespace or host holds any more.
+    vm.ns
+        .ip(&["route", "replace", "169.254.169.254/32", "via", "10.0.0.2"])
+        .unwrap();
+    let net = site.network(20);
+    site.plug(&vm, &guest, &net, 2);
+    site.hv.start_daemon().unwrap();
+    let served = wait_for("the guest to be served", Duration::from_secs(10), || {
+        (served_uuid(&vm).as_deref() == Some(guest.instance.as_str())).then_some(())
+    });
+    assert!(
+        served.is_ok(),
+        "not served; status {}\nlog {}",
+        site.hv.daemon_command(&["status"]).unwrap_or_default(),
+        site.hv.log()
+    );
+    let neigh = vm.ns.ip(&["neigh", "show", "10.0.0.2"]).unwrap();
+    let mdr0 = site.hv.mac_of("mdr0").unwrap();
+    assert!(
+        neigh.contains(&mdr0),
+        "10.0.0.2 resolved to the host device: {neigh}"
+    );
+    let counters = site.hv.counters(&vm.tap).unwrap();
+    assert!(counters["arp_replied"].as_u64().unwrap() >= 1, "{counters}");
+}
+
+#[test]
+fn ip_changes_deletions_and_chassis_moves_apply_within_a_second() {
+    let guest = Guest::new();
+    let mut site = Site::new(Southbound::standalone, &[&guest]);
+    let vm = site.hv.add_vm(SAME_IP).unwrap();
+    let net = site.network(30);
+    let binding = site.plug(&vm, &guest, &net, 2);
+    site.hv.start_daemon().unwrap();
+    served_within(&vm, Some(&guest), Duration::from_secs(10));
+    let second = Duration::from_secs(1);
+    let mut took = Vec::new();
+
+    // The port's IP changes (and the guest follows).
+    let mac_column = format!("mac=\"{} 10.0.0.7\"", vm.mac);
+    site.sb
+        .sbctl(&["set", "Port_Binding", &binding, &mac_column])
+        .unwrap();
+    // (The old address first: deleting a primary takes its secondaries.)
+    vm.ns
+        .ip(&["addr", "del", "10.0.0.5/24", "dev", "eth0"])
+        .unwrap();
+    vm.ns
+        .ip(&["addr", "add", "10.0.0.7/24", "dev", "eth0"])
+        .unwrap();
+    vm.ns
+        .ip(&["route", "replace", "169.254.169.254/32", "dev", "eth0"])
+        .unwrap();
+    took.push(("ip change", served_within(&vm, Some(&guest), second)));
+
+    // Bound to another chassis: no longer served here.
+    let other = site.sb.add_chassis("compute-2", "192.0.2.2").unwrap();
+    site.sb
+        .sbctl(&["set", "Port_Binding", &binding, &format!("chassis={other}")])
+        .unwrap();
+    took.push(("moved away", served_within(&vm, None, second)));
+
+    // Live migration to here: this chassis in additional_chassis.
+    let here = format!("additional_chassis={}", site.chassis);
+    site.sb
+        .sbctl(&["set", "Port_Binding", &binding, &here])
+        .unwrap();
+    took.push((
+        "additional chassis",
+        served_within(&vm, Some(&guest), second),
+    ));
+
+    // The port is deleted.
+    site.sb
+        .sbctl(&["destroy", "Port_Binding", &binding])
+        .unwrap();
+    took.push(("deleted", served_within(&vm, None, second)));
+    println!("took: {took:?}");
+}
+
+#[test]
+fn with_the_whole_southbound_down_the_last_state_serves_and_changes_apply_on_return() {
+    let (a, b) = (Guest::new(), Guest::new());
+    let mut site = Site::new(Southbound::standalone, &[&a, &b]);
+    let vm_a = site.hv.add_vm(SAME_IP).unwrap();
+    let vm_b = site.hv.add_vm(Ipv4Addr::new(10, 0, 0, 6)).unwrap();
+    let net = site.network(40);
+    site.plug(&vm_a, &a, &net, 2);
+    // b's binding exists, but its tap is not plugged into OVS yet.
+    let binding = Binding {
+        port: &b.port,
+        datapath: &net,
+        key: 3,
+        mac_column: format!("{} {}", vm_b.mac, vm_b.ip),
+        device_id: &b.instance,
+        project_id: &b.project,
+    };
+    site.sb
+        .bind(&binding, &[&format!("chassis={}", site.chassis)])
+        .unwrap();
+    site.hv.start_daemon().unwrap();
+    served_within(&vm_a, Some(&a), Duration::from_secs(10));
+
+    site.sb.members[0].kill();
+    for _ in 0..5 {
+        assert_eq!(
+            served_uuid(&vm_a).as_deref(),
+            Some(a.instance.as_str()),
+            "still served"
+        );
+    }
+    // Nova plugs b while the Southbound is down: waiting, not served.
+    site.ovs
+        .plug(&vm_b.tap, &b.port, &vm_b.mac, &b.instance)
+        .unwrap();
+    assert_eq!(served_uuid(&vm_b), None);
+    let status = site.hv.daemon_command(&["status"]).unwrap();
+    assert!(
+        status.contains("waiting") && status.contains(&vm_b.tap),
+        "{status}"
+    );
+
+    site.sb.members[0].restart().unwrap();
+    served_within(&vm_b, Some(&b), Duration::from_secs(15));
+    assert_eq!(served_uuid(&vm_a).as_deref(), Some(a.instance.as_str()));
+}
+
+/// The Southbound member (index) the daemon is connected to.
+fn connected_member(site: &Site) -> usize {
+    let pid = site.hv.daemon_pid().unwrap().to_string();
+    let sockets = site
+        .hv
+        .ns()
+        .exec("ss", &["-tnpH", "state", "established"])
+        .unwrap();
+    sockets
+        .lines()
+        .filter(|line| line.contains(&format!("pid={pid},")))
+        .find_map(|line| (0..3).find(|i| line.contains(&format!("127.0.0.1:{} ", 6641 + i))))
+        .expect("a connection to a member")
+}
+
+#[test]
+fn a_clustered_southbound_survives_the_loss_of_the_member_in_use() {
+    let (a, b) = (Guest::new(), Guest::new());
+    let mut site = Site::new(|hv| Southbound::cluster(hv, 3), &[&a, &b]);
+    let vm_a = site.hv.add_vm(SAME_IP).unwrap();
+    let vm_b = site.hv.add_vm(Ipv4Addr::new(10, 0, 0, 6)).unwrap();
+    let net = site.network(50);
+    site.plug(&vm_a, &a, &net, 2);
+    site.hv.start_daemon().unwrap();
+    served_within(&vm_a, Some(&a), Duration::from_secs(10));
+
+    let member = connected_member(&site);
+    site.sb.members[member].kill();
+    assert_eq!(
+        served_uuid(&vm_a).as_deref(),
+        Some(a.instance.as_str()),
+        "service continues"
+    );
+    // A change through the surviving members (once they have a leader).
+    let started = Instant::now();
+    site.ovs
+        .plug(&vm_b.tap, &b.port, &vm_b.mac, &b.instance)
+        .unwrap();
+    let binding = Binding {
+        port: &b.port,
+        datapath: &net,
+        key: 3,
+        mac_column: format!("{} {}", vm_b.mac, vm_b.ip),
+        device_id: &b.instance,
+        project_id: &b.project,
+    };
+    let chassis = format!("chassis={}", site.chassis);
+    wait_for(
+        "a leader among the survivors",
+        Duration::from_secs(10),
+        || site.sb.bind(&binding, &[&chassis]).ok(),
+    )
+    .unwrap();
+    served_within(&vm_b, Some(&b), Duration::from_secs(10));
+    println!(
+        "change applied {:?} after the member was killed",
+        started.elapsed()
+    );
+    assert_ne!(connected_member(&site), member, "moved to another member");
+
+    site.sb.members[member].restart().unwrap();
+    served_within(&vm_a, Some(&a), Duration::from_secs(5));
 }

@@ -29,12 +29,43 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
                 config.datapath.bpffs.display()
             )
         })?;
+    let waiting = read_waiting(&config);
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let mut value = serde_json::to_value(&status)?;
+        value["waiting"] = serde_json::to_value(&waiting)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_table(&status);
+        for tap in &waiting {
+            println!("waiting for a binding on this chassis: {tap}");
+        }
     }
     Ok(())
+}
+
+/// The taps the port source knows but cannot serve yet (written by the
+/// ovn source; absent for the file source).
+fn read_waiting(config: &Config) -> Vec<String> {
+    let path = config.daemon.state_dir.join(super::WAITING_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<Vec<serde_json::Value>>(&text) {
+        Ok(list) => list
+            .iter()
+            .map(|w| {
+                format!(
+                    "{} (port {})",
+                    w["device"].as_str().unwrap_or("?"),
+                    w["iface_id"].as_str().unwrap_or("?")
+                )
+            })
+            .collect(),
+        Err(err) => {
+            warn!("{}: {err}", path.display());
+            Vec::new()
+        }
+    }
 }
 
 fn print_table(status: &Status) {

@@ -301,6 +301,11 @@ impl PortIndex {
         index
     }
 
+    /// How many devices have a port record.
+    pub fn device_count(&self) -> usize {
+        self.by_device.len()
+    }
+
     /// The instance and port plugged into `device`, if any.
     pub fn by_device(&self, device: &str) -> Option<(&Arc<Instance>, &Port)> {
         self.by_device

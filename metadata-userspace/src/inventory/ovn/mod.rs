@@ -88,7 +88,11 @@ impl OvnSource {
             monitored: BTreeSet::new(),
         };
         let first = tokio::time::timeout(STARTUP, async {
-            source.ovs = source.connect_ovs().await.map_err(|e| warn!("Open_vSwitch: {e}")).ok();
+            source.ovs = source
+                .connect_ovs()
+                .await
+                .map_err(|e| warn!("Open_vSwitch: {e}"))
+                .ok();
             for _ in 0..source.settings.sb.len() {
                 if source.sb.is_some() {
                     break;
@@ -97,7 +101,9 @@ impl OvnSource {
             }
         });
         if first.await.is_err() {
-            warn!("no full view of OVS and the Southbound within {STARTUP:?}; starting with what there is");
+            warn!(
+                "no full view of OVS and the Southbound within {STARTUP:?}; starting with what there is"
+            );
         }
         let snapshot = source.snapshot();
         (source, snapshot)
@@ -106,7 +112,8 @@ impl OvnSource {
     async fn connect_ovs(&mut self) -> Result<Conn, OvsdbError> {
         let remote = self.settings.ovs.clone();
         let (client, updates) = Client::connect(&remote, &TlsFiles::default()).await?;
-        self.ovs_schema = Schema::from_json(&client.call("get_schema", json!(["Open_vSwitch"])).await?)?;
+        self.ovs_schema =
+            Schema::from_json(&client.call("get_schema", json!(["Open_vSwitch"])).await?)?;
         let requests = json!({
             "Open_vSwitch": [{"columns": ["external_ids"]}],
             "Interface": [{"columns": ["name", "external_ids"]}],
@@ -134,13 +141,17 @@ impl OvnSource {
 
     async fn monitor_sb(&mut self, remote: &Remote) -> Result<Conn, OvsdbError> {
         let (client, updates) = Client::connect(remote, &self.settings.sb_tls).await?;
-        self.sb_schema = Schema::from_json(&client.call("get_schema", json!(["OVN_Southbound"])).await?)?;
+        self.sb_schema =
+            Schema::from_json(&client.call("get_schema", json!(["OVN_Southbound"])).await?)?;
         let candidates = view::candidates(&self.ovs_rows);
         let system_id = view::system_id(&self.ovs_rows);
         let requests = view::sb_requests(&candidates, system_id.as_deref());
         let since = self.last_txn.clone().unwrap_or_else(|| NO_TXN.to_owned());
         let reply = client
-            .call("monitor_cond_since", json!(["OVN_Southbound", "sb", requests, since]))
+            .call(
+                "monitor_cond_since",
+                json!(["OVN_Southbound", "sb", requests, since]),
+            )
             .await?;
         let (found, txn, updates_now) = (reply[0].as_bool(), reply[1].as_str(), &reply[2]);
         if found != Some(true) {
@@ -157,6 +168,11 @@ impl OvnSource {
     /// The inventory as the replicas stand.
     fn snapshot(&self) -> Snapshot {
         let inventory = view::inventory(&self.ovs_rows, &self.sb_rows);
+        log::debug!(
+            "OVN inventory: {} taps served, {} waiting",
+            inventory.index.device_count(),
+            inventory.waiting.len()
+        );
         let waiting: Vec<Value> = inventory
             .waiting
             .iter()
@@ -164,7 +180,8 @@ impl OvnSource {
             .collect();
         let text = Value::Array(waiting).to_string();
         let tmp = self.settings.waiting_file.with_extension("tmp");
-        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.settings.waiting_file));
+        let written = std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &self.settings.waiting_file));
         if let Err(err) = written {
             warn!("writing {}: {err}", self.settings.waiting_file.display());
         }
@@ -184,7 +201,11 @@ impl PortSource for OvnSource {
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
-            let retry = if self.ovs.is_none() || self.sb.is_none() { backoff } else { Duration::MAX };
+            let retry = if self.ovs.is_none() || self.sb.is_none() {
+                backoff
+            } else {
+                Duration::MAX
+            };
             tokio::select! {
                 () = snapshots.closed() => return,
                 () = reload.notified() => {
@@ -213,7 +234,11 @@ impl OvnSource {
     /// Connects what is disconnected; true when both are up.
     async fn reconnect(&mut self) -> bool {
         if self.ovs.is_none() {
-            self.ovs = self.connect_ovs().await.map_err(|e| warn!("Open_vSwitch: {e}")).ok();
+            self.ovs = self
+                .connect_ovs()
+                .await
+                .map_err(|e| warn!("Open_vSwitch: {e}"))
+                .ok();
         }
         if self.ovs.is_some() && self.sb.is_none() {
             self.sb = self.connect_sb().await.ok();
@@ -253,7 +278,11 @@ impl OvnSource {
             return;
         }
         let change = json!({"Port_Binding": [{"where": view::binding_clauses(&candidates)}]});
-        match sb.client.call("monitor_cond_change", json!(["sb", "sb", change])).await {
+        match sb
+            .client
+            .call("monitor_cond_change", json!(["sb", "sb", change]))
+            .await
+        {
             Ok(_) => self.monitored = candidates,
             Err(err) => {
                 warn!("changing the Southbound monitor: {err}; reconnecting");
@@ -264,7 +293,9 @@ impl OvnSource {
 
     fn on_sb(&mut self, update: Option<Notification>) {
         let Some(update) = update else {
-            warn!("lost the Southbound connection; serving the last known ports while reconnecting");
+            warn!(
+                "lost the Southbound connection; serving the last known ports while reconnecting"
+            );
             self.sb = None;
             return;
         };
@@ -272,12 +303,15 @@ impl OvnSource {
             return;
         }
         let system_id = view::system_id(&self.ovs_rows);
+        log::debug!("Southbound update3: {}", update.params[2]);
         match self.sb_rows.apply(&self.sb_schema, &update.params[2]) {
             Ok(changes) => {
                 self.last_txn = update.params[1].as_str().map(str::to_owned);
                 // A new Chassis_Private row for us: our chassis registered
                 // again (a reconnect elsewhere); what we hold may be stale.
-                let re_registered = changes.iter().any(|c| c.inserted && c.table == "Chassis_Private");
+                let re_registered = changes
+                    .iter()
+                    .any(|c| c.inserted && c.table == "Chassis_Private");
                 if re_registered && system_id.is_some() {
                     info!("this chassis registered again in the Southbound; resyncing");
                     self.resync();

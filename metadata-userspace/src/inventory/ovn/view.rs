@@ -98,7 +98,11 @@ pub fn inventory(ovs: &Replica, sb: &Replica) -> Inventory {
     let system_id = system_id(ovs);
     let chassis: BTreeSet<&String> = sb
         .table("Chassis")
-        .filter(|(_, row)| system_id.as_deref().is_some_and(|id| column(row, "name") == id))
+        .filter(|(_, row)| {
+            system_id
+                .as_deref()
+                .is_some_and(|id| column(row, "name") == id)
+        })
         .map(|(uuid, _)| uuid)
         .collect();
     let bindings: BTreeMap<&str, (&String, &Row)> = sb
@@ -117,7 +121,10 @@ pub fn inventory(ovs: &Replica, sb: &Replica) -> Inventory {
         };
         match port(sb, &candidate, row) {
             Ok((owner, port)) => ports.entry(owner).or_default().push(port),
-            Err(reason) => warn!("skipping Port_Binding {uuid} ({}): {reason}", candidate.iface_id),
+            Err(reason) => warn!(
+                "skipping Port_Binding {uuid} ({}): {reason}",
+                candidate.iface_id
+            ),
         }
     }
     let instances = ports
@@ -140,19 +147,32 @@ fn bound_here(row: &Row, chassis: &BTreeSet<&String>) -> bool {
 }
 
 /// The port a binding describes, with its owner (instance, project).
-fn port(sb: &Replica, candidate: &Candidate, row: &Row) -> Result<((String, String), Port), String> {
+fn port(
+    sb: &Replica,
+    candidate: &Candidate,
+    row: &Row,
+) -> Result<((String, String), Port), String> {
     let ids = string_map(&column(row, "external_ids"));
     let instance = ids.get("neutron:device_id").filter(|id| !id.is_empty());
     let instance = instance.ok_or("no neutron:device_id")?.clone();
     let project = ids.get("neutron:project_id").cloned().unwrap_or_default();
     let (mac, addrs) = mac_column(&column(row, "mac"))?;
     let datapath = uuid_of(&column(row, "datapath")).ok_or("no datapath")?;
-    let device = candidate.device.parse::<DeviceName>().map_err(|e| format!("device: {e}"))?;
+    let device = candidate
+        .device
+        .parse::<DeviceName>()
+        .map_err(|e| format!("device: {e}"))?;
     let port = Port {
         device,
         mac,
         network_id: network_id(sb, &datapath),
-        ips: addrs.into_iter().map(|addr| PortAddress { addr, prefix_len: None }).collect(),
+        ips: addrs
+            .into_iter()
+            .map(|addr| PortAddress {
+                addr,
+                prefix_len: None,
+            })
+            .collect(),
         router_id: None,
         gateway: None,
         mtu: None,
@@ -165,18 +185,27 @@ fn port(sb: &Replica, candidate: &Candidate, row: &Row) -> Result<((String, Stri
 /// The mac column's first entry: "MAC IP1 IP2 ...".
 pub fn mac_column(value: &Value) -> Result<(MacAddr, Vec<IpAddr>), String> {
     let entry = set_atoms(value);
-    let text = entry.first().and_then(Value::as_str).ok_or("an empty mac column")?;
+    let text = entry
+        .first()
+        .and_then(Value::as_str)
+        .ok_or("an empty mac column")?;
     let mut words = text.split_whitespace();
     let mac: MacAddr = words.next().ok_or("an empty mac column")?.parse()?;
     let addrs = words
-        .map(|w| w.parse::<IpAddr>().map_err(|_| format!("`{w}` in the mac column is not an address")))
+        .map(|w| {
+            w.parse::<IpAddr>()
+                .map_err(|_| format!("`{w}` in the mac column is not an address"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((mac, addrs))
 }
 
 /// The Neutron network of a datapath: its external_ids name "neutron-<id>".
 fn network_id(sb: &Replica, datapath: &str) -> String {
-    let row = sb.tables.get("Datapath_Binding").and_then(|t| t.get(datapath));
+    let row = sb
+        .tables
+        .get("Datapath_Binding")
+        .and_then(|t| t.get(datapath));
     let name = row.and_then(|row| string_map(&column(row, "external_ids")).remove("name"));
     match name {
         Some(name) => name.strip_prefix("neutron-").unwrap_or(&name).to_owned(),
@@ -192,7 +221,9 @@ fn metadata_nexthop(sb: &Replica, datapath: &str) -> Option<Ipv4Addr> {
         .filter(|(_, row)| column(row, "type") == "localport")
         .filter(|(_, row)| uuid_of(&column(row, "datapath")).as_deref() == Some(datapath))
         .filter(|(_, row)| {
-            string_map(&column(row, "external_ids")).get("neutron:device_owner").map(String::as_str)
+            string_map(&column(row, "external_ids"))
+                .get("neutron:device_owner")
+                .map(String::as_str)
                 == Some("network:distributed")
         })
         .find_map(|(_, row)| {

@@ -84,7 +84,12 @@ impl Client {
         let writer: Writer = Arc::new(tokio::sync::Mutex::new(write));
         let pending: Pending = Arc::default();
         let (notify, notifications) = mpsc::unbounded_channel();
-        let reader = tokio::spawn(read_loop(read, Arc::clone(&writer), Arc::clone(&pending), notify));
+        let reader = tokio::spawn(read_loop(
+            read,
+            Arc::clone(&writer),
+            Arc::clone(&pending),
+            notify,
+        ));
         let client = Self {
             writer,
             pending,
@@ -187,7 +192,10 @@ async fn dispatch(
         }
         None => {
             let Some(id) = message["id"].as_u64() else {
-                return Err(OvsdbError::Unexpected { what: "message", value: message });
+                return Err(OvsdbError::Unexpected {
+                    what: "message",
+                    value: message,
+                });
             };
             let waiter = pending
                 .lock()
@@ -233,10 +241,16 @@ mod tests {
         server.write_all(&update[..10]).await.unwrap();
         server.write_all(&update[10..]).await.unwrap();
         let reply = json!({"result": ["OVN_Southbound"], "error": null, "id": id});
-        server.write_all(reply.to_string().as_bytes()).await.unwrap();
+        server
+            .write_all(reply.to_string().as_bytes())
+            .await
+            .unwrap();
         let n = server.read(&mut buf).await.unwrap();
         let echo_reply: Value = serde_json::from_slice(&buf[..n]).unwrap();
-        assert_eq!(echo_reply, json!({"result": [], "error": null, "id": "echo"}));
+        assert_eq!(
+            echo_reply,
+            json!({"result": [], "error": null, "id": "echo"})
+        );
         let (_client, result) = call.await.unwrap();
         assert_eq!(result.unwrap(), json!(["OVN_Southbound"]));
         let update = notifications.recv().await.unwrap();
@@ -253,7 +267,10 @@ mod tests {
         let n = server.read(&mut buf).await.unwrap();
         let request: Value = serde_json::from_slice(&buf[..n]).unwrap();
         let reply = json!({"result": null, "error": "unknown database", "id": request["id"]});
-        server.write_all(reply.to_string().as_bytes()).await.unwrap();
+        server
+            .write_all(reply.to_string().as_bytes())
+            .await
+            .unwrap();
         assert!(matches!(call.await.unwrap(), Err(OvsdbError::Rpc { .. })));
 
         let (ours, server) = tokio::io::duplex(4096);

@@ -53,7 +53,8 @@ mod tests {
     #[test]
     fn concatenated_values_come_out_in_order() {
         let mut framer = Framer::default();
-        framer.push(br#"{"id":1,"result":[]} {"id":null,"method":"update3","params":[1,"x",{}]}[1]"#);
+        framer
+            .push(br#"{"id":1,"result":[]} {"id":null,"method":"update3","params":[1,"x",{}]}[1]"#);
         let values = framer.drain().unwrap();
         assert_eq!(values.len(), 3);
         assert_eq!(values[0]["id"], 1);

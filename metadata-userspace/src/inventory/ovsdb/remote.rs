@@ -49,7 +49,10 @@ impl std::str::FromStr for Remote {
             };
         }
         let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port: u16 = port.parse().map_err(|_| bad())?;
         if host.is_empty() {
             return Err(bad());
@@ -64,7 +67,10 @@ impl std::str::FromStr for Remote {
 
 /// A comma-separated list of remotes (a clustered database's members).
 pub fn parse_list(text: &str) -> Result<Vec<Remote>, OvsdbError> {
-    text.split(',').filter(|s| !s.trim().is_empty()).map(str::parse).collect()
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(str::parse)
+        .collect()
 }
 
 /// Certificates for `ssl:` remotes, as neutron's `[ovn]` options give them.
@@ -88,10 +94,14 @@ impl Remote {
         };
         match self {
             Self::Unix(path) => Ok(Box::new(
-                tokio::net::UnixStream::connect(path).await.map_err(connect_err)?,
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(connect_err)?,
             )),
             Self::Tcp { host, port } => Ok(Box::new(
-                tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(connect_err)?,
+                tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(connect_err)?,
             )),
             Self::Ssl { host, port } => {
                 let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
@@ -122,7 +132,10 @@ impl Remote {
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|err| self.tls_err(err))?;
-        let ca = tls.ca_cert.as_ref().ok_or_else(|| self.tls_err("no CA certificate given"))?;
+        let ca = tls
+            .ca_cert
+            .as_ref()
+            .ok_or_else(|| self.tls_err("no CA certificate given"))?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(ca).map_err(|err| self.tls_err(err))? {
             roots
@@ -137,7 +150,9 @@ impl Remote {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|err| self.tls_err(err))?;
                 let key = PrivateKeyDer::from_pem_file(key).map_err(|err| self.tls_err(err))?;
-                builder.with_client_auth_cert(certs, key).map_err(|err| self.tls_err(err))
+                builder
+                    .with_client_auth_cert(certs, key)
+                    .map_err(|err| self.tls_err(err))
             }
             (None, None) => Ok(builder.with_no_client_auth()),
             _ => Err(self.tls_err("give both the certificate and the private key, or neither")),
@@ -151,17 +166,31 @@ mod tests {
 
     #[test]
     fn remotes_parse_as_neutron_writes_them() {
-        let list = parse_list("tcp:192.0.2.10:6642, ssl:[2001:db8::1]:6642,unix:/run/ovn/ovnsb_db.sock").unwrap();
+        let list =
+            parse_list("tcp:192.0.2.10:6642, ssl:[2001:db8::1]:6642,unix:/run/ovn/ovnsb_db.sock")
+                .unwrap();
         assert_eq!(
             list,
             [
-                Remote::Tcp { host: "192.0.2.10".into(), port: 6642 },
-                Remote::Ssl { host: "2001:db8::1".into(), port: 6642 },
+                Remote::Tcp {
+                    host: "192.0.2.10".into(),
+                    port: 6642
+                },
+                Remote::Ssl {
+                    host: "2001:db8::1".into(),
+                    port: 6642
+                },
                 Remote::Unix("/run/ovn/ovnsb_db.sock".into()),
             ]
         );
         assert_eq!(list[1].to_string(), "ssl:[2001:db8::1]:6642");
-        for bad in ["tcp:host", "udp:1.2.3.4:1", "unix:", "tcp::6642", "tcp:h:99999"] {
+        for bad in [
+            "tcp:host",
+            "udp:1.2.3.4:1",
+            "unix:",
+            "tcp::6642",
+            "tcp:h:99999",
+        ] {
             assert!(bad.parse::<Remote>().is_err(), "{bad}");
         }
     }

@@ -2,7 +2,9 @@
 //! `update2`/`update3` diffs (`initial`, `insert`, `modify`, `delete`).
 //! A `modify` carries, for a set or map column, the elements to toggle;
 //! for any other column, the new value. Which is which comes from the
-//! server's schema (an optional column, min 0 max 1, is a set).
+//! server's schema: a set is a column that may hold more than one value;
+//! an optional column (min 0, max 1) comes as its new value, as seen on
+//! the wire from ovsdb-server.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -27,9 +29,9 @@ impl ColumnKind {
         if object.contains_key("value") {
             return Self::Map;
         }
-        let min = object.get("min").and_then(Value::as_u64).unwrap_or(1);
+        // "max" is a number or "unlimited"; absent means 1.
         let max = object.get("max").map_or(Some(1), Value::as_u64);
-        if min == 1 && max == Some(1) {
+        if max == Some(1) {
             Self::Scalar
         } else {
             Self::Set
@@ -45,15 +47,20 @@ pub struct Schema {
 
 impl Schema {
     pub fn from_json(schema: &Value) -> Result<Self, OvsdbError> {
-        let tables = schema["tables"].as_object().ok_or_else(|| OvsdbError::Unexpected {
-            what: "schema",
-            value: schema.clone(),
-        })?;
+        let tables = schema["tables"]
+            .as_object()
+            .ok_or_else(|| OvsdbError::Unexpected {
+                what: "schema",
+                value: schema.clone(),
+            })?;
         let mut kinds = HashMap::new();
         for (table, definition) in tables {
             let columns = definition["columns"].as_object().into_iter().flatten();
             for (column, spec) in columns {
-                kinds.insert((table.clone(), column.clone()), ColumnKind::of(&spec["type"]));
+                kinds.insert(
+                    (table.clone(), column.clone()),
+                    ColumnKind::of(&spec["type"]),
+                );
             }
         }
         Ok(Self { kinds })
@@ -108,7 +115,8 @@ impl Replica {
             let rows = rows.as_object().ok_or_else(|| unexpected(rows))?;
             let replica = self.tables.entry(table.clone()).or_default();
             for (uuid, update) in rows {
-                let inserted = apply_row(schema, table, replica, uuid, update).ok_or_else(|| unexpected(update))?;
+                let inserted = apply_row(schema, table, replica, uuid, update)
+                    .ok_or_else(|| unexpected(update))?;
                 changes.push(Change {
                     table: table.clone(),
                     uuid: uuid.clone(),
@@ -250,9 +258,16 @@ mod tests {
     #[test]
     fn column_kinds_follow_the_schema() {
         let schema = schema();
-        assert_eq!(schema.kind("Port_Binding", "logical_port"), ColumnKind::Scalar);
+        assert_eq!(
+            schema.kind("Port_Binding", "logical_port"),
+            ColumnKind::Scalar
+        );
         assert_eq!(schema.kind("Port_Binding", "datapath"), ColumnKind::Scalar);
-        assert_eq!(schema.kind("Port_Binding", "chassis"), ColumnKind::Set);
+        assert_eq!(
+            schema.kind("Port_Binding", "chassis"),
+            ColumnKind::Scalar,
+            "optional"
+        );
         assert_eq!(schema.kind("Port_Binding", "mac"), ColumnKind::Set);
         assert_eq!(schema.kind("Port_Binding", "external_ids"), ColumnKind::Map);
     }
@@ -271,21 +286,34 @@ mod tests {
         // Moved to another chassis, an IP changed, one key changed, one gone, one new.
         let modify = json!({"Port_Binding": {"u1": {"modify": {
             "mac": ["set", ["fa:16:3e:00:00:01 10.0.0.5", "fa:16:3e:00:00:01 10.0.0.6"]],
-            "chassis": ["set", [["uuid", "c1"], ["uuid", "c2"]]],
+            "chassis": ["uuid", "c2"],
             "external_ids": ["map", [["neutron:device_id", "vm2"], ["k", "v"], ["new", "x"]]],
         }}}});
         let changes = replica.apply(&schema, &modify).unwrap();
-        assert_eq!(changes, [Change { table: "Port_Binding".into(), uuid: "u1".into(), inserted: false }]);
+        assert_eq!(
+            changes,
+            [Change {
+                table: "Port_Binding".into(),
+                uuid: "u1".into(),
+                inserted: false
+            }]
+        );
         let row = &replica.tables["Port_Binding"]["u1"];
-        assert_eq!(set_atoms(&row["mac"]), [json!("fa:16:3e:00:00:01 10.0.0.6")]);
+        assert_eq!(
+            set_atoms(&row["mac"]),
+            [json!("fa:16:3e:00:00:01 10.0.0.6")]
+        );
         assert_eq!(uuids(&row["chassis"]), ["c2"]);
         let ids = string_map(&row["external_ids"]);
-        assert_eq!(ids.get("neutron:device_id").map(String::as_str), Some("vm2"));
+        assert_eq!(
+            ids.get("neutron:device_id").map(String::as_str),
+            Some("vm2")
+        );
         assert_eq!(ids.get("new").map(String::as_str), Some("x"));
         assert!(!ids.contains_key("k"));
         assert_eq!(row["logical_port"], "p1");
-        // Unbound: the optional column toggles to empty.
-        let unbind = json!({"Port_Binding": {"u1": {"modify": {"chassis": ["uuid", "c2"]}}}});
+        // Unbound: the optional column's new value is the empty set.
+        let unbind = json!({"Port_Binding": {"u1": {"modify": {"chassis": ["set", []]}}}});
         replica.apply(&schema, &unbind).unwrap();
         assert!(uuids(&replica.tables["Port_Binding"]["u1"]["chassis"]).is_empty());
         let delete = json!({"Port_Binding": {"u1": {"delete": null}}});
@@ -299,7 +327,11 @@ mod tests {
         let mut replica = Replica::default();
         let insert = json!({"Port_Binding": {"u2": {"insert": {"logical_port": "p2"}}}});
         assert!(replica.apply(&schema, &insert).unwrap()[0].inserted);
-        for bad in [json!([]), json!({"Port_Binding": 3}), json!({"Port_Binding": {"u": {"rename": {}}}})] {
+        for bad in [
+            json!([]),
+            json!({"Port_Binding": 3}),
+            json!({"Port_Binding": {"u": {"rename": {}}}}),
+        ] {
             assert!(replica.apply(&schema, &bad).is_err(), "{bad}");
         }
     }
