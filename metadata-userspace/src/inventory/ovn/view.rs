@@ -32,14 +32,14 @@ pub struct Candidate {
 /// This chassis's name: the Open_vSwitch row's external_ids:system-id.
 pub fn system_id(ovs: &Replica) -> Option<String> {
     ovs.table("Open_vSwitch")
-        .find_map(|(_, row)| string_map(&column(row, "external_ids")).remove("system-id"))
+        .find_map(|(_, row)| string_map(column(row, "external_ids")).remove("system-id"))
 }
 
 /// The local Interface rows with an iface-id.
 pub fn candidates(ovs: &Replica) -> BTreeSet<Candidate> {
     ovs.table("Interface")
         .filter_map(|(_, row)| {
-            let iface_id = string_map(&column(row, "external_ids")).remove("iface-id")?;
+            let iface_id = string_map(column(row, "external_ids")).remove("iface-id")?;
             let device = column(row, "name").as_str()?.to_owned();
             Some(Candidate { iface_id, device })
         })
@@ -140,9 +140,9 @@ pub fn inventory(ovs: &Replica, sb: &Replica) -> Inventory {
 /// Whether a binding's chassis, or one of its additional chassis (live
 /// migration), is this one.
 fn bound_here(row: &Row, chassis: &BTreeSet<&String>) -> bool {
-    uuids(&column(row, "chassis"))
+    uuids(column(row, "chassis"))
         .iter()
-        .chain(&uuids(&column(row, "additional_chassis")))
+        .chain(&uuids(column(row, "additional_chassis")))
         .any(|uuid| chassis.contains(uuid))
 }
 
@@ -152,12 +152,12 @@ fn port(
     candidate: &Candidate,
     row: &Row,
 ) -> Result<((String, String), Port), String> {
-    let ids = string_map(&column(row, "external_ids"));
+    let ids = string_map(column(row, "external_ids"));
     let instance = ids.get("neutron:device_id").filter(|id| !id.is_empty());
     let instance = instance.ok_or("no neutron:device_id")?.clone();
     let project = ids.get("neutron:project_id").cloned().unwrap_or_default();
-    let (mac, addrs) = mac_column(&column(row, "mac"))?;
-    let datapath = uuid_of(&column(row, "datapath")).ok_or("no datapath")?;
+    let (mac, addrs) = mac_column(column(row, "mac"))?;
+    let datapath = uuid_of(column(row, "datapath")).ok_or("no datapath")?;
     let device = candidate
         .device
         .parse::<DeviceName>()
@@ -206,7 +206,7 @@ fn network_id(sb: &Replica, datapath: &str) -> String {
         .tables
         .get("Datapath_Binding")
         .and_then(|t| t.get(datapath));
-    let name = row.and_then(|row| string_map(&column(row, "external_ids")).remove("name"));
+    let name = row.and_then(|row| string_map(column(row, "external_ids")).remove("name"));
     match name {
         Some(name) => name.strip_prefix("neutron-").unwrap_or(&name).to_owned(),
         None => datapath.to_owned(),
@@ -219,15 +219,15 @@ fn network_id(sb: &Replica, datapath: &str) -> String {
 fn metadata_nexthop(sb: &Replica, datapath: &str) -> Option<Ipv4Addr> {
     sb.table("Port_Binding")
         .filter(|(_, row)| column(row, "type") == "localport")
-        .filter(|(_, row)| uuid_of(&column(row, "datapath")).as_deref() == Some(datapath))
+        .filter(|(_, row)| uuid_of(column(row, "datapath")).as_deref() == Some(datapath))
         .filter(|(_, row)| {
-            string_map(&column(row, "external_ids"))
+            string_map(column(row, "external_ids"))
                 .get("neutron:device_owner")
                 .map(String::as_str)
                 == Some("network:distributed")
         })
         .find_map(|(_, row)| {
-            let (_, addrs) = mac_column(&column(row, "mac")).ok()?;
+            let (_, addrs) = mac_column(column(row, "mac")).ok()?;
             addrs.into_iter().find_map(|a| match a {
                 IpAddr::V4(v4) => Some(v4),
                 IpAddr::V6(_) => None,
