@@ -259,12 +259,12 @@ impl OvnSource {
             self.ovs = None;
             return;
         };
-        if update.method == "update2" {
-            if let Err(err) = self.ovs_rows.apply(&self.ovs_schema, &update.params[1]) {
-                warn!("Open_vSwitch update: {err}; reconnecting");
-                self.ovs = None;
-                return;
-            }
+        if update.method == "update2"
+            && let Err(err) = self.ovs_rows.apply(&self.ovs_schema, &update.params[1])
+        {
+            warn!("Open_vSwitch update: {err}; reconnecting");
+            self.ovs = None;
+            return;
         }
         self.follow_candidates().await;
     }
