@@ -250,3 +250,115 @@ fn instance(id: String, project_id: String, ports: Vec<Port>) -> Instance {
         ports,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::inventory::ovsdb::replica::Schema;
+
+    fn ovs() -> Replica {
+        let mut ovs = Replica::default();
+        let rows = json!({
+            "Open_vSwitch": {"o": {"initial": {"external_ids": ["map", [["system-id", "compute-1"]]]}}},
+            "Interface": {
+                "i1": {"initial": {"name": "tap1", "external_ids": ["map", [["iface-id", "p1"], ["attached-mac", "fa:16:3e:00:00:01"]]]}},
+                "i2": {"initial": {"name": "tap2", "external_ids": ["map", [["iface-id", "p2"]]]}},
+                "i3": {"initial": {"name": "br-int", "external_ids": ["map", []]}},
+            },
+        });
+        ovs.apply(&Schema::default(), &rows).unwrap();
+        ovs
+    }
+
+    fn sb(bindings: Value) -> Replica {
+        let mut sb = Replica::default();
+        let rows = json!({
+            "Chassis": {"c1": {"initial": {"name": "compute-1"}}},
+            "Datapath_Binding": {"d1": {"initial": {"external_ids": ["map", [["name", "neutron-net1"]]]}}},
+            "Port_Binding": bindings,
+        });
+        sb.apply(&Schema::default(), &rows).unwrap();
+        sb
+    }
+
+    fn binding(port: &str, mac: &str, chassis: Value, extra: Value) -> Value {
+        let mut row = json!({
+            "logical_port": port,
+            "mac": mac,
+            "chassis": chassis,
+            "datapath": ["uuid", "d1"],
+            "type": "",
+            "external_ids": ["map", [["neutron:device_id", "vm-1"], ["neutron:project_id", "proj"]]],
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            row[k] = v.clone();
+        }
+        json!({"initial": row})
+    }
+
+    #[test]
+    fn candidates_are_interfaces_with_an_iface_id_and_the_monitor_names_only_them() {
+        let ovs = ovs();
+        assert_eq!(system_id(&ovs).as_deref(), Some("compute-1"));
+        let found: Vec<String> = candidates(&ovs).into_iter().map(|c| c.device).collect();
+        assert_eq!(found, ["tap1", "tap2"]);
+        let requests = sb_requests(&candidates(&ovs), Some("compute-1"));
+        assert_eq!(
+            requests["Port_Binding"][0]["where"],
+            json!([["logical_port", "==", "p1"], ["logical_port", "==", "p2"], ["type", "==", "localport"]])
+        );
+        assert_eq!(requests["Chassis"][0]["where"], json!([["name", "==", "compute-1"]]));
+        assert_eq!(sb_requests(&BTreeSet::new(), None)["Chassis"][0]["where"], json!([false]));
+    }
+
+    #[test]
+    fn bindings_here_are_served_others_wait_and_bad_ones_are_skipped() {
+        let localport = json!({"initial": {
+            "logical_port": "meta", "mac": "fa:16:3e:00:00:02 10.0.0.2", "type": "localport",
+            "datapath": ["uuid", "d1"], "chassis": ["set", []],
+            "external_ids": ["map", [["neutron:device_owner", "network:distributed"]]],
+        }});
+        let sb = sb(json!({
+            "b1": binding("p1", "fa:16:3e:00:00:01 10.0.0.5 fd00::5", json!(["uuid", "c1"]), json!({})),
+            "b2": binding("p2", "fa:16:3e:00:00:09 10.0.0.9", json!(["uuid", "elsewhere"]), json!({})),
+            "m": localport,
+        }));
+        let inventory = inventory(&ovs(), &sb);
+        let (instance, port) = inventory.index.by_device("tap1").unwrap();
+        assert_eq!((instance.id.as_str(), instance.project_id.as_str()), ("vm-1", "proj"));
+        assert_eq!(port.network_id, "net1");
+        assert_eq!(port.mac.to_string(), "fa:16:3e:00:00:01");
+        assert_eq!(port.ips.len(), 2);
+        assert_eq!(port.metadata_nexthop, Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert!(inventory.index.by_device("tap2").is_none(), "bound elsewhere");
+        assert_eq!(inventory.waiting.len(), 1);
+
+        // Live migration: here as an additional chassis.
+        let migrating = sb_with("p2", json!({"additional_chassis": ["set", [["uuid", "c1"]]]}));
+        assert!(inventory_of(&migrating).by_device("tap2").is_some());
+        // Unparsable data: skipped, not served.
+        let bad = sb_with("p1", json!({"mac": "not-a-mac 10.0.0.5"}));
+        assert!(inventory_of(&bad).by_device("tap1").is_none());
+    }
+
+    fn sb_with(port: &str, extra: Value) -> Replica {
+        let chassis = if port == "p1" { json!(["uuid", "c1"]) } else { json!(["uuid", "elsewhere"]) };
+        sb(json!({"b": binding(port, "fa:16:3e:00:00:01 10.0.0.5", chassis, extra)}))
+    }
+
+    fn inventory_of(sb: &Replica) -> PortIndex {
+        inventory(&ovs(), sb).index
+    }
+
+    #[test]
+    fn the_mac_column_reads_as_neutron_writes_it() {
+        let (mac, addrs) = mac_column(&json!("fa:16:3e:11:22:33 10.0.0.5 2001:db8::5")).unwrap();
+        assert_eq!(mac.to_string(), "fa:16:3e:11:22:33");
+        assert_eq!(addrs.len(), 2);
+        assert!(mac_column(&json!(["set", []])).is_err());
+        assert!(mac_column(&json!("fa:16:3e:11:22:33 10.0.0.500")).is_err());
+        assert!(mac_column(&json!("router")).is_err());
+    }
+}
