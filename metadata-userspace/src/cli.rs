@@ -15,7 +15,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon in the foreground; prints `ready` once it serves.
-    Run(ConfigArg),
+    Run(RunArgs),
     /// Show attached taps, their slots and counters.
     Status {
         #[command(flatten)]
@@ -26,6 +26,18 @@ pub enum Command {
     },
     /// Remove programs, links, pinned maps and the host device.
     Teardown(ConfigArg),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// neutron's neutron_ovn_metadata_agent.ini: take the Southbound and
+    /// OVS connections, Nova and the shared secret from it (port source
+    /// "ovn", Nova backend), as a drop-in for neutron's OVN metadata agent.
+    /// The --config file, if it exists, still gives everything else.
+    #[arg(long, value_name = "INI")]
+    pub neutron_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -12,5 +12,6 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod inventory;
+pub mod neutron_ini;
 pub mod reconcile;
 pub mod serve;

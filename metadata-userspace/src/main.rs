@@ -13,7 +13,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Run(args) => runtime.block_on(daemon::run(&args.config)),
+        Command::Run(args) => runtime.block_on(daemon::run(
+            &args.config.config,
+            args.neutron_config.as_deref(),
+        )),
         Command::Status { config, json } => runtime.block_on(daemon::status(&config.config, json)),
         Command::Teardown(args) => runtime.block_on(daemon::teardown(&args.config)),
     }

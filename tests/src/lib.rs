@@ -363,6 +363,8 @@ pub struct Hypervisor {
     pub extra_config: String,
     /// The `[ports]` section; the instances file when `None`.
     pub ports_config: Option<String>,
+    /// More arguments for `run` (after `--config FILE`).
+    pub run_args: Vec<String>,
     /// Capabilities the daemon keeps (`setpriv --bounding-set`), if limited.
     pub capabilities: Option<Vec<&'static str>>,
 }
@@ -383,6 +385,7 @@ impl Hypervisor {
             capabilities: None,
             extra_config: String::new(),
             ports_config: None,
+            run_args: Vec::new(),
         })
     }
 
@@ -592,6 +595,7 @@ impl Hypervisor {
             .arg(&binary)
             .args(["run", "--config"])
             .arg(self.config_path())
+            .args(&self.run_args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

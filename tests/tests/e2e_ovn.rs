@@ -379,3 +379,83 @@ fn a_clustered_southbound_survives_the_loss_of_the_member_in_use() {
     site.sb.members[member].restart().unwrap();
     served_within(&vm_a, Some(&a), Duration::from_secs(5));
 }
+
+/// neutron_ovn_metadata_agent.ini as a deployment writes it.
+fn agent_ini(site: &Site, nova_port: u16) -> String {
+    format!(
+        "[DEFAULT]\n\
+         debug = False\n\
+         state_path = /var/lib/neutron\n\
+         metadata_workers = 2\n\
+         metadata_proxy_socket = $state_path/metadata_proxy\n\
+         nova_metadata_host = 127.0.0.1\n\
+         nova_metadata_port = {nova_port}\n\
+         nova_metadata_protocol = http\n\
+         metadata_proxy_shared_secret = {SECRET}\n\
+         \n\
+         [agent]\n\
+         root_helper = sudo neutron-rootwrap /etc/neutron/rootwrap.conf\n\
+         \n\
+         [ovs]\n\
+         ovsdb_connection = {}\n\
+         \n\
+         [ovn]\n\
+         ovn_sb_connection = {}\n\
+         \n\
+         [metadata_rate_limiting]\n\
+         rate_limit_enabled = false\n",
+        site.ovs.remote(),
+        site.sb.remotes()
+    )
+}
+
+#[test]
+fn neutrons_agent_ini_runs_the_daemon_and_a_broken_one_names_file_line_and_key() {
+    let guest = Guest::new();
+    let mut site = Site::new(Southbound::standalone, &[&guest]);
+    let vm = site.hv.add_vm(SAME_IP).unwrap();
+    let net = site.network(60);
+    site.plug(&vm, &guest, &net, 2);
+    let ini = site.hv.dir().join("neutron_ovn_metadata_agent.ini");
+    std::fs::write(&ini, agent_ini(&site, site.nova.addr.port())).unwrap();
+    // Only the daemon's own settings in its file: ports and Nova come
+    // from neutron's.
+    site.hv.ports_config = None;
+    site.hv.extra_config = String::new();
+    site.hv.run_args = vec!["--neutron-config".into(), ini.display().to_string()];
+    site.hv.start_daemon().unwrap();
+    served_within(&vm, Some(&guest), Duration::from_secs(10));
+    assert!(
+        site.hv.log().contains("not used from"),
+        "unused keys listed once"
+    );
+
+    let broken = site.hv.dir().join("broken.ini");
+    let text = agent_ini(&site, site.nova.addr.port())
+        .replace("nova_metadata_port = ", "nova_metadata_port = port-");
+    std::fs::write(&broken, text).unwrap();
+    let binary = metadata_tests::daemon_binary().unwrap();
+    // In the hypervisor's namespace, so that even a regression that got
+    // past the file could not touch this machine's own network.
+    let output = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", site.hv.ns().name()))
+        .arg(binary)
+        .args([
+            "run",
+            "--config",
+            "/nonexistent/metadata-redirector.toml",
+            "--neutron-config",
+        ])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "{}:7: key `DEFAULT.nova_metadata_port`",
+            broken.display()
+        )),
+        "{stderr}"
+    );
+}

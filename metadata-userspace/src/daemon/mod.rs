@@ -40,8 +40,8 @@ use crate::{
 };
 
 /// Runs the daemon until SIGINT or SIGTERM.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(config_path)?;
+pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::Result<()> {
+    let config = load_config(config_path, neutron_config)?;
     limits::raise_open_files_limit()?;
     let reload = Arc::new(Notify::new());
     let (source_task, inventory) = start_port_source(&config, Arc::clone(&reload)).await?;
@@ -91,6 +91,29 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     // where nothing listens until the next daemon starts (fail closed).
     info!("stopped; programs stay attached until `metadata-redirector teardown`");
     Ok(())
+}
+
+/// The daemon's configuration: its own file, with neutron's agent file
+/// applied on top when given (then the own file may be absent).
+fn load_config(path: &Path, neutron_config: Option<&Path>) -> anyhow::Result<Config> {
+    let Some(ini) = neutron_config else {
+        return Ok(Config::load(path)?);
+    };
+    let mut config = if path.exists() {
+        Config::load(path)?
+    } else {
+        info!(
+            "{} does not exist; defaults plus {}",
+            path.display(),
+            ini.display()
+        );
+        Config::parse(path, "")?
+    };
+    let unused = crate::neutron_ini::apply(&mut config, ini)?;
+    if !unused.is_empty() {
+        info!("not used from {}: {}", ini.display(), unused.join(", "));
+    }
+    Ok(config)
 }
 
 /// Starts the configured port source: its first snapshot must load, later

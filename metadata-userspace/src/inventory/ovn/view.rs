@@ -252,6 +252,7 @@ fn instance(id: String, project_id: String, ports: Vec<Port>) -> Instance {
 }
 
 #[cfg(test)]
+#[expect(clippy::needless_pass_by_value, reason = "json! literals read better by value")]
 mod tests {
     use serde_json::json;
 
@@ -307,10 +308,20 @@ mod tests {
         let requests = sb_requests(&candidates(&ovs), Some("compute-1"));
         assert_eq!(
             requests["Port_Binding"][0]["where"],
-            json!([["logical_port", "==", "p1"], ["logical_port", "==", "p2"], ["type", "==", "localport"]])
+            json!([
+                ["logical_port", "==", "p1"],
+                ["logical_port", "==", "p2"],
+                ["type", "==", "localport"]
+            ])
         );
-        assert_eq!(requests["Chassis"][0]["where"], json!([["name", "==", "compute-1"]]));
-        assert_eq!(sb_requests(&BTreeSet::new(), None)["Chassis"][0]["where"], json!([false]));
+        assert_eq!(
+            requests["Chassis"][0]["where"],
+            json!([["name", "==", "compute-1"]])
+        );
+        assert_eq!(
+            sb_requests(&BTreeSet::new(), None)["Chassis"][0]["where"],
+            json!([false])
+        );
     }
 
     #[test]
@@ -327,16 +338,25 @@ mod tests {
         }));
         let inventory = inventory(&ovs(), &sb);
         let (instance, port) = inventory.index.by_device("tap1").unwrap();
-        assert_eq!((instance.id.as_str(), instance.project_id.as_str()), ("vm-1", "proj"));
+        assert_eq!(
+            (instance.id.as_str(), instance.project_id.as_str()),
+            ("vm-1", "proj")
+        );
         assert_eq!(port.network_id, "net1");
         assert_eq!(port.mac.to_string(), "fa:16:3e:00:00:01");
         assert_eq!(port.ips.len(), 2);
         assert_eq!(port.metadata_nexthop, Some(Ipv4Addr::new(10, 0, 0, 2)));
-        assert!(inventory.index.by_device("tap2").is_none(), "bound elsewhere");
+        assert!(
+            inventory.index.by_device("tap2").is_none(),
+            "bound elsewhere"
+        );
         assert_eq!(inventory.waiting.len(), 1);
 
         // Live migration: here as an additional chassis.
-        let migrating = sb_with("p2", json!({"additional_chassis": ["set", [["uuid", "c1"]]]}));
+        let migrating = sb_with(
+            "p2",
+            json!({"additional_chassis": ["set", [["uuid", "c1"]]]}),
+        );
         assert!(inventory_of(&migrating).by_device("tap2").is_some());
         // Unparsable data: skipped, not served.
         let bad = sb_with("p1", json!({"mac": "not-a-mac 10.0.0.5"}));
@@ -344,7 +364,11 @@ mod tests {
     }
 
     fn sb_with(port: &str, extra: Value) -> Replica {
-        let chassis = if port == "p1" { json!(["uuid", "c1"]) } else { json!(["uuid", "elsewhere"]) };
+        let chassis = if port == "p1" {
+            json!(["uuid", "c1"])
+        } else {
+            json!(["uuid", "elsewhere"])
+        };
         sb(json!({"b": binding(port, "fa:16:3e:00:00:01 10.0.0.5", chassis, extra)}))
     }
 

@@ -1,0 +1,314 @@
+//! neutron's own `neutron_ovn_metadata_agent.ini` as a drop-in: the
+//! Southbound and OVS connections, the Nova endpoint and its TLS files,
+//! and the shared secret are read from the file an operator already has,
+//! so migrating from the agent is `metadata-redirector run
+//! --neutron-config /etc/neutron/neutron_ovn_metadata_agent.ini`.
+//!
+//! oslo.config's INI: `[section]` headers, `key = value` lines, `#` and
+//! `;` comments. Keys this daemon has no use for are listed once at start;
+//! keys whose setting it cannot honour are errors naming file, line and
+//! key.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{
+    BackendConfig, Config, ConfigError, NovaBackendConfig, NovaUrl, PortSourceKind,
+};
+
+/// One `key = value` of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub section: String,
+    pub key: String,
+    pub value: String,
+    pub line: usize,
+}
+
+/// Parses oslo.config INI text from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, ConfigError> {
+    let mut section = "DEFAULT".to_owned();
+    let mut entries = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(header) = line.strip_prefix('[') {
+            let name = header
+                .strip_suffix(']')
+                .map(str::trim)
+                .filter(|n| !n.is_empty());
+            let name = name
+                .ok_or_else(|| invalid(path, i + 1, line, "a section header must be `[name]`"))?;
+            section = name.to_owned();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| invalid(path, i + 1, line, "expected `key = value`"))?;
+        entries.push(Entry {
+            section: section.clone(),
+            key: key.trim().to_owned(),
+            value: value.trim().to_owned(),
+            line: i + 1,
+        });
+    }
+    Ok(entries)
+}
+
+fn invalid(path: &Path, line: usize, key: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        line,
+        key: key.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+fn entry_err(path: &Path, entry: &Entry, message: impl Into<String>) -> ConfigError {
+    invalid(
+        path,
+        entry.line,
+        &format!("{}.{}", entry.section, entry.key),
+        &message.into(),
+    )
+}
+
+/// What the daemon takes from the file.
+const USED: [(&str, &str); 14] = [
+    ("DEFAULT", "nova_metadata_host"),
+    ("DEFAULT", "nova_metadata_port"),
+    ("DEFAULT", "nova_metadata_protocol"),
+    ("DEFAULT", "metadata_proxy_shared_secret"),
+    ("DEFAULT", "nova_client_cert"),
+    ("DEFAULT", "nova_client_priv_key"),
+    ("DEFAULT", "auth_ca_cert"),
+    ("DEFAULT", "nova_metadata_insecure"),
+    ("ovn", "ovn_sb_connection"),
+    ("ovn", "ovn_sb_private_key"),
+    ("ovn", "ovn_sb_certificate"),
+    ("ovn", "ovn_sb_ca_cert"),
+    ("ovs", "ovsdb_connection"),
+    ("metadata_rate_limiting", "rate_limit_enabled"),
+];
+
+/// Applies the file at `path` to `config`: the port source becomes "ovn"
+/// and the backend Nova. Returns the keys it did not use.
+pub fn apply(config: &mut Config, path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let entries = parse(path, &text)?;
+    let get = |section: &str, key: &str| {
+        entries
+            .iter()
+            .rev()
+            .find(|e| e.section == section && e.key == key)
+    };
+    if let Some(entry) = get("metadata_rate_limiting", "rate_limit_enabled")
+        && parse_bool(path, entry)?
+    {
+        return Err(entry_err(
+            path,
+            entry,
+            "rate limiting is not implemented by this daemon yet; it cannot honour this",
+        ));
+    }
+    let sb = get("ovn", "ovn_sb_connection").ok_or_else(|| {
+        invalid(
+            path,
+            0,
+            "ovn.ovn_sb_connection",
+            "missing: the Southbound to learn ports from",
+        )
+    })?;
+    crate::inventory::ovsdb::remote::parse_list(&sb.value)
+        .map_err(|e| entry_err(path, sb, e.to_string()))?;
+    config.ports.source = PortSourceKind::Ovn;
+    config.ports.ovn_sb = Some(sb.value.clone());
+    config.ports.ovn_sb_private_key =
+        get("ovn", "ovn_sb_private_key").map(|e| PathBuf::from(&e.value));
+    config.ports.ovn_sb_certificate =
+        get("ovn", "ovn_sb_certificate").map(|e| PathBuf::from(&e.value));
+    config.ports.ovn_sb_ca_cert = get("ovn", "ovn_sb_ca_cert").map(|e| PathBuf::from(&e.value));
+    if let Some(ovs) = get("ovs", "ovsdb_connection") {
+        ovs.value
+            .parse::<crate::inventory::ovsdb::remote::Remote>()
+            .map_err(|e| entry_err(path, ovs, e.to_string()))?;
+        config.ports.ovs.clone_from(&ovs.value);
+    }
+    config.backend = BackendConfig::Nova(nova(path, &get)?);
+    Ok(entries
+        .iter()
+        .filter(|e| !USED.contains(&(e.section.as_str(), e.key.as_str())))
+        .map(|e| format!("{}.{}", e.section, e.key))
+        .collect())
+}
+
+fn nova<'a>(
+    path: &Path,
+    get: &impl Fn(&str, &str) -> Option<&'a Entry>,
+) -> Result<NovaBackendConfig, ConfigError> {
+    let value = |key: &str| get("DEFAULT", key).map(|e| e.value.clone());
+    let host = value("nova_metadata_host").unwrap_or_else(|| "127.0.0.1".into());
+    let port = match get("DEFAULT", "nova_metadata_port") {
+        Some(entry) => entry
+            .value
+            .parse::<u16>()
+            .map_err(|_| entry_err(path, entry, "not a port number"))?,
+        None => 8775,
+    };
+    let protocol = match get("DEFAULT", "nova_metadata_protocol") {
+        Some(entry) if !matches!(entry.value.as_str(), "http" | "https") => {
+            return Err(entry_err(path, entry, "must be http or https"));
+        }
+        Some(entry) => entry.value.clone(),
+        None => "http".into(),
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let url: NovaUrl = format!("{protocol}://{host}:{port}")
+        .parse()
+        .map_err(|e: String| invalid(path, 0, "DEFAULT.nova_metadata_host", &e))?;
+    let secret = get("DEFAULT", "metadata_proxy_shared_secret").ok_or_else(|| {
+        invalid(
+            path,
+            0,
+            "DEFAULT.metadata_proxy_shared_secret",
+            "missing: Nova checks every request's signature with it",
+        )
+    })?;
+    let insecure = match get("DEFAULT", "nova_metadata_insecure") {
+        Some(entry) => parse_bool(path, entry)?,
+        None => false,
+    };
+    Ok(NovaBackendConfig {
+        url,
+        shared_secret: Some(secret.value.clone()),
+        shared_secret_file: None,
+        ca_file: value("auth_ca_cert").map(PathBuf::from),
+        client_cert: value("nova_client_cert").map(PathBuf::from),
+        client_key: value("nova_client_priv_key").map(PathBuf::from),
+        insecure,
+        connect_timeout_s: 5,
+        timeout_s: 60,
+    })
+}
+
+fn parse_bool(path: &Path, entry: &Entry) -> Result<bool, ConfigError> {
+    match entry.value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(entry_err(path, entry, "must be true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGENT_INI: &str = "\
+[DEFAULT]
+# As devstack and the charms write it.
+debug = True
+state_path = /var/lib/neutron
+metadata_workers = 2
+nova_metadata_host = 192.0.2.5
+nova_metadata_port = 8775
+nova_metadata_protocol = https
+metadata_proxy_shared_secret = s3cret
+auth_ca_cert = /etc/ssl/nova-ca.pem
+nova_metadata_insecure = false
+
+[ovs]
+ovsdb_connection = unix:/run/openvswitch/db.sock
+
+[ovn]
+ovn_sb_connection = ssl:192.0.2.10:6642,ssl:192.0.2.11:6642
+ovn_sb_private_key = /etc/neutron/sb.key
+ovn_sb_certificate = /etc/neutron/sb.crt
+ovn_sb_ca_cert = /etc/neutron/sb-ca.crt
+
+[metadata_rate_limiting]
+rate_limit_enabled = false
+";
+
+    fn config() -> Config {
+        Config::parse(Path::new("/etc/mdr.toml"), "").unwrap()
+    }
+
+    fn apply_text(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mdr-ini-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("neutron_ovn_metadata_agent.ini");
+        std::fs::write(&path, text).unwrap();
+        let mut config = config();
+        let result = apply(&mut config, &path).map(|unused| (config, unused));
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    #[test]
+    fn the_agents_file_configures_the_ovn_source_and_nova() {
+        let (config, unused) = apply_text(AGENT_INI).unwrap();
+        assert_eq!(config.ports.source, PortSourceKind::Ovn);
+        assert_eq!(
+            config.ports.ovn_sb.as_deref(),
+            Some("ssl:192.0.2.10:6642,ssl:192.0.2.11:6642")
+        );
+        assert_eq!(
+            config.ports.ovn_sb_ca_cert,
+            Some(PathBuf::from("/etc/neutron/sb-ca.crt"))
+        );
+        let BackendConfig::Nova(nova) = &config.backend else {
+            panic!("nova backend")
+        };
+        assert_eq!(nova.url.0.to_string(), "https://192.0.2.5:8775/");
+        assert_eq!(nova.shared_secret.as_deref(), Some("s3cret"));
+        assert_eq!(nova.ca_file, Some(PathBuf::from("/etc/ssl/nova-ca.pem")));
+        assert_eq!(
+            unused,
+            [
+                "DEFAULT.debug",
+                "DEFAULT.state_path",
+                "DEFAULT.metadata_workers"
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let broken = AGENT_INI.replace("nova_metadata_port = 8775", "nova_metadata_port = eighty");
+        let err = apply_text(&broken).unwrap_err().to_string();
+        assert!(
+            err.ends_with(":7: key `DEFAULT.nova_metadata_port`: not a port number"),
+            "{err}"
+        );
+        let enabled = AGENT_INI.replace("rate_limit_enabled = false", "rate_limit_enabled = true");
+        let err = apply_text(&enabled).unwrap_err().to_string();
+        assert!(
+            err.contains(":23: key `metadata_rate_limiting.rate_limit_enabled`"),
+            "{err}"
+        );
+        let no_sb = AGENT_INI.replace("ovn_sb_connection", "#");
+        assert!(
+            apply_text(&no_sb)
+                .unwrap_err()
+                .to_string()
+                .contains("ovn.ovn_sb_connection")
+        );
+        let garbage = "[DEFAULT]\nthis line has no equals sign\n";
+        assert!(
+            apply_text(garbage)
+                .unwrap_err()
+                .to_string()
+                .contains(":2: key")
+        );
+    }
+}
