@@ -1,13 +1,13 @@
 //! `status` and `teardown`: what a running (or stopped) daemon left
 //! pinned, read and removed without a daemon.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context as _;
 use log::warn;
 
 use crate::{
-    config::Config,
+    config::{Config, PortSourceKind},
     datapath::status::{self as pinned, Status},
     inventory::PortIndex,
 };
@@ -15,13 +15,8 @@ use crate::{
 /// Prints the state of the datapath.
 pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    // Without the records, taps show no instance; say why instead of
-    // failing the whole status.
-    let index = PortIndex::load(&config.ports.file).unwrap_or_else(|err| {
-        warn!("showing taps without instances: {err}");
-        PortIndex::default()
-    });
-    let status = pinned::read_status(&config, &index)
+    let ports = PortsState::read(&config);
+    let mut status = pinned::read_status(&config, &ports.index)
         .await
         .with_context(|| {
             format!(
@@ -29,41 +24,71 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
                 config.datapath.bpffs.display()
             )
         })?;
-    let waiting = read_waiting(&config);
+    for tap in &mut status.taps {
+        if let Some(id) = ports.served.get(&tap.device) {
+            tap.instance = Some(id.clone());
+        }
+    }
     if json {
         let mut value = serde_json::to_value(&status)?;
-        value["waiting"] = serde_json::to_value(&waiting)?;
+        value["waiting"] = serde_json::to_value(&ports.waiting)?;
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_table(&status);
-        for tap in &waiting {
+        for tap in &ports.waiting {
             println!("waiting for a binding on this chassis: {tap}");
         }
     }
     Ok(())
 }
 
-/// The taps the port source knows but cannot serve yet (written by the
-/// ovn source; absent for the file source).
-fn read_waiting(config: &Config) -> Vec<String> {
-    let path = config.daemon.state_dir.join(super::WAITING_FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Vec::new();
-    };
-    match serde_json::from_str::<Vec<serde_json::Value>>(&text) {
-        Ok(list) => list
-            .iter()
-            .map(|w| {
-                format!(
-                    "{} (port {})",
-                    w["device"].as_str().unwrap_or("?"),
-                    w["iface_id"].as_str().unwrap_or("?")
-                )
-            })
-            .collect(),
-        Err(err) => {
-            warn!("{}: {err}", path.display());
-            Vec::new()
+/// What the port source says about the taps, read without it.
+struct PortsState {
+    /// The instances file's records (the file source).
+    index: PortIndex,
+    /// Tap -> instance, from a live source's state file.
+    served: BTreeMap<String, String>,
+    waiting: Vec<String>,
+}
+
+impl PortsState {
+    fn read(config: &Config) -> Self {
+        let mut state = Self {
+            index: PortIndex::default(),
+            served: BTreeMap::new(),
+            waiting: Vec::new(),
+        };
+        if config.ports.source == PortSourceKind::File {
+            // Without the records, taps show no instance; say why instead
+            // of failing the whole status.
+            state.index = PortIndex::load(&config.ports.file).unwrap_or_else(|err| {
+                warn!("showing taps without instances: {err}");
+                PortIndex::default()
+            });
+            return state;
+        }
+        let path = config.daemon.state_dir.join(super::PORTS_STATE_FILE);
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                serde_json::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(value) => state.fill(&value),
+            Err(err) => warn!("{}: {err}", path.display()),
+        }
+        state
+    }
+
+    fn fill(&mut self, value: &serde_json::Value) {
+        for (device, id) in value["served"].as_object().into_iter().flatten() {
+            let id = id.as_str().unwrap_or_default().to_owned();
+            self.served.insert(device.clone(), id);
+        }
+        for waiting in value["waiting"].as_array().into_iter().flatten() {
+            let device = waiting["device"].as_str().unwrap_or("?");
+            let port = waiting["iface_id"].as_str().unwrap_or("?");
+            self.waiting.push(format!("{device} (port {port})"));
         }
     }
 }

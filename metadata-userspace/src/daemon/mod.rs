@@ -22,9 +22,10 @@ use tokio::{
 
 pub use self::inspect::{status, teardown};
 
-/// The file under the state folder listing the taps a port source knows
-/// but cannot serve yet (for `status`).
-pub const WAITING_FILE: &str = "ports-waiting.json";
+/// The file under the state folder where a live port source (ovn) lists
+/// the taps it serves, with their instance, and those it knows but cannot
+/// serve yet, for `status`.
+pub const PORTS_STATE_FILE: &str = "ports-state.json";
 use crate::{
     backends::Backend,
     config::Config,
@@ -148,7 +149,7 @@ fn ovn_settings(config: &Config) -> anyhow::Result<OvnSettings> {
             certificate: ports.ovn_sb_certificate.clone(),
             ca_cert: ports.ovn_sb_ca_cert.clone(),
         },
-        waiting_file: config.daemon.state_dir.join(WAITING_FILE),
+        state_file: config.daemon.state_dir.join(PORTS_STATE_FILE),
     })
 }
 

@@ -301,6 +301,13 @@ impl PortIndex {
         index
     }
 
+    /// Every device with a port record, with its instance.
+    pub fn devices(&self) -> impl Iterator<Item = (&str, &Instance)> {
+        self.by_device
+            .iter()
+            .map(|(device, (instance, _))| (device.as_str(), instance.as_ref()))
+    }
+
     /// How many devices have a port record.
     pub fn device_count(&self) -> usize {
         self.by_device.len()

@@ -42,8 +42,9 @@ pub struct OvnSettings {
     pub ovs: Remote,
     pub sb: Vec<Remote>,
     pub sb_tls: TlsFiles,
-    /// Where the taps still waiting for a binding are written, for `status`.
-    pub waiting_file: PathBuf,
+    /// Where the taps served and those still waiting for a binding are
+    /// written, for `status` (which runs without the databases).
+    pub state_file: PathBuf,
 }
 
 /// One monitored connection.
@@ -178,12 +179,17 @@ impl OvnSource {
             .iter()
             .map(|c| json!({"device": c.device, "iface_id": c.iface_id}))
             .collect();
-        let text = Value::Array(waiting).to_string();
-        let tmp = self.settings.waiting_file.with_extension("tmp");
+        let served: serde_json::Map<String, Value> = inventory
+            .index
+            .devices()
+            .map(|(device, instance)| (device.to_owned(), json!(instance.id)))
+            .collect();
+        let text = json!({"served": served, "waiting": waiting}).to_string();
+        let tmp = self.settings.state_file.with_extension("tmp");
         let written = std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &self.settings.waiting_file));
+            .and_then(|()| std::fs::rename(&tmp, &self.settings.state_file));
         if let Err(err) = written {
-            warn!("writing {}: {err}", self.settings.waiting_file.display());
+            warn!("writing {}: {err}", self.settings.state_file.display());
         }
         Arc::new(inventory.index)
     }

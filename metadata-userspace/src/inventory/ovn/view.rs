@@ -252,7 +252,10 @@ fn instance(id: String, project_id: String, ports: Vec<Port>) -> Instance {
 }
 
 #[cfg(test)]
-#[expect(clippy::needless_pass_by_value, reason = "json! literals read better by value")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "json! literals read better by value"
+)]
 mod tests {
     use serde_json::json;
 
