@@ -191,21 +191,27 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace (only that
     /// thread; the test's other threads stay where they are).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-        let path = format!("/run/netns/{}", self.name);
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-                    // SAFETY: setns on a valid namespace fd affects only
-                    // this thread, which ends when `f` returns.
-                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    ensure!(rc == 0, "setns {path}: {}", std::io::Error::last_os_error());
+                    enter_netns(&self.name)?;
                     Ok(f())
                 })
                 .join()
-                .map_err(|_| anyhow!("thread in {path} panicked"))?
+                .map_err(|_| anyhow!("thread in {} panicked", self.name))?
         })
     }
+}
+
+/// Moves the calling thread (only it, and threads it starts later) into
+/// the network namespace `name`.
+pub fn enter_netns(name: &str) -> anyhow::Result<()> {
+    let path = format!("/run/netns/{name}");
+    let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns on a valid namespace fd affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    ensure!(rc == 0, "setns {path}: {}", std::io::Error::last_os_error());
+    Ok(())
 }
 
 impl Drop for Netns {

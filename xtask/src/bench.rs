@@ -78,6 +78,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     first_request(&settings, &mut report)?;
     memory(&settings, &mut report)?;
     other_traffic(&settings, &mut report)?;
+    report.ovn = super::bench_ovn::run()?;
 
     report.elapsed = started.elapsed();
     fs::write(out_dir.join("results.md"), report.markdown()).context("writing results.md")?;
@@ -664,6 +665,7 @@ struct Report {
     first_request: Vec<FirstRequest>,
     memory: Vec<Memory>,
     other_traffic: Option<OtherTraffic>,
+    ovn: Vec<super::bench_ovn::Sync>,
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
@@ -708,6 +710,7 @@ impl Report {
             first_request: Vec::new(),
             memory: Vec::new(),
             other_traffic: None,
+            ovn: Vec::new(),
         }
     }
 
@@ -842,6 +845,7 @@ impl Report {
                 o.packets
             );
         }
+        md.push_str(&super::bench_ovn::markdown(&self.ovn));
         let _ = writeln!(md, "\n## Targets\n");
         for (target, ok) in self.targets() {
             let _ = writeln!(md, "- {target}: **{}**", verdict(ok));
@@ -954,6 +958,7 @@ impl Report {
                 "with_over_without": ratio(o.with_bps, o.without_bps),
                 "tap_ingress_ns_per_packet": o.ns_per_packet, "packets": o.packets,
             })),
+            "ovn_first_view": super::bench_ovn::json(&self.ovn),
             "targets": targets,
         })
     }

@@ -58,6 +58,13 @@ pub const PROGRAMS: &[Program] = &[
     program("ovn-northd", "ovn-central"),
 ];
 
+/// Python modules the tests and benchmarks import with Debian's
+/// /usr/bin/python3, and the Debian package that provides each.
+pub const PYTHON_MODULES: &[Program] = &[
+    program("cloudinit", "cloud-init"),
+    program("ovs.db.idl", "python3-openvswitch"),
+];
+
 /// Packages that must come from the same Debian release as each other.
 /// Debian's qemu-system-x86 breaks a newer qemu-utils (a backport some
 /// machines come with), and apt resolves that by removing qemu-utils, and
@@ -69,7 +76,8 @@ const SAME_RELEASE: &[&str] = &["qemu-utils", "qemu-system-x86"];
 pub fn all() -> anyhow::Result<()> {
     toolchain()?;
     packages()?;
-    check_programs(PROGRAMS)
+    check_programs(PROGRAMS)?;
+    check_python_modules(PYTHON_MODULES)
 }
 
 /// The nightly toolchain with rust-src, and bpf-linker.
@@ -159,7 +167,11 @@ fn symlink(target: &Path, link: &Path) -> anyhow::Result<()> {
 /// is missing. All of them, not only the missing ones: apt then resolves
 /// the whole set together and cannot remove one to make room for another.
 fn packages() -> anyhow::Result<()> {
-    let mut wanted: Vec<&str> = PROGRAMS.iter().map(|p| p.package).collect();
+    let mut wanted: Vec<&str> = PROGRAMS
+        .iter()
+        .chain(PYTHON_MODULES)
+        .map(|p| p.package)
+        .collect();
     wanted.sort_unstable();
     wanted.dedup();
     let missing: Vec<&str> = wanted
@@ -167,7 +179,8 @@ fn packages() -> anyhow::Result<()> {
         .copied()
         .filter(|package| !installed(package))
         .collect();
-    let programs_missing = PROGRAMS.iter().any(|p| !on_path(p.name));
+    let programs_missing = PROGRAMS.iter().any(|p| !on_path(p.name))
+        || PYTHON_MODULES.iter().any(|m| !importable(m.name));
     if missing.is_empty() && !programs_missing {
         return Ok(());
     }
@@ -232,6 +245,31 @@ fn on_path(program: &str) -> bool {
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
     })
+}
+
+/// Whether Debian's python3 can import `module`.
+fn importable(module: &str) -> bool {
+    Command::new("/usr/bin/python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// Fails, naming each module Debian's python3 cannot import and its
+/// package.
+pub fn check_python_modules(modules: &[Program]) -> anyhow::Result<()> {
+    let missing: Vec<String> = modules
+        .iter()
+        .filter(|m| !importable(m.name))
+        .map(|m| format!("  python module {} (Debian package {})", m.name, m.package))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "python modules the tests import are missing:\n{}\nrun `cargo xtask setup` as root",
+            missing.join("\n")
+        );
+    }
+    Ok(())
 }
 
 /// Fails, naming each missing program and its package, unless every one of
