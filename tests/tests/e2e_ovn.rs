@@ -185,7 +185,10 @@ fn two_vms_with_the_same_ip_on_different_networks_are_served_with_their_own_iden
     let status = site.hv.status().unwrap();
     for (vm, guest) in [(&vm_a, &a), (&vm_b, &b)] {
         let taps = status["taps"].as_array().unwrap();
-        let tap = taps.iter().find(|t| t["device"] == vm.tap.as_str()).unwrap();
+        let tap = taps
+            .iter()
+            .find(|t| t["device"] == vm.tap.as_str())
+            .unwrap();
         assert_eq!(tap["instance"], guest.instance.as_str(), "{status}");
     }
 }

@@ -49,10 +49,23 @@ pub fn run() -> anyhow::Result<Vec<Sync>> {
     let local = populate(&hv)?;
     let ovs = LocalOvs::start(&hv, "chassis-0")?;
     for (i, port) in local.iter().enumerate() {
-        ovs.vsctl(&["--no-wait", "add-port", "br-int", &format!("vif{i}"), "--", "set", "Interface", &format!("vif{i}"), &format!("external_ids:iface-id={port}")])?;
+        ovs.vsctl(&[
+            "--no-wait",
+            "add-port",
+            "br-int",
+            &format!("vif{i}"),
+            "--",
+            "set",
+            "Interface",
+            &format!("vif{i}"),
+            &format!("external_ids:iface-id={port}"),
+        ])?;
     }
     let relay = Relay::start(&hv)?;
-    hv.ports_config = Some(format!("source = \"ovn\"\novs = \"{}\"\novn_sb = \"tcp:{RELAY}\"\n", ovs.remote()));
+    hv.ports_config = Some(format!(
+        "source = \"ovn\"\novs = \"{}\"\novn_sb = \"tcp:{RELAY}\"\n",
+        ovs.remote()
+    ));
     let started = Instant::now();
     hv.start_daemon()?;
     let ours = Sync {
@@ -85,12 +98,24 @@ fn populate(hv: &Hypervisor) -> anyhow::Result<Vec<String>> {
     let mut local = Vec::new();
     for b in 0..BINDINGS {
         // Every 400th binding is here: 50 of 20,000.
-        let chassis = if b % (BINDINGS / LOCAL) == 0 { 0 } else { 1 + b % (CHASSIS - 1) };
+        let chassis = if b % (BINDINGS / LOCAL) == 0 {
+            0
+        } else {
+            1 + b % (CHASSIS - 1)
+        };
         let port = format!("port-{b:05}");
         if chassis == 0 {
             local.push(port.clone());
         }
-        let mac = format!("fa:16:3e:{:02x}:{:02x}:{:02x} 10.{}.{}.{}", b >> 16, (b >> 8) & 255, b & 255, b / 65536, (b / 256) % 256, b % 256 + 1);
+        let mac = format!(
+            "fa:16:3e:{:02x}:{:02x}:{:02x} 10.{}.{}.{}",
+            b >> 16,
+            (b >> 8) & 255,
+            b & 255,
+            b / 65536,
+            (b / 256) % 256,
+            b % 256 + 1
+        );
         ops.push(json!({"op": "insert", "table": "Port_Binding", "row": {
             "logical_port": port, "datapath": ["named-uuid", format!("d{}", b / PORTS_PER_NETWORK)],
             "tunnel_key": b % PORTS_PER_NETWORK + 1, "mac": mac, "chassis": ["named-uuid", format!("c{chassis}")],
@@ -99,9 +124,20 @@ fn populate(hv: &Hypervisor) -> anyhow::Result<Vec<String>> {
     }
     let mut params = vec![json!("OVN_Southbound")];
     params.extend(ops);
-    let reply = hv.ns().run(|| rpc(SB, &json!({"method": "transact", "params": params, "id": 1})))??;
-    if reply["result"].as_array().is_none_or(|r| r.iter().any(|op| op.get("error").is_some())) {
-        bail!("populating the Southbound failed: {}", &reply.to_string()[..reply.to_string().len().min(400)]);
+    let reply = hv.ns().run(|| {
+        rpc(
+            SB,
+            &json!({"method": "transact", "params": params, "id": 1}),
+        )
+    })??;
+    if reply["result"]
+        .as_array()
+        .is_none_or(|r| r.iter().any(|op| op.get("error").is_some()))
+    {
+        bail!(
+            "populating the Southbound failed: {}",
+            &reply.to_string()[..reply.to_string().len().min(400)]
+        );
     }
     Ok(local)
 }
@@ -145,8 +181,12 @@ while len(idl.tables["Port_Binding"].rows) < int(sys.argv[2]):
 print(json.dumps({"seconds": time.monotonic() - start, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "rows": len(idl.tables["Port_Binding"].rows)}))
 "#;
     let remote = format!("tcp:{RELAY}");
-    let out = hv.ns().exec("/usr/bin/python3", &["-c", SCRIPT, &remote, &BINDINGS.to_string()])?;
-    let result: Value = serde_json::from_str(out.trim()).with_context(|| format!("python said: {out}"))?;
+    let out = hv.ns().exec(
+        "/usr/bin/python3",
+        &["-c", SCRIPT, &remote, &BINDINGS.to_string()],
+    )?;
+    let result: Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("python said: {out}"))?;
     Ok(Sync {
         client: "neutron (python ovs IDL, whole Port_Binding)",
         seconds: result["seconds"].as_f64().unwrap_or_default(),
@@ -200,8 +240,12 @@ impl Drop for Relay {
 }
 
 fn relay(client: TcpStream, count: Arc<AtomicU64>) {
-    let Ok(server) = TcpStream::connect(SB) else { return };
-    let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else { return };
+    let Ok(server) = TcpStream::connect(SB) else {
+        return;
+    };
+    let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
     client.set_nonblocking(false).ok();
     std::thread::spawn(move || std::io::copy(&mut c2, &mut { server }).ok());
     std::thread::spawn(move || {
@@ -216,17 +260,29 @@ fn relay(client: TcpStream, count: Arc<AtomicU64>) {
     });
 }
 
-
 /// The report's section.
 pub fn markdown(syncs: &[Sync]) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "\n## OVN Southbound: first full view ({BINDINGS} bindings, {CHASSIS} chassis, {LOCAL} here)\n");
-    let _ = writeln!(md, "| client | rows held | time s | RSS MiB | bytes from the Southbound |");
+    let _ = writeln!(
+        md,
+        "\n## OVN Southbound: first full view ({BINDINGS} bindings, {CHASSIS} chassis, {LOCAL} here)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| client | rows held | time s | RSS MiB | bytes from the Southbound |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|");
     for s in syncs {
-        let _ = writeln!(md, "| {} | {} | {:.2} | {:.1} | {} |", s.client, s.rows, s.seconds, s.rss_mib, s.bytes);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.1} | {} |",
+            s.client, s.rows, s.seconds, s.rss_mib, s.bytes
+        );
     }
-    let _ = writeln!(md, "\nOurs: daemon start to `ready` (host device, programs, and the first Southbound view). Neutron: the IDL alone.");
+    let _ = writeln!(
+        md,
+        "\nOurs: daemon start to `ready` (host device, programs, and the first Southbound view). Neutron: the IDL alone."
+    );
     md
 }
 

@@ -50,6 +50,9 @@ enum Task {
         /// Short runs and fewer sizes (under 2 minutes).
         #[arg(long)]
         quick: bool,
+        /// Only the OVN Southbound comparison.
+        #[arg(long)]
+        ovn_only: bool,
     },
     /// Build (once, cached) the Debian guest image for vm-test.
     VmImage,
@@ -96,11 +99,16 @@ fn main() -> anyhow::Result<()> {
             sweep();
             demo::run(once)
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, ovn_only } => {
             require_root("the benchmarks")?;
             setup::all()?;
             build()?;
             sweep();
+            if ovn_only {
+                let syncs = bench_ovn::run()?;
+                println!("{}", bench_ovn::markdown(&syncs));
+                return Ok(());
+            }
             bench::run(quick)
         }
         Task::VmImage => {
