@@ -18,6 +18,15 @@ const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const SB_SCHEMA: &str = "/usr/share/ovn/ovn-sb.ovsschema";
 const SB_CLIENT_PORT: u16 = 6641;
 const SB_RAFT_PORT: u16 = 6651;
+const SB_SSL_PORT: u16 = 6645;
+
+/// A CA and a certificate with its key that it signed (used by both ends).
+#[derive(Debug, Clone)]
+pub struct SslFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// One `ovsdb-server` process; killed (and reaped) on drop.
 #[derive(Debug)]
@@ -27,6 +36,8 @@ pub struct OvsdbServer {
     name: String,
     db: PathBuf,
     remote: String,
+    /// Further `ovsdb-server` arguments (more remotes, SSL files).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -44,6 +55,7 @@ impl OvsdbServer {
             name: name.to_owned(),
             db,
             remote: remote.to_owned(),
+            extra: Vec::new(),
             child: None,
         };
         server.restart()?;
@@ -67,6 +79,7 @@ impl OvsdbServer {
             .arg(format!("--unixctl={}", self.ctl().display()))
             .arg(format!("--log-file={}", file("log").display()))
             .arg("--no-chdir")
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -173,6 +186,35 @@ impl Southbound {
         let remote = format!("ptcp:{SB_CLIENT_PORT}:127.0.0.1");
         let member = OvsdbServer::start(hv.ns(), hv.dir(), "sb0", db, &remote)?;
         Self::ready(hv, vec![member])
+    }
+
+    /// A standalone database that also listens with SSL on
+    /// ssl:127.0.0.1:6645 (server and client certificates from `ca`).
+    pub fn standalone_ssl(hv: &Hypervisor, pki: &SslFiles) -> anyhow::Result<Self> {
+        let db = hv.dir().join("sb.db");
+        tool(&["create", &db.display().to_string(), SB_SCHEMA])?;
+        let remote = format!("ptcp:{SB_CLIENT_PORT}:127.0.0.1");
+        let mut member = OvsdbServer {
+            ns: hv.ns().name().to_owned(),
+            dir: hv.dir().to_owned(),
+            name: "sb0".into(),
+            db,
+            remote,
+            extra: vec![
+                format!("--remote=pssl:{SB_SSL_PORT}:127.0.0.1"),
+                format!("--private-key={}", pki.key.display()),
+                format!("--certificate={}", pki.cert.display()),
+                format!("--ca-cert={}", pki.ca.display()),
+            ],
+            child: None,
+        };
+        member.restart()?;
+        Self::ready(hv, vec![member])
+    }
+
+    /// The SSL remote of [`Self::standalone_ssl`].
+    pub fn ssl_remote() -> String {
+        format!("ssl:127.0.0.1:{SB_SSL_PORT}")
     }
 
     /// A cluster of `size` members on tcp:127.0.0.1:6641.. (Raft on 6651..).

@@ -11,7 +11,7 @@ use std::{
 use metadata_tests::{
     Hypervisor, METADATA, Vm,
     nova_peer::{NovaInstance, NovaPeer},
-    ovn::{Binding, LocalOvs, Southbound},
+    ovn::{Binding, LocalOvs, Southbound, SslFiles},
     uuid_like, wait_for,
 };
 
@@ -468,4 +468,38 @@ fn neutrons_agent_ini_runs_the_daemon_and_a_broken_one_names_file_line_and_key()
         )),
         "{stderr}"
     );
+}
+
+#[test]
+fn an_ssl_southbound_with_client_certificates_is_followed() {
+    let guest = Guest::new();
+    let pki_dir = std::env::temp_dir().join(format!("mdr-test-pki-{}", metadata_tests::unique_suffix()));
+    std::fs::create_dir_all(&pki_dir).unwrap();
+    let _cleanup = RemoveOnDrop(pki_dir.clone());
+    let (ca, cert, key) = metadata_tests::nova_peer::make_test_pki(&pki_dir, "127.0.0.1").unwrap();
+    let pki = SslFiles { ca, cert, key };
+    let mut site = Site::new(|hv| Southbound::standalone_ssl(hv, &pki), &[&guest]);
+    site.hv.ports_config = Some(format!(
+        "source = \"ovn\"\novs = \"{}\"\novn_sb = \"{}\"\novn_sb_private_key = \"{}\"\novn_sb_certificate = \"{}\"\novn_sb_ca_cert = \"{}\"\n",
+        site.ovs.remote(),
+        Southbound::ssl_remote(),
+        pki.key.display(),
+        pki.cert.display(),
+        pki.ca.display()
+    ));
+    let vm = site.hv.add_vm(SAME_IP).unwrap();
+    let net = site.network(70);
+    site.plug(&vm, &guest, &net, 2);
+    site.hv.start_daemon().unwrap();
+    served_within(&vm, Some(&guest), Duration::from_secs(10));
+    assert!(site.hv.log().contains(&format!("monitoring {}", Southbound::ssl_remote())));
+}
+
+/// Removes a folder when dropped, also when the test panics.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
 }
