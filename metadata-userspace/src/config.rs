@@ -110,6 +110,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub ports: PortsConfig,
     pub agent: AgentConfig,
+    pub tokens: TokensConfig,
     pub backend: BackendConfig,
 }
 
@@ -122,6 +123,7 @@ struct ConfigFile {
     proxy: ProxyConfig,
     ports: PortsConfig,
     agent: AgentConfig,
+    tokens: TokensConfig,
     backend: BackendSection,
 }
 
@@ -222,6 +224,40 @@ impl Default for ProxyConfig {
             max_connections_per_instance: 64,
         }
     }
+}
+
+/// Session tokens (IMDSv2 semantics) on the datapath's proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// The default for instances whose record names none.
+    pub mode: TokenMode,
+    /// IP TTL / IPv6 hop limit of the token response (and of the rest of
+    /// that connection): 1 keeps tokens from leaving the guest through a
+    /// router or container NAT; AWS recommends 2 for containers.
+    pub hop_limit: u8,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            mode: TokenMode::Optional,
+            hop_limit: 1,
+        }
+    }
+}
+
+/// Whether requests need a session token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenMode {
+    /// Tokens can be had and are checked when sent; requests without one
+    /// are served (IMDSv1 and v2 alike).
+    Optional,
+    /// Requests without a valid token get 401; the token PUT works.
+    Required,
+    /// No tokens: the PUT is refused (403), so clients fall back to v1.
+    Disabled,
 }
 
 /// Agent mode: also accept Neutron haproxy traffic on a unix socket, as
@@ -466,6 +502,7 @@ impl Config {
             proxy: file.proxy,
             ports: file.ports,
             agent: file.agent,
+            tokens: file.tokens,
         };
         config.ports.file = base.join(&config.ports.file);
         if config.ports.source == PortSourceKind::Ovn && config.ports.ovn_sb.is_none() {
@@ -474,6 +511,15 @@ impl Config {
             return Err(ConfigError::at(path, source, at..at, message));
         }
         config.agent.socket = config.agent.socket.map(|socket| base.join(socket));
+        if config.tokens.hop_limit == 0 {
+            let at = source.find("hop_limit").unwrap_or(0);
+            return Err(ConfigError::at(
+                path,
+                source,
+                at..at,
+                "must be 1 to 255".into(),
+            ));
+        }
         if config.datapath.host_mtu < 1280 || config.datapath.host_mtu > 65_535 {
             let at = source.find("host_mtu").unwrap_or(0);
             return Err(ConfigError::at(

@@ -473,7 +473,8 @@ fn neutrons_agent_ini_runs_the_daemon_and_a_broken_one_names_file_line_and_key()
 #[test]
 fn an_ssl_southbound_with_client_certificates_is_followed() {
     let guest = Guest::new();
-    let pki_dir = std::env::temp_dir().join(format!("mdr-test-pki-{}", metadata_tests::unique_suffix()));
+    let pki_dir =
+        std::env::temp_dir().join(format!("mdr-test-pki-{}", metadata_tests::unique_suffix()));
     std::fs::create_dir_all(&pki_dir).unwrap();
     let _cleanup = RemoveOnDrop(pki_dir.clone());
     let (ca, cert, key) = metadata_tests::nova_peer::make_test_pki(&pki_dir, "127.0.0.1").unwrap();
@@ -492,7 +493,11 @@ fn an_ssl_southbound_with_client_certificates_is_followed() {
     site.plug(&vm, &guest, &net, 2);
     site.hv.start_daemon().unwrap();
     served_within(&vm, Some(&guest), Duration::from_secs(10));
-    assert!(site.hv.log().contains(&format!("monitoring {}", Southbound::ssl_remote())));
+    assert!(
+        site.hv
+            .log()
+            .contains(&format!("monitoring {}", Southbound::ssl_remote()))
+    );
 }
 
 /// Removes a folder when dropped, also when the test panics.

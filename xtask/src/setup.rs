@@ -56,6 +56,7 @@ pub const PROGRAMS: &[Program] = &[
     program("ovn-sbctl", "ovn-common"),
     // ovn-central ships the Southbound schema the tests create databases from.
     program("ovn-northd", "ovn-central"),
+    program("iptables", "iptables"),
 ];
 
 /// Python modules the tests and benchmarks import with Debian's
@@ -63,6 +64,7 @@ pub const PROGRAMS: &[Program] = &[
 pub const PYTHON_MODULES: &[Program] = &[
     program("cloudinit", "cloud-init"),
     program("ovs.db.idl", "python3-openvswitch"),
+    program("botocore.utils", "python3-botocore"),
 ];
 
 /// Packages that must come from the same Debian release as each other.

@@ -34,8 +34,9 @@ pub const OPENSTACK_VERSIONS: [&str; 10] = [
     "2025-04-04",
 ];
 
-/// EC2 metadata versions, oldest first, as Nova lists them.
-pub const EC2_VERSIONS: [&str; 9] = [
+/// EC2 metadata versions, oldest first: Nova's, then the dated versions
+/// that IMDSv2 clients ask for (served with the same tree).
+pub const EC2_VERSIONS: [&str; 14] = [
     "1.0",
     "2007-01-19",
     "2007-03-01",
@@ -45,6 +46,11 @@ pub const EC2_VERSIONS: [&str; 9] = [
     "2008-02-01",
     "2008-09-01",
     "2009-04-04",
+    "2016-09-02",
+    "2018-09-24",
+    "2021-01-03",
+    "2021-03-23",
+    "2024-04-11",
 ];
 
 /// Serves metadata from the instance records.
@@ -79,7 +85,7 @@ impl LocalBackend {
             };
         }
         if method != Method::GET && method != Method::HEAD {
-            return Reply::status(StatusCode::METHOD_NOT_ALLOWED);
+            return Reply::method_not_allowed("GET, HEAD");
         }
         match segments.as_slice() {
             [] => Reply::text(listing(EC2_VERSIONS.iter().copied().chain(["latest"]))),
@@ -304,12 +310,15 @@ fn ec2(who: &Identity, rest: &[&str]) -> Reply {
     let instance = &who.instance;
     match rest {
         [] => {
-            let mut items = vec!["meta-data/"];
+            let mut items = vec!["dynamic/", "meta-data/"];
             if instance.user_data.is_some() {
                 items.push("user-data");
             }
             Reply::text(listing(items))
         }
+        ["dynamic"] => Reply::text(listing(["instance-identity/"])),
+        ["dynamic", "instance-identity"] => Reply::text(listing(["document"])),
+        ["dynamic", "instance-identity", "document"] => Reply::json(&identity_document(who)),
         ["user-data"] => match &instance.user_data {
             Some(data) => Reply::bytes(data.as_bytes().to_vec()),
             None => Reply::status(StatusCode::NOT_FOUND),
@@ -397,6 +406,29 @@ fn folder<const N: usize>(children: [(&str, Ec2Node); N]) -> Ec2Node {
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
     )
+}
+
+/// The EC2 instance identity document, from what the records know.
+fn identity_document(who: &Identity) -> Value {
+    let instance = &who.instance;
+    let zone = &instance.availability_zone;
+    // EC2 regions are their zones without the trailing letter.
+    let region = zone
+        .strip_suffix(|c: char| c.is_ascii_lowercase())
+        .filter(|r| !r.is_empty())
+        .unwrap_or(zone);
+    json!({
+        "instanceId": ec2_instance_id(&instance.id),
+        "availabilityZone": zone,
+        "region": region,
+        "privateIp": local_ipv4(who),
+        "instanceType": "m1.small",
+        "imageId": "ami-00000001",
+        "accountId": instance.project_id,
+        "version": "2017-09-30",
+        "pendingTime": "1970-01-01T00:00:00Z",
+        "architecture": std::env::consts::ARCH,
+    })
 }
 
 /// EC2 ids are "i-" plus 8 hex digits; Nova derives them from its

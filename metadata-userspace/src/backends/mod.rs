@@ -17,6 +17,8 @@ pub struct Reply {
     pub status: StatusCode,
     pub content_type: HeaderValue,
     pub body: Bytes,
+    /// Further response headers (Allow on a 405, a token's TTL).
+    pub headers: http::HeaderMap,
 }
 
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=UTF-8");
@@ -29,6 +31,7 @@ impl Reply {
             status,
             content_type: TEXT,
             body: Bytes::from(format!("{} {reason}\n", status.as_u16())),
+            headers: http::HeaderMap::new(),
         }
     }
 
@@ -37,6 +40,7 @@ impl Reply {
             status: StatusCode::OK,
             content_type: TEXT,
             body: Bytes::from(text),
+            headers: http::HeaderMap::new(),
         }
     }
 
@@ -45,6 +49,7 @@ impl Reply {
             status: StatusCode::OK,
             content_type: HeaderValue::from_static("application/octet-stream"),
             body: Bytes::from(body),
+            headers: http::HeaderMap::new(),
         }
     }
 
@@ -53,7 +58,24 @@ impl Reply {
             status: StatusCode::OK,
             content_type: HeaderValue::from_static("application/json"),
             body: Bytes::from(value.to_string()),
+            headers: http::HeaderMap::new(),
         }
+    }
+
+    /// 405, with the methods the resource allows (RFC 9110 requires the
+    /// header).
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut reply = Self::status(StatusCode::METHOD_NOT_ALLOWED);
+        reply
+            .headers
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        reply
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
     }
 
     /// The HTTP response; HEAD gets the headers of GET and no body.
@@ -67,6 +89,7 @@ impl Reply {
         let mut response = http::Response::new(http_body_util::Full::new(body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
+        headers.extend(self.headers);
         headers.insert(header::CONTENT_TYPE, self.content_type);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         response

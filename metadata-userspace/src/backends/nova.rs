@@ -138,6 +138,7 @@ impl NovaBackend {
                     status,
                     content_type,
                     body,
+                    headers: http::HeaderMap::new(),
                 }
             }
             Ok(Err(err)) => {

@@ -11,9 +11,10 @@ use crate::{
     config::Config,
     inventory::Snapshot,
     serve::{
-        self, Limits, activation,
+        self, Limits, Server, activation,
         agent::{self, AgentPolicy},
         proxy::{ProxyPolicy, SharedRegistry},
+        tokens::Tokens,
     },
 };
 
@@ -24,6 +25,7 @@ pub struct Servers {
     pub inventory: watch::Receiver<Snapshot>,
     pub backend: Arc<Backend>,
     pub limits: Arc<Limits>,
+    pub tokens: Arc<Tokens>,
     /// Turns true when the servers are to drain and stop.
     pub stop: watch::Receiver<bool>,
 }
@@ -33,13 +35,17 @@ impl Servers {
     /// and, in agent mode, the agent socket's server.
     pub async fn start(self, config: &Config) -> anyhow::Result<Vec<JoinHandle<()>>> {
         let mut tasks = Vec::new();
-        let proxy = Arc::new(ProxyPolicy::new(Arc::clone(&self.registry)));
+        let proxy = Server {
+            policy: Arc::new(ProxyPolicy::new(Arc::clone(&self.registry))),
+            backend: Arc::clone(&self.backend),
+            limits: Arc::clone(&self.limits),
+            tokens: Some(Arc::clone(&self.tokens)),
+        };
         for listener in proxy_listeners(config).await? {
+            let server = proxy.clone();
             tasks.push(tokio::spawn(serve::serve(
                 listener,
-                Arc::clone(&proxy),
-                Arc::clone(&self.backend),
-                Arc::clone(&self.limits),
+                server,
                 stopped(self.stop.clone()),
             )));
         }
@@ -50,11 +56,15 @@ impl Servers {
                 "agent mode: serving Neutron haproxies on {}",
                 path.display()
             );
+            let agent = Server {
+                policy: Arc::new(AgentPolicy::new(self.inventory.clone())),
+                backend: Arc::clone(&self.backend),
+                limits: Arc::clone(&self.limits),
+                tokens: None,
+            };
             tasks.push(tokio::spawn(serve::serve(
                 listener,
-                Arc::new(AgentPolicy::new(self.inventory.clone())),
-                Arc::clone(&self.backend),
-                Arc::clone(&self.limits),
+                agent,
                 stopped(self.stop.clone()),
             )));
         }

@@ -37,7 +37,7 @@ use crate::{
         ovn::{OvnSettings, OvnSource},
         ovsdb::remote::{self, TlsFiles},
     },
-    serve::{Limits, proxy::SharedRegistry},
+    serve::{Limits, proxy::SharedRegistry, tokens::Tokens},
 };
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -67,6 +67,10 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
         inventory: inventory.clone(),
         backend: Arc::new(backend),
         limits: Arc::new(Limits::new(&config.proxy)),
+        tokens: Arc::new(
+            Tokens::load(&config.tokens, &config.daemon.state_dir)
+                .context("the session token key")?,
+        ),
         stop: stopped,
     };
     let servers = servers.start(&config).await?;

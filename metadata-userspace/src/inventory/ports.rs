@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use metadata_common::MacAddr;
 
-use crate::config::{ConfigError, DeviceName, parse_file};
+use crate::config::{ConfigError, DeviceName, TokenMode, parse_file};
 
 /// One VM, as the instances file describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,8 @@ pub struct Instance {
     /// Files injected through meta_data.json's "files" (path, content).
     pub files: Vec<(String, String)>,
     pub ports: Vec<Port>,
+    /// Session tokens for this instance; the `[tokens]` default when `None`.
+    pub token_mode: Option<TokenMode>,
 }
 
 /// One of a VM's network ports: the tap it is plugged into and the
@@ -139,6 +141,7 @@ struct InstanceRecord {
     files: Vec<FileRecord>,
     #[serde(default, rename = "port")]
     ports: Vec<PortRecord>,
+    metadata_tokens: Option<TokenMode>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +218,7 @@ impl RecordCheck<'_> {
                 .map(|f| (f.path, f.content))
                 .collect(),
             ports,
+            token_mode: record.metadata_tokens,
         })
     }
 
@@ -299,6 +303,11 @@ impl PortIndex {
             index.instances.push(instance);
         }
         index
+    }
+
+    /// Every instance.
+    pub fn instances(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.iter().map(AsRef::as_ref)
     }
 
     /// Every device with a port record, with its instance.

@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod agent;
 pub mod proxy;
+pub mod tokens;
 
 use std::{
     collections::HashMap,
@@ -24,6 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, warn};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use self::tokens::{Decision, Tokens};
 use crate::{
     backends::{Backend, Reply},
     config::ProxyConfig,
@@ -78,6 +80,11 @@ pub trait Acceptor: Send + 'static {
     type Peer: fmt::Debug;
 
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
+
+    /// The socket under a stream, where an IP hop limit applies.
+    fn ip_socket(_stream: &Self::Stream) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 impl Acceptor for tokio::net::TcpListener {
@@ -92,6 +99,10 @@ impl Acceptor for tokio::net::TcpListener {
         }
         Ok((stream, peer))
     }
+
+    fn ip_socket(stream: &Self::Stream) -> Option<std::os::fd::RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(stream))
+    }
 }
 
 impl Acceptor for tokio::net::UnixListener {
@@ -103,24 +114,41 @@ impl Acceptor for tokio::net::UnixListener {
     }
 }
 
-/// Serves `acceptor` with `policy` until `stop` resolves, then lets the
-/// requests in flight finish (up to `limits.drain`) and returns.
+/// What every connection of one server shares.
+#[derive(Debug)]
+pub struct Server<P> {
+    pub policy: Arc<P>,
+    pub backend: Arc<Backend>,
+    pub limits: Arc<Limits>,
+    /// Session tokens, on the datapath's proxy (not on the agent socket,
+    /// whose haproxy adds X-Forwarded-For to every request).
+    pub tokens: Option<Arc<Tokens>>,
+}
+
+impl<P> Clone for Server<P> {
+    fn clone(&self) -> Self {
+        Self {
+            policy: Arc::clone(&self.policy),
+            backend: Arc::clone(&self.backend),
+            limits: Arc::clone(&self.limits),
+            tokens: self.tokens.clone(),
+        }
+    }
+}
+
+/// Serves `acceptor` until `stop` resolves, then lets the requests in
+/// flight finish (up to `limits.drain`) and returns.
 ///
 /// The listener is dropped as soon as `stop` resolves. With socket
 /// activation another holder (systemd) keeps the socket open, so new
 /// connections wait in its backlog for the next daemon instead of failing.
-pub async fn serve<A, P>(
-    acceptor: A,
-    policy: Arc<P>,
-    backend: Arc<Backend>,
-    limits: Arc<Limits>,
-    stop: impl Future<Output = ()>,
-) where
+pub async fn serve<A, P>(acceptor: A, server: Server<P>, stop: impl Future<Output = ()>)
+where
     A: Acceptor,
     P: Policy<Peer = A::Peer>,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut admission = Admission::new(Arc::clone(&limits));
+    let mut admission = Admission::new(Arc::clone(&server.limits));
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -131,11 +159,15 @@ pub async fn serve<A, P>(
         let Some((stream, peer)) = admission.accepted(accepted).await else {
             continue;
         };
-        let Some(guard) = admission.admit(&*policy, &peer) else {
+        let Some(guard) = admission.admit(&*server.policy, &peer) else {
             continue;
         };
-        let connection = serve_connection(stream, peer, &policy, &backend, &limits);
-        let watched = graceful.watch(connection);
+        let connection = Connection {
+            server: server.clone(),
+            ip_socket: A::ip_socket(&stream),
+            peer: Arc::new(peer),
+        };
+        let watched = graceful.watch(connection.serve(stream));
         tokio::spawn(async move {
             let _guard = guard;
             if let Err(err) = watched.await {
@@ -144,7 +176,7 @@ pub async fn serve<A, P>(
         });
     }
     drop(acceptor);
-    drain(graceful, &limits).await;
+    drain(graceful, &server.limits).await;
 }
 
 /// A connection accepted just before the stop may not have sent its
@@ -218,77 +250,96 @@ impl Admission {
     }
 }
 
-/// One HTTP/1.1 connection with the core's limits.
-fn serve_connection<S, P>(
-    stream: S,
-    peer: P::Peer,
-    policy: &Arc<P>,
-    backend: &Arc<Backend>,
-    limits: &Arc<Limits>,
-) -> impl hyper_util::server::graceful::GracefulConnection<Error = hyper::Error> + Send + 'static
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    P: Policy,
-{
-    let peer = Arc::new(peer);
-    let (policy, backend, limits2) = (Arc::clone(policy), Arc::clone(backend), Arc::clone(limits));
-    let service = service_fn(move |request| {
-        let (peer, policy, backend, limits) = (
-            Arc::clone(&peer),
-            Arc::clone(&policy),
-            Arc::clone(&backend),
-            Arc::clone(&limits2),
-        );
-        async move {
-            let response = handle(request, peer.as_ref(), &*policy, &backend, &limits).await;
-            Ok::<_, Infallible>(response)
-        }
-    });
-    http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
+/// One accepted connection.
+struct Connection<P: Policy> {
+    server: Server<P>,
+    /// For the hop limit of token responses.
+    ip_socket: Option<std::os::fd::RawFd>,
+    peer: Arc<P::Peer>,
 }
 
-/// One request: identify, read the body within its limit, ask the backend.
-async fn handle<P: Policy>(
-    request: Request<Incoming>,
-    peer: &P::Peer,
-    policy: &P,
-    backend: &Backend,
-    limits: &Limits,
-) -> Response<Full<Bytes>> {
-    let method = request.method().clone();
-    let identity = match policy.identify(peer, request.headers()) {
-        Ok(identity) => identity,
-        Err(status) => return Reply::status(status).into_response(&method),
-    };
-    let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, limits.max_body).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(err) => {
-            let too_large = err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            let status = if too_large {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            return Reply::status(status).into_response(&method);
+impl<P: Policy> Clone for Connection<P> {
+    fn clone(&self) -> Self {
+        Self {
+            server: self.server.clone(),
+            ip_socket: self.ip_socket,
+            peer: Arc::clone(&self.peer),
         }
-    };
-    let reply = backend.handle(&identity, &parts, body).await;
-    debug!(
-        "{} {method} {} -> {} ({} {})",
-        identity.guest_addr,
-        parts.uri.path(),
-        reply.status.as_u16(),
-        identity.instance.id,
-        identity.device
-    );
-    reply.into_response(&method)
+    }
+}
+
+impl<P: Policy> Connection<P> {
+    /// HTTP/1.1 with the core's limits.
+    fn serve<S>(
+        self,
+        stream: S,
+    ) -> impl hyper_util::server::graceful::GracefulConnection<Error = hyper::Error> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let header_read_timeout = self.server.limits.header_read_timeout;
+        let service = service_fn(move |request| {
+            let connection = self.clone();
+            async move { Ok::<_, Infallible>(connection.handle(request).await) }
+        });
+        http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service)
+    }
+
+    /// One request: identify, apply the token rules, read the body within
+    /// its limit, ask the backend.
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let method = request.method().clone();
+        let identity = match self.server.policy.identify(&self.peer, request.headers()) {
+            Ok(identity) => identity,
+            Err(status) => return Reply::status(status).into_response(&method),
+        };
+        let (parts, body) = request.into_parts();
+        if let Some(tokens) = &self.server.tokens {
+            match tokens.decide(&identity, &parts) {
+                Decision::Serve => {}
+                Decision::Reply(reply) => return reply.into_response(&method),
+                Decision::Token(reply, hops) => {
+                    if let Some(fd) = self.ip_socket {
+                        tokens::set_hop_limit(fd, hops);
+                    }
+                    return reply.into_response(&method);
+                }
+            }
+        }
+        let body = match Limited::new(body, self.server.limits.max_body)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(err) => return body_error(&*err).into_response(&method),
+        };
+        let reply = self.server.backend.handle(&identity, &parts, body).await;
+        debug!(
+            "{} {method} {} -> {} ({} {})",
+            identity.guest_addr,
+            parts.uri.path(),
+            reply.status.as_u16(),
+            identity.instance.id,
+            identity.device
+        );
+        reply.into_response(&method)
+    }
+}
+
+/// 413 for a body over the limit, 400 for one that could not be read.
+fn body_error(err: &(dyn std::error::Error + 'static)) -> Reply {
+    if err
+        .downcast_ref::<http_body_util::LengthLimitError>()
+        .is_some()
+    {
+        Reply::status(StatusCode::PAYLOAD_TOO_LARGE)
+    } else {
+        Reply::status(StatusCode::BAD_REQUEST)
+    }
 }
 
 fn is_resource_exhaustion(err: &io::Error) -> bool {

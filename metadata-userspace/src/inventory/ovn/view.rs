@@ -248,6 +248,9 @@ fn instance(id: String, project_id: String, ports: Vec<Port>) -> Instance {
         meta: BTreeMap::new(),
         files: Vec::new(),
         ports,
+        // The Southbound carries nothing per instance for this: the
+        // `[tokens]` default applies.
+        token_mode: None,
     }
 }
 
