@@ -255,6 +255,8 @@ pub struct InstanceSpec {
     pub user_data: Option<String>,
     pub public_key: Option<String>,
     pub ports: Vec<PortSpec>,
+    /// `metadata_tokens` ("optional", "required", "disabled").
+    pub tokens: Option<String>,
 }
 
 impl InstanceSpec {
@@ -274,6 +276,7 @@ impl InstanceSpec {
                 network_id: format!("net-{}", vm.tap),
                 ips: vec![vm.ip.to_string()],
             }],
+            tokens: None,
         }
     }
 
@@ -288,6 +291,9 @@ impl InstanceSpec {
         }
         if let Some(key) = &self.public_key {
             let _ = writeln!(out, "public_keys = {{ default = {} }}", quote(key));
+        }
+        if let Some(mode) = &self.tokens {
+            let _ = writeln!(out, "metadata_tokens = {}", quote(mode));
         }
         for port in &self.ports {
             let _ = writeln!(out, "\n[[instance.port]]");

@@ -240,6 +240,7 @@ pub fn test() -> anyhow::Result<u64> {
                 network_id: format!("net-{name}"),
                 ips: vec!["10.0.0.5".into()],
             }],
+            tokens: None,
         };
         specs.push(spec);
         taps.push((tap, mac));
