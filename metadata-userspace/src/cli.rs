@@ -26,6 +26,8 @@ pub enum Command {
     },
     /// Remove programs, links, pinned maps and the host device.
     Teardown(ConfigArg),
+    /// Check whether `run` would work on this host, and say what to fix.
+    Doctor(ConfigArg),
 }
 
 #[derive(Debug, Args)]

@@ -377,6 +377,8 @@ pub struct Hypervisor {
     pub ports_config: Option<String>,
     /// More arguments for `run` (after `--config FILE`).
     pub run_args: Vec<String>,
+    /// More environment for the daemon (NOTIFY_SOCKET, ...).
+    pub daemon_env: Vec<(String, String)>,
     /// Capabilities the daemon keeps (`setpriv --bounding-set`), if limited.
     pub capabilities: Option<Vec<&'static str>>,
 }
@@ -398,6 +400,7 @@ impl Hypervisor {
             extra_config: String::new(),
             ports_config: None,
             run_args: Vec::new(),
+            daemon_env: Vec::new(),
         })
     }
 
@@ -613,6 +616,7 @@ impl Hypervisor {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env_remove("LISTEN_FDS")
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);

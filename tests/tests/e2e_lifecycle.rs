@@ -388,3 +388,55 @@ fn the_daemon_runs_with_only_the_capabilities_of_its_systemd_unit() {
     hv.start_daemon().unwrap();
     served(&vm, &spec);
 }
+
+/// The notifications a service manager would read, as strings.
+fn notifications(
+    socket: &std::os::unix::net::UnixDatagram,
+    until: &str,
+    within: Duration,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while std::time::Instant::now() < deadline && !seen.iter().any(|m: &String| m.contains(until)) {
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    seen
+}
+
+#[test]
+fn systemd_hears_ready_after_the_attach_then_watchdog_pings_then_stopping() {
+    let mut hv = Hypervisor::new().unwrap();
+    let vm = hv.add_vm(IP).unwrap();
+    let spec = InstanceSpec::for_vm(&vm, "notify");
+    hv.set_instances(vec![spec.clone()]).unwrap();
+    let path = hv.dir().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    hv.daemon_env = vec![
+        ("NOTIFY_SOCKET".into(), path.display().to_string()),
+        ("WATCHDOG_USEC".into(), "200000".into()),
+    ];
+    hv.start_daemon().unwrap();
+    let ready = notifications(&socket, "READY=1", Duration::from_secs(10));
+    let message = ready
+        .iter()
+        .find(|m| m.contains("READY=1"))
+        .expect("READY=1");
+    // Sent with the state line, once the tap was attached.
+    assert!(message.contains("STATUS=serving 1 taps"), "{message}");
+    served(&vm, &spec);
+    let pings = notifications(&socket, "never", Duration::from_millis(1500));
+    let watchdogs = pings.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(watchdogs >= 5, "pinged every 100 ms: {pings:?}");
+    hv.stop_daemon().unwrap();
+    let stopping = notifications(&socket, "STOPPING=1", Duration::from_secs(5));
+    assert!(
+        stopping.iter().any(|m| m.contains("STOPPING=1")),
+        "{stopping:?}"
+    );
+}

@@ -2,9 +2,11 @@
 //! loop and the servers together; `status` and `teardown` inspect and
 //! remove what it left pinned.
 
+mod doctor;
 mod inspect;
 mod limits;
 mod listeners;
+mod notify;
 mod reconcile_loop;
 
 use std::{
@@ -20,7 +22,10 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use self::inspect::{status, teardown};
+pub use self::{
+    doctor::doctor,
+    inspect::{status, teardown},
+};
 
 /// The file under the state folder where a live port source (ovn) lists
 /// the taps it serves, with their instance, and those it knows but cannot
@@ -80,11 +85,13 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
     );
     println!("ready");
     std::io::stdout().flush().context("writing to stdout")?;
+    notify::ready(datapath.attached().len());
 
     let mut resync = reconcile_loop::ReconcileLoop::new(datapath, inventory, registry, link_events);
     resync.run(&reload).await?;
 
     // Stop accepting, let requests in flight finish.
+    notify::stopping();
     stop.send_replace(true);
     for server in servers {
         if let Err(err) = server.await {

@@ -41,6 +41,7 @@ enum Wake {
     Stop,
     Reload,
     Sync,
+    Watchdog,
 }
 
 /// The signals the daemon acts on.
@@ -79,6 +80,10 @@ impl ReconcileLoop {
     pub async fn run(&mut self, reload: &Notify) -> anyhow::Result<()> {
         let mut signals = Signals::install()?;
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        // Pinged from this loop, so that a wedged loop stops the pings
+        // and systemd restarts the daemon.
+        let watchdog_period = super::notify::watchdog_period();
+        let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(RESYNC_INTERVAL));
         // After a failed sync (a device vanished mid-listing, say), try
         // again soon instead of waiting for the next event.
         let retry = tokio::time::sleep(Duration::MAX);
@@ -97,6 +102,7 @@ impl ReconcileLoop {
                     }
                 },
                 _ = resync.tick() => Wake::Sync,
+                _ = watchdog.tick(), if watchdog_period.is_some() => Wake::Watchdog,
                 () = &mut retry, if retry_armed => Wake::Sync,
                 result = self.link_events.next(LINK_SETTLE) => {
                     if let Err(err) = result {
@@ -110,6 +116,7 @@ impl ReconcileLoop {
             match wake {
                 Wake::Stop => return Ok(()),
                 Wake::Reload => reload.notify_one(),
+                Wake::Watchdog => super::notify::watchdog(),
                 Wake::Sync => {
                     retry_armed = !self.sync().await;
                     if retry_armed {
@@ -138,6 +145,7 @@ impl ReconcileLoop {
                     .registry
                     .write()
                     .unwrap_or_else(PoisonError::into_inner) = Arc::new(registry);
+                super::notify::status(self.datapath.attached().len());
                 true
             }
             Err(err) => {

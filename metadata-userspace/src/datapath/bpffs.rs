@@ -35,9 +35,26 @@ pub enum BpffsError {
 /// the standard place when the host has none and this process is in the
 /// host's mount namespace. Refuses a private one.
 pub fn ensure_shared(path: &Path) -> Result<(), BpffsError> {
+    match check(path)? {
+        Found::Shared => Ok(()),
+        Found::WillMount => mount_standard_root(),
+    }
+}
+
+/// What `ensure_shared` would find at `path`, without mounting anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// A bpffs the host shares.
+    Shared,
+    /// No bpffs yet; the daemon will mount one at the standard place.
+    WillMount,
+}
+
+/// Checks `path` as `ensure_shared` does, without mounting.
+pub fn check(path: &Path) -> Result<Found, BpffsError> {
     if on_bpffs(path)? {
         return if shared_with_host(path) {
-            Ok(())
+            Ok(Found::Shared)
         } else {
             Err(BpffsError::Private { path: path.into() })
         };
@@ -45,10 +62,10 @@ pub fn ensure_shared(path: &Path) -> Result<(), BpffsError> {
     if !path.starts_with(STANDARD_ROOT) {
         return Err(BpffsError::NotBpffs { path: path.into() });
     }
-    if in_host_mount_namespace() != Some(true) {
-        return Err(BpffsError::Private { path: path.into() });
+    match in_host_mount_namespace() {
+        Some(true) => Ok(Found::WillMount),
+        _ => Err(BpffsError::Private { path: path.into() }),
     }
-    mount_standard_root()
 }
 
 /// Why `status` or `teardown` finds nothing at `path`, when the reason is
