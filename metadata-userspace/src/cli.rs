@@ -28,6 +28,12 @@ pub enum Command {
     Teardown(ConfigArg),
     /// Check whether `run` would work on this host, and say what to fix.
     Doctor(ConfigArg),
+    /// Write the man page and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -52,4 +58,35 @@ pub struct ConfigArg {
         default_value = "/etc/metadata-redirector/metadata-redirector.toml"
     )]
     pub config: PathBuf,
+}
+
+/// Writes the man page (`metadata-redirector.8`) and the bash and zsh
+/// completions into `dir`, from the definitions above.
+pub fn generate(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir)?;
+    let command = Cli::command();
+    let mut man = Vec::new();
+    clap_mangen::Man::new(command.clone())
+        .section("8")
+        .render(&mut man)?;
+    std::fs::write(dir.join("metadata-redirector.8"), man)?;
+    // One page per command, as the main page refers to them.
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("metadata-redirector-{}", sub.get_name());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(sub.clone().name(name.clone()))
+            .section("8")
+            .render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.8")), page)?;
+    }
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "metadata-redirector.bash"),
+        (clap_complete::Shell::Zsh, "_metadata-redirector"),
+    ] {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut command.clone(), "metadata-redirector", &mut out);
+        std::fs::write(dir.join(file), out)?;
+    }
+    Ok(())
 }

@@ -20,5 +20,6 @@ fn main() -> anyhow::Result<()> {
         Command::Status { config, json } => runtime.block_on(daemon::status(&config.config, json)),
         Command::Teardown(args) => runtime.block_on(daemon::teardown(&args.config)),
         Command::Doctor(args) => runtime.block_on(daemon::doctor(&args.config)),
+        Command::Generate { dir } => Ok(metadata_userspace::cli::generate(&dir)?),
     }
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_ovn;
 mod demo;
+mod package;
 mod setup;
 mod vm;
 
@@ -53,6 +54,12 @@ enum Task {
         /// Only the OVN Southbound comparison.
         #[arg(long)]
         ovn_only: bool,
+    },
+    /// Build the Debian package (target/package/*.deb) and run lintian.
+    Package {
+        /// Also install it into a throwaway Debian root and purge it.
+        #[arg(long)]
+        test: bool,
     },
     /// Build (once, cached) the Debian guest image for vm-test.
     VmImage,
@@ -111,6 +118,16 @@ fn main() -> anyhow::Result<()> {
             }
             bench::run(quick)
         }
+        Task::Package { test } => {
+            setup::all()?;
+            let binary = build()?;
+            let deb = package::build(&binary)?;
+            if test {
+                require_root("the package test")?;
+                package::test(&deb)?;
+            }
+            Ok(())
+        }
         Task::VmImage => {
             require_root("building the VM image")?;
             vm::image().map(drop)
@@ -128,6 +145,8 @@ fn main() -> anyhow::Result<()> {
             require_root("the tests (they create namespaces and load eBPF)")?;
             setup::all()?;
             let (mut passed, failed) = test(&args)?;
+            let binary = root().join("target/release/metadata-redirector");
+            passed += package::test(&package::build(&binary)?)?;
             if vm || vm::cached().is_some() {
                 passed += vm::test()?;
             }

@@ -57,6 +57,10 @@ pub const PROGRAMS: &[Program] = &[
     // ovn-central ships the Southbound schema the tests create databases from.
     program("ovn-northd", "ovn-central"),
     program("iptables", "iptables"),
+    program("gzip", "gzip"),
+    program("lintian", "lintian"),
+    program("chroot", "coreutils"),
+    program("systemd-analyze", "systemd"),
 ];
 
 /// Python modules the tests and benchmarks import with Debian's
@@ -102,7 +106,7 @@ pub fn toolchain() -> anyhow::Result<()> {
     if !current.contains(BPF_LINKER_VERSION) {
         install_bpf_linker()?;
     }
-    Ok(())
+    super::package::ensure_cargo_deb()
 }
 
 /// Builds bpf-linker against the nightly toolchain's own libLLVM, so no

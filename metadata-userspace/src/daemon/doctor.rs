@@ -212,7 +212,9 @@ fn metadata_listeners() -> Check {
         _ => {
             let mut detail = Vec::new();
             if !neutron.is_empty() {
-                detail.push(format!("Neutron's metadata namespaces still exist: {neutron:?}"));
+                detail.push(format!(
+                    "Neutron's metadata namespaces still exist: {neutron:?}"
+                ));
             }
             if !listening.is_empty() {
                 detail.push(format!(
