@@ -15,6 +15,9 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
 
+/// The state directory the package makes and a purge removes.
+const STATE_DIR: &str = "var/lib/metadata-redirector";
+
 /// What the package must install, relative to the root.
 const INSTALLED: [&str; 9] = [
     "usr/sbin/metadata-redirector",
@@ -157,7 +160,7 @@ pub fn test(deb: &Path) -> anyhow::Result<u64> {
         .arg(units.join("metadata-redirector.socket"))
         .arg(units.join("metadata-redirector.service")))?;
     chroot(&["dpkg", "--purge", "metadata-redirector"])?;
-    for path in INSTALLED {
+    for path in INSTALLED.iter().chain(&[STATE_DIR]) {
         ensure!(!root.join(path).exists(), "purging left /{path}");
     }
     eprintln!(
