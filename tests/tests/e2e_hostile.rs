@@ -106,6 +106,19 @@ fn forged_replies(slots: &[IpAddr], src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<V
         .collect()
 }
 
+/// Sends `frames` out of `ns`'s eth0 as they are.
+fn send_frames(ns: &Netns, frames: &[Vec<u8>]) {
+    ns.run(|| -> anyhow::Result<()> {
+        let socket = RawSocket::open("eth0")?;
+        for frame in frames {
+            socket.send(frame)?;
+        }
+        Ok(())
+    })
+    .unwrap()
+    .unwrap();
+}
+
 fn injected(frames: &[Vec<u8>]) -> usize {
     frames
         .iter()
@@ -126,17 +139,7 @@ fn forged_proxy_replies_never_reach_another_vm_even_with_forwarding_on() {
 
     let tap_mac = mac(&hv.mac_of(&attacker.tap).unwrap());
     let forged = forged_replies(&victim_slots, mac(&attacker.mac), tap_mac);
-    attacker
-        .ns
-        .run(|| -> anyhow::Result<()> {
-            let socket = RawSocket::open("eth0")?;
-            for frame in &forged {
-                socket.send(frame)?;
-            }
-            Ok(())
-        })
-        .unwrap()
-        .unwrap();
+    send_frames(&attacker.ns, &forged);
     // The forgeries went through the hypervisor before this request and
     // its reply did: if one was delivered, it is in the capture by now.
     served(&victim, &victim_spec);
@@ -183,16 +186,7 @@ fn forged_replies_from_an_unwatched_device_are_dropped_on_the_host_device() {
             .unwrap()
     };
     let before = host_dropped();
-    outside
-        .run(|| -> anyhow::Result<()> {
-            let socket = RawSocket::open("eth0")?;
-            for frame in &forged {
-                socket.send(frame)?;
-            }
-            Ok(())
-        })
-        .unwrap()
-        .unwrap();
+    send_frames(&outside, &forged);
     let dropped = wait_for("the forgery to be dropped", Duration::from_secs(5), || {
         Some(host_dropped() - before).filter(|n| *n >= 1)
     })

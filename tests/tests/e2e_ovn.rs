@@ -29,6 +29,18 @@ struct Guest {
 }
 
 impl Guest {
+    /// This guest's Port_Binding row on `datapath` for `vm`'s MAC and IP.
+    fn binding<'a>(&'a self, vm: &Vm, datapath: &'a str, key: u32) -> Binding<'a> {
+        Binding {
+            port: &self.port,
+            datapath,
+            key,
+            mac_column: format!("{} {}", vm.mac, vm.ip),
+            device_id: &self.instance,
+            project_id: &self.project,
+        }
+    }
+
     fn new() -> Self {
         Self {
             port: uuid_like(),
@@ -115,14 +127,7 @@ impl Site {
         self.ovs
             .plug(&vm.tap, &guest.port, &vm.mac, &guest.instance)
             .unwrap();
-        let binding = Binding {
-            port: &guest.port,
-            datapath,
-            key,
-            mac_column: format!("{} {}", vm.mac, vm.ip),
-            device_id: &guest.instance,
-            project_id: &guest.project,
-        };
+        let binding = guest.binding(vm, datapath, key);
         self.sb
             .bind(&binding, &[&format!("chassis={}", self.chassis)])
             .unwrap()
@@ -288,14 +293,7 @@ fn with_the_whole_southbound_down_the_last_state_serves_and_changes_apply_on_ret
     let net = site.network(40);
     site.plug(&vm_a, &a, &net, 2);
     // b's binding exists, but its tap is not plugged into OVS yet.
-    let binding = Binding {
-        port: &b.port,
-        datapath: &net,
-        key: 3,
-        mac_column: format!("{} {}", vm_b.mac, vm_b.ip),
-        device_id: &b.instance,
-        project_id: &b.project,
-    };
+    let binding = b.binding(&vm_b, &net, 3);
     site.sb
         .bind(&binding, &[&format!("chassis={}", site.chassis)])
         .unwrap();
@@ -364,14 +362,7 @@ fn a_clustered_southbound_survives_the_loss_of_the_member_in_use() {
     site.ovs
         .plug(&vm_b.tap, &b.port, &vm_b.mac, &b.instance)
         .unwrap();
-    let binding = Binding {
-        port: &b.port,
-        datapath: &net,
-        key: 3,
-        mac_column: format!("{} {}", vm_b.mac, vm_b.ip),
-        device_id: &b.instance,
-        project_id: &b.project,
-    };
+    let binding = b.binding(&vm_b, &net, 3);
     let chassis = format!("chassis={}", site.chassis);
     wait_for(
         "a leader among the survivors",

@@ -23,6 +23,22 @@ doc = json.loads(fetcher._get_request("latest/dynamic/instance-identity/document
 print(json.dumps({"token": token is not None, "region": region, "instance": instance, "account": doc["accountId"]}))
 "#;
 
+/// `curl ARGS URL` in `ns`: the HTTP status it got ("000" when none).
+fn curl_status(ns: &Netns, args: &[&str], url: &str) -> String {
+    let mut full = vec![
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "2",
+    ];
+    full.extend_from_slice(args);
+    full.push(url);
+    ns.exec("curl", &full).unwrap_or_default().trim().to_owned()
+}
+
 fn botocore(vm: &Vm) -> serde_json::Value {
     let out = vm.ns.exec("/usr/bin/python3", &["-c", BOTOCORE]).unwrap();
     serde_json::from_str(out.trim()).unwrap_or_else(|err| panic!("{err}: {out}"))
@@ -153,23 +169,9 @@ fn every_token_status_over_raw_requests() {
     );
     assert_eq!(get_with(&optional, "not-a-token"), 401);
     // Obtained over IPv4, used over IPv6: the same instance.
-    let v6 = optional
-        .ns
-        .exec(
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-g",
-                "-H",
-                &format!("X-aws-ec2-metadata-token: {token}"),
-                "http://[fe80::a9fe:a9fe%eth0]/latest/meta-data/instance-id",
-            ],
-        )
-        .unwrap();
+    let header = format!("X-aws-ec2-metadata-token: {token}");
+    let url = "http://[fe80::a9fe:a9fe%eth0]/latest/meta-data/instance-id";
+    let v6 = curl_status(&optional.ns, &["-g", "-H", &header], url);
     assert_eq!(v6, "200");
     // Expired: a one-second token, used after its second.
     let (_, short) = put_token(&optional, &[&format!("{TTL_HEADER}: 1")]);
@@ -236,26 +238,10 @@ fn container_behind(vm: &Vm) -> Netns {
 
 /// The token PUT from the container; the HTTP status, or none.
 fn put_from(ctr: &Netns) -> Option<String> {
-    let out = ctr
-        .exec(
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "2",
-                "-X",
-                "PUT",
-                "-H",
-                &format!("{TTL_HEADER}: 60"),
-                "http://169.254.169.254/latest/api/token",
-            ],
-        )
-        .unwrap_or_default();
-    (out.trim() != "000" && !out.trim().is_empty()).then(|| out.trim().to_owned())
+    let ttl = format!("{TTL_HEADER}: 60");
+    let url = "http://169.254.169.254/latest/api/token";
+    let status = curl_status(ctr, &["-X", "PUT", "-H", &ttl], url);
+    (status != "000" && !status.is_empty()).then_some(status)
 }
 
 #[test]
@@ -282,6 +268,8 @@ fn the_hop_limit_keeps_tokens_inside_the_guest() {
         "hop_limit = 1: no token leaves the guest"
     );
     // Plain requests from the container still work: only tokens are held in.
+    let url = "http://169.254.169.254/latest/meta-data/instance-id";
+    assert_eq!(curl_status(&ctr, &[], url), "200");
     hv.stop_daemon().unwrap();
     hv.extra_config = "\n[tokens]\nhop_limit = 2\n".into();
     hv.start_daemon().unwrap();
