@@ -87,18 +87,7 @@ fn main() -> anyhow::Result<()> {
             build()?;
             Ok(())
         }
-        Task::Run { args } => {
-            setup::toolchain()?;
-            let binary = build()?;
-            let status = Command::new(&binary)
-                .args(&args)
-                .status()
-                .with_context(|| format!("running {}", binary.display()))?;
-            if !status.success() {
-                bail!("metadata-redirector exited with {status}");
-            }
-            Ok(())
-        }
+        Task::Run { args } => run_daemon(&args),
         Task::Demo { once } => {
             require_root("the demo")?;
             setup::all()?;
@@ -106,18 +95,7 @@ fn main() -> anyhow::Result<()> {
             sweep();
             demo::run(once)
         }
-        Task::Bench { quick, ovn_only } => {
-            require_root("the benchmarks")?;
-            setup::all()?;
-            build()?;
-            sweep();
-            if ovn_only {
-                let syncs = bench_ovn::run()?;
-                println!("{}", bench_ovn::markdown(&syncs));
-                return Ok(());
-            }
-            bench::run(quick)
-        }
+        Task::Bench { quick, ovn_only } => run_bench(quick, ovn_only),
         Task::Package { test } => {
             setup::all()?;
             let binary = build()?;
@@ -141,20 +119,51 @@ fn main() -> anyhow::Result<()> {
             println!("summary: {passed} passed, 0 failed");
             Ok(())
         }
-        Task::Test { vm, args } => {
-            require_root("the tests (they create namespaces and load eBPF)")?;
-            setup::all()?;
-            let (mut passed, failed) = test(&args)?;
-            let binary = root().join("target/release/metadata-redirector");
-            passed += package::test(&package::build(&binary)?)?;
-            if vm || vm::cached().is_some() {
-                passed += vm::test()?;
-            }
-            // The closing line of the whole run, unit to VM tests.
-            println!("summary: {passed} passed, {failed} failed");
-            Ok(())
-        }
+        Task::Test { vm, args } => run_tests(vm, &args),
     }
+}
+
+/// `cargo xtask run`: the daemon with `args`.
+fn run_daemon(args: &[String]) -> anyhow::Result<()> {
+    setup::toolchain()?;
+    let binary = build()?;
+    let status = Command::new(&binary)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", binary.display()))?;
+    if !status.success() {
+        bail!("metadata-redirector exited with {status}");
+    }
+    Ok(())
+}
+
+fn run_bench(quick: bool, ovn_only: bool) -> anyhow::Result<()> {
+    require_root("the benchmarks")?;
+    setup::all()?;
+    build()?;
+    sweep();
+    if ovn_only {
+        let syncs = bench_ovn::run()?;
+        println!("{}", bench_ovn::markdown(&syncs));
+        return Ok(());
+    }
+    bench::run(quick)
+}
+
+/// `cargo xtask test`: cargo's suites, the package test and (with `--vm`
+/// or a cached image) the VM test, with one closing summary line.
+fn run_tests(vm: bool, args: &[String]) -> anyhow::Result<()> {
+    require_root("the tests (they create namespaces and load eBPF)")?;
+    setup::all()?;
+    let (mut passed, failed) = test(args)?;
+    let binary = root().join("target/release/metadata-redirector");
+    passed += package::test(&package::build(&binary)?)?;
+    if vm || vm::cached().is_some() {
+        passed += vm::test()?;
+    }
+    // The closing line of the whole run, unit to VM tests.
+    println!("summary: {passed} passed, {failed} failed");
+    Ok(())
 }
 
 /// The workspace root.

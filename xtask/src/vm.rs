@@ -197,14 +197,7 @@ impl Drop for Guest {
 
 /// Runs the VM test; returns the number of guests that passed.
 pub fn test() -> anyhow::Result<u64> {
-    // Ctrl-C ends the wait below, so that every guard runs: qemu, dnsmasq,
-    // namespaces, taps, pins and the work folder all go.
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let interrupted = std::sync::Arc::clone(&interrupted);
-        ctrlc::set_handler(move || interrupted.store(true, std::sync::atomic::Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
-    }
+    let interrupted = interrupt_flag()?;
     let image = image()?;
     let accel = if kvm_works(&image) { "kvm" } else { "tcg" };
     eprintln!("vm-test: qemu with {accel}");
@@ -223,144 +216,174 @@ pub fn test() -> anyhow::Result<u64> {
         hv.plug(&tap, &bridge)?;
         hv.ns().ip(&["link", "set", &tap, "up"])?;
         networks.push(dhcp_network(&hv, &bridge, &mac, &work)?);
-        let id = metadata_tests::uuid_like();
-        let spec = InstanceSpec {
-            id: id.clone(),
-            project_id: "vm-test".into(),
-            name: name.into(),
-            user_data: Some(format!(
-                "#cloud-config\nruncmd:\n  - echo \"MDR-HOSTNAME $(hostname)\" > /dev/ttyS0\n  - echo \"MDR-KEYS $(cat /home/debian/.ssh/authorized_keys /root/.ssh/authorized_keys 2>/dev/null | tr '\\n' ' ')\" > /dev/ttyS0\n  - echo \"MDR-MARKER {id}\" > /dev/ttyS0\n"
-            )),
-            public_key: Some(format!(
-                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{name} {name}@vm-test"
-            )),
-            ports: vec![PortSpec {
-                device: tap.clone(),
-                mac: mac.clone(),
-                network_id: format!("net-{name}"),
-                ips: vec!["10.0.0.5".into()],
-            }],
-            tokens: None,
-        };
-        specs.push(spec);
+        specs.push(guest_spec(name, &tap, &mac));
         taps.push((tap, mac));
     }
     hv.set_instances(specs.clone())?;
     hv.start_daemon()?;
-
     let mut guests = Vec::new();
     for (spec, (tap, mac)) in specs.iter().zip(&taps) {
-        let overlay = work.join(format!("{}.qcow2", spec.name));
-        run(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&image.disk)
-            .arg(&overlay))?;
-        let console = work.join(format!("{}.console", spec.name));
-        let qemu = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", hv.ns().name()))
-            .args([
-                "qemu-system-x86_64",
-                "-accel",
-                accel,
-                "-m",
-                "1024",
-                "-smp",
-                "1",
-            ])
-            .args(["-nographic", "-display", "none", "-no-reboot"])
-            .arg("-kernel")
-            .arg(&image.kernel)
-            .arg("-initrd")
-            .arg(&image.initrd)
-            .args(["-append", "root=/dev/vda rw console=ttyS0 quiet"])
-            .arg("-drive")
-            .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-            .args([
-                "-netdev",
-                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            ])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
-            .args([
-                "-smbios",
-                "type=1,manufacturer=OpenStack Foundation,product=OpenStack Nova",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .args(["-monitor", "none"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting qemu")?;
-        guests.push(Guest {
-            qemu,
-            console,
-            spec: spec.clone(),
-            started: Instant::now(),
-        });
+        guests.push(boot(&hv, &image, accel, &work, spec, (tap, mac))?);
     }
-
     // cloud-init gives up on the metadata service after about two and a
     // half minutes of guest time; past that the marker will not come.
     let deadline = Instant::now() + Duration::from_secs(if accel == "kvm" { 300 } else { 600 });
-    let mut times = Vec::new();
     for guest in &guests {
-        let marker = format!("MDR-MARKER {}", guest.spec.id);
-        let log = loop {
-            let log = fs::read_to_string(&guest.console).unwrap_or_default();
-            if log.contains(&marker) {
-                break log;
-            }
-            if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
-                bail!("interrupted; removing the guests and their networks");
-            }
-            if Instant::now() > deadline {
-                keep_consoles(&guests);
-                let tail: String = log
-                    .lines()
-                    .rev()
-                    .take(40)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                bail!(
-                    "{} printed no marker in time; console tail:\n{tail}",
-                    guest.spec.name
-                );
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        };
-        let elapsed = guest.started.elapsed();
-        ensure!(
-            log.contains(&format!("MDR-HOSTNAME {}", guest.spec.name)),
-            "{}: cloud-init did not set the hostname from meta_data.json",
-            guest.spec.name
-        );
-        let key = guest.spec.public_key.as_deref().unwrap_or_default();
-        ensure!(
-            log.lines()
-                .any(|l| l.contains("MDR-KEYS") && l.contains(key)),
-            "{}: cloud-init did not install the SSH key",
-            guest.spec.name
-        );
-        println!(
-            "{}: hostname, SSH key and user data from the daemon; marker after {:.0} s",
-            guest.spec.name,
-            elapsed.as_secs_f64()
-        );
-        times.push(elapsed);
+        let log = wait_for_marker(guest, &guests, deadline, &interrupted)?;
+        check_guest(guest, &log)?;
     }
-    let status = hv.daemon_command(&["status"])?;
-    println!("{status}");
+    println!("{}", hv.daemon_command(&["status"])?);
     println!(
         "vm-test: {} guests configured by cloud-init through the daemon",
-        times.len()
+        guests.len()
     );
+    let passed = guests.len() as u64;
     drop(guests);
     drop(networks);
-    Ok(times.len() as u64)
+    Ok(passed)
+}
+
+/// Ctrl-C ends the wait for the guests, so that every guard runs: qemu,
+/// dnsmasq, namespaces, taps, pins and the work folder all go.
+fn interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&interrupted);
+    ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+        .context("installing the Ctrl-C handler")?;
+    Ok(interrupted)
+}
+
+/// The guest's record: its user data prints what cloud-init did, and a
+/// marker with the guest's own uuid, on the serial console.
+fn guest_spec(name: &str, tap: &str, mac: &str) -> InstanceSpec {
+    let id = metadata_tests::uuid_like();
+    InstanceSpec {
+        id: id.clone(),
+        project_id: "vm-test".into(),
+        name: name.into(),
+        user_data: Some(format!(
+            "#cloud-config\nruncmd:\n  - echo \"MDR-HOSTNAME $(hostname)\" > /dev/ttyS0\n  - echo \"MDR-KEYS $(cat /home/debian/.ssh/authorized_keys /root/.ssh/authorized_keys 2>/dev/null | tr '\\n' ' ')\" > /dev/ttyS0\n  - echo \"MDR-MARKER {id}\" > /dev/ttyS0\n"
+        )),
+        public_key: Some(format!(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{name} {name}@vm-test"
+        )),
+        ports: vec![PortSpec {
+            device: tap.to_owned(),
+            mac: mac.to_owned(),
+            network_id: format!("net-{name}"),
+            ips: vec!["10.0.0.5".into()],
+        }],
+        tokens: None,
+    }
+}
+
+/// Starts qemu for `spec` on its tap, on a copy-on-write overlay of the
+/// image, with its serial console in a file.
+fn boot(
+    hv: &Hypervisor,
+    image: &Image,
+    accel: &str,
+    work: &Path,
+    spec: &InstanceSpec,
+    (tap, mac): (&str, &str),
+) -> anyhow::Result<Guest> {
+    let overlay = work.join(format!("{}.qcow2", spec.name));
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&image.disk)
+        .arg(&overlay))?;
+    let console = work.join(format!("{}.console", spec.name));
+    let qemu = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", hv.ns().name()))
+        .args([
+            "qemu-system-x86_64",
+            "-accel",
+            accel,
+            "-m",
+            "1024",
+            "-smp",
+            "1",
+        ])
+        .args(["-nographic", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initrd)
+        .args(["-append", "root=/dev/vda rw console=ttyS0 quiet"])
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        .args([
+            "-netdev",
+            &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+        ])
+        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
+        .args([
+            "-smbios",
+            "type=1,manufacturer=OpenStack Foundation,product=OpenStack Nova",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .args(["-monitor", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting qemu")?;
+    Ok(Guest {
+        qemu,
+        console,
+        spec: spec.clone(),
+        started: Instant::now(),
+    })
+}
+
+/// The guest's console once it printed its marker.
+fn wait_for_marker(
+    guest: &Guest,
+    guests: &[Guest],
+    deadline: Instant,
+    interrupted: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<String> {
+    let marker = format!("MDR-MARKER {}", guest.spec.id);
+    loop {
+        let log = fs::read_to_string(&guest.console).unwrap_or_default();
+        if log.contains(&marker) {
+            return Ok(log);
+        }
+        if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("interrupted; removing the guests and their networks");
+        }
+        if Instant::now() > deadline {
+            keep_consoles(guests);
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            bail!(
+                "{} printed no marker in time; console tail:\n{tail}",
+                guest.spec.name
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// What cloud-init did in the guest, from its console.
+fn check_guest(guest: &Guest, log: &str) -> anyhow::Result<()> {
+    let name = &guest.spec.name;
+    ensure!(
+        log.contains(&format!("MDR-HOSTNAME {name}")),
+        "{name}: cloud-init did not set the hostname from meta_data.json"
+    );
+    let key = guest.spec.public_key.as_deref().unwrap_or_default();
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("MDR-KEYS") && l.contains(key)),
+        "{name}: cloud-init did not install the SSH key"
+    );
+    println!(
+        "{name}: hostname, SSH key and user data from the daemon; marker after {:.0} s",
+        guest.started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Copies the guests' serial consoles to target/vm-test/ for a post-mortem.

@@ -332,26 +332,20 @@ async fn nova(config: &Config) -> Vec<Check> {
             "local: served from the instances file",
         )];
     };
-    let uri = &nova.url.0;
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
-    let reach = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await;
-    let reachable = match reach {
+    vec![nova_reachable(&nova.url.0).await, shared_secret(nova)]
+}
+
+async fn nova_reachable(uri: &http::Uri) -> Check {
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let default_port = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    let port = uri.port_u16().unwrap_or(default_port);
+    let connect = tokio::net::TcpStream::connect((host, port));
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(_)) => check(Outcome::Ok, "nova", format!("{uri} accepts connections")),
         Ok(Err(err)) => check(Outcome::Fail, "nova", format!("{uri}: {err}")),
         Err(_) => check(
@@ -359,9 +353,12 @@ async fn nova(config: &Config) -> Vec<Check> {
             "nova",
             format!("{uri}: no answer within {CONNECT_TIMEOUT:?}"),
         ),
-    };
-    let secret = match (&nova.shared_secret, &nova.shared_secret_file) {
-        (Some(s), _) if !s.is_empty() => check(Outcome::Ok, "shared secret", "set"),
+    }
+}
+
+fn shared_secret(nova: &crate::config::NovaBackendConfig) -> Check {
+    match (&nova.shared_secret, &nova.shared_secret_file) {
+        (Some(secret), _) if !secret.is_empty() => check(Outcome::Ok, "shared secret", "set"),
         (_, Some(file)) => match std::fs::read_to_string(file) {
             Ok(s) if !s.trim().is_empty() => check(
                 Outcome::Ok,
@@ -384,6 +381,5 @@ async fn nova(config: &Config) -> Vec<Check> {
             "shared secret",
             "not set: Nova will answer 403 to every request",
         ),
-    };
-    vec![reachable, secret]
+    }
 }
