@@ -111,6 +111,7 @@ pub struct Config {
     pub ports: PortsConfig,
     pub agent: AgentConfig,
     pub tokens: TokensConfig,
+    pub rate_limit: RateLimitConfig,
     pub backend: BackendConfig,
 }
 
@@ -124,6 +125,7 @@ struct ConfigFile {
     ports: PortsConfig,
     agent: AgentConfig,
     tokens: TokensConfig,
+    rate_limit: RateLimitConfig,
     backend: BackendSection,
 }
 
@@ -222,6 +224,32 @@ impl Default for ProxyConfig {
             address: Ipv4Addr::new(169, 254, 169, 254),
             port: 80,
             max_connections_per_instance: 64,
+        }
+    }
+}
+
+/// Per-instance rate limiting with Neutron's semantics: over either
+/// window's count, 429. Off by default, as in Neutron.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub base_window_s: u64,
+    pub base_requests: usize,
+    pub burst_window_s: u64,
+    pub burst_requests: usize,
+}
+
+impl Default for RateLimitConfig {
+    /// Generous: a cloud-init crawl of both trees is a few dozen requests
+    /// in a second or two.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            base_window_s: 10,
+            base_requests: 300,
+            burst_window_s: 1,
+            burst_requests: 100,
         }
     }
 }
@@ -503,6 +531,7 @@ impl Config {
             ports: file.ports,
             agent: file.agent,
             tokens: file.tokens,
+            rate_limit: file.rate_limit,
         };
         config.ports.file = base.join(&config.ports.file);
         if config.ports.source == PortSourceKind::Ovn && config.ports.ovn_sb.is_none() {

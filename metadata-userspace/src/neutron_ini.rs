@@ -75,7 +75,7 @@ fn entry_err(path: &Path, entry: &Entry, message: impl Into<String>) -> ConfigEr
 }
 
 /// What the daemon takes from the file.
-const USED: [(&str, &str); 14] = [
+const USED: [(&str, &str); 19] = [
     ("DEFAULT", "nova_metadata_host"),
     ("DEFAULT", "nova_metadata_port"),
     ("DEFAULT", "nova_metadata_protocol"),
@@ -90,6 +90,13 @@ const USED: [(&str, &str); 14] = [
     ("ovn", "ovn_sb_ca_cert"),
     ("ovs", "ovsdb_connection"),
     ("metadata_rate_limiting", "rate_limit_enabled"),
+    ("metadata_rate_limiting", "base_window_duration"),
+    ("metadata_rate_limiting", "base_query_rate_limit"),
+    ("metadata_rate_limiting", "burst_window_duration"),
+    ("metadata_rate_limiting", "burst_query_rate_limit"),
+    // Neutron limits one family; this daemon counts per instance over
+    // both, which covers what either setting asks.
+    ("metadata_rate_limiting", "ip_versions"),
 ];
 
 /// Applies the file at `path` to `config`: the port source becomes "ovn"
@@ -106,15 +113,7 @@ pub fn apply(config: &mut Config, path: &Path) -> Result<Vec<String>, ConfigErro
             .rev()
             .find(|e| e.section == section && e.key == key)
     };
-    if let Some(entry) = get("metadata_rate_limiting", "rate_limit_enabled")
-        && parse_bool(path, entry)?
-    {
-        return Err(entry_err(
-            path,
-            entry,
-            "rate limiting is not implemented by this daemon yet; it cannot honour this",
-        ));
-    }
+    rate_limit(path, &get, &mut config.rate_limit)?;
     let sb = get("ovn", "ovn_sb_connection").ok_or_else(|| {
         invalid(
             path,
@@ -197,6 +196,40 @@ fn nova<'a>(
         connect_timeout_s: 5,
         timeout_s: 60,
     })
+}
+
+/// `[metadata_rate_limiting]`, in Neutron's names.
+fn rate_limit<'a>(
+    path: &Path,
+    get: &impl Fn(&str, &str) -> Option<&'a Entry>,
+    limits: &mut crate::config::RateLimitConfig,
+) -> Result<(), ConfigError> {
+    let section = "metadata_rate_limiting";
+    if let Some(entry) = get(section, "rate_limit_enabled") {
+        limits.enabled = parse_bool(path, entry)?;
+    }
+    let number = |key: &str| -> Result<Option<u64>, ConfigError> {
+        get(section, key)
+            .map(|e| {
+                e.value
+                    .parse::<u64>()
+                    .map_err(|_| entry_err(path, e, "not a whole number"))
+            })
+            .transpose()
+    };
+    if let Some(n) = number("base_window_duration")? {
+        limits.base_window_s = n;
+    }
+    if let Some(n) = number("base_query_rate_limit")? {
+        limits.base_requests = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = number("burst_window_duration")? {
+        limits.burst_window_s = n;
+    }
+    if let Some(n) = number("burst_query_rate_limit")? {
+        limits.burst_requests = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    Ok(())
 }
 
 fn parse_bool(path: &Path, entry: &Entry) -> Result<bool, ConfigError> {
@@ -290,10 +323,13 @@ rate_limit_enabled = false
             err.ends_with(":7: key `DEFAULT.nova_metadata_port`: not a port number"),
             "{err}"
         );
-        let enabled = AGENT_INI.replace("rate_limit_enabled = false", "rate_limit_enabled = true");
-        let err = apply_text(&enabled).unwrap_err().to_string();
+        let limited = AGENT_INI.replace(
+            "rate_limit_enabled = false",
+            "rate_limit_enabled = true\nbase_window_duration = 10\nbase_query_rate_limit = 10\nburst_query_rate_limit = x",
+        );
+        let err = apply_text(&limited).unwrap_err().to_string();
         assert!(
-            err.contains(":23: key `metadata_rate_limiting.rate_limit_enabled`"),
+            err.contains(":26: key `metadata_rate_limiting.burst_query_rate_limit`"),
             "{err}"
         );
         let no_sb = AGENT_INI.replace("ovn_sb_connection", "#");

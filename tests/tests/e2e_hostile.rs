@@ -410,3 +410,44 @@ fn without_a_shared_bpffs_the_daemon_refuses_to_start_and_under_nsenter_it_fails
     hv.start_daemon().unwrap();
     served(&vm, &spec);
 }
+
+#[test]
+fn a_guest_over_its_rate_limit_gets_429_across_both_families_and_another_is_served() {
+    let mut hv = Hypervisor::new().unwrap();
+    let greedy = hv.add_vm(ATTACKER_IP).unwrap();
+    let other = hv.add_vm(VICTIM_IP).unwrap();
+    let other_spec = InstanceSpec::for_vm(&other, "other");
+    hv.set_instances(vec![
+        InstanceSpec::for_vm(&greedy, "greedy"),
+        other_spec.clone(),
+    ])
+    .unwrap();
+    hv.extra_config = "\n[rate_limit]\nenabled = true\nbase_window_s = 60\nbase_requests = 50\nburst_window_s = 5\nburst_requests = 5\n".into();
+    hv.start_daemon().unwrap();
+    for _ in 0..5 {
+        assert_eq!(greedy.http("GET", META, &[], b"").unwrap().0, 200);
+    }
+    // The sixth, over IPv6, counts for the same instance.
+    let v6 = greedy
+        .ns
+        .exec(
+            "curl",
+            &[
+                "-s",
+                "-i",
+                "-g",
+                "http://[fe80::a9fe:a9fe%eth0]/openstack/latest/meta_data.json",
+            ],
+        )
+        .unwrap();
+    let head = v6.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 429"), "{v6}");
+    assert!(head.contains("retry-after: "), "{v6}");
+    assert_eq!(
+        greedy.http("GET", META, &[], b"").unwrap().0,
+        429,
+        "and over IPv4"
+    );
+    // Another guest at the same time: served.
+    served(&other, &other_spec);
+}

@@ -14,6 +14,7 @@ use crate::{
         self, Limits, Server, activation,
         agent::{self, AgentPolicy},
         proxy::{ProxyPolicy, SharedRegistry},
+        rate_limit::RateLimiter,
         tokens::Tokens,
     },
 };
@@ -26,6 +27,7 @@ pub struct Servers {
     pub backend: Arc<Backend>,
     pub limits: Arc<Limits>,
     pub tokens: Arc<Tokens>,
+    pub rate_limit: Option<Arc<RateLimiter>>,
     /// Turns true when the servers are to drain and stop.
     pub stop: watch::Receiver<bool>,
 }
@@ -40,6 +42,7 @@ impl Servers {
             backend: Arc::clone(&self.backend),
             limits: Arc::clone(&self.limits),
             tokens: Some(Arc::clone(&self.tokens)),
+            rate_limit: self.rate_limit.clone(),
         };
         for listener in proxy_listeners(config).await? {
             let server = proxy.clone();
@@ -61,6 +64,7 @@ impl Servers {
                 backend: Arc::clone(&self.backend),
                 limits: Arc::clone(&self.limits),
                 tokens: None,
+                rate_limit: self.rate_limit.clone(),
             };
             tasks.push(tokio::spawn(serve::serve(
                 listener,

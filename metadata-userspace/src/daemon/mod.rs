@@ -42,7 +42,7 @@ use crate::{
         ovn::{OvnSettings, OvnSource},
         ovsdb::remote::{self, TlsFiles},
     },
-    serve::{Limits, proxy::SharedRegistry, tokens::Tokens},
+    serve::{Limits, proxy::SharedRegistry, rate_limit::RateLimiter, tokens::Tokens},
 };
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -76,6 +76,7 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
             Tokens::load(&config.tokens, &config.daemon.state_dir)
                 .context("the session token key")?,
         ),
+        rate_limit: RateLimiter::new(&config.rate_limit).map(Arc::new),
         stop: stopped,
     };
     let servers = servers.start(&config).await?;

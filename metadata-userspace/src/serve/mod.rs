@@ -7,6 +7,7 @@
 pub mod activation;
 pub mod agent;
 pub mod proxy;
+pub mod rate_limit;
 pub mod tokens;
 
 use std::{
@@ -25,7 +26,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, warn};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use self::tokens::{Decision, Tokens};
+use self::{
+    rate_limit::RateLimiter,
+    tokens::{Decision, Tokens},
+};
 use crate::{
     backends::{Backend, Reply},
     config::ProxyConfig,
@@ -123,6 +127,8 @@ pub struct Server<P> {
     /// Session tokens, on the datapath's proxy (not on the agent socket,
     /// whose haproxy adds X-Forwarded-For to every request).
     pub tokens: Option<Arc<Tokens>>,
+    /// Per-instance rate limits, shared by every listener.
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl<P> Clone for Server<P> {
@@ -132,6 +138,7 @@ impl<P> Clone for Server<P> {
             backend: Arc::clone(&self.backend),
             limits: Arc::clone(&self.limits),
             tokens: self.tokens.clone(),
+            rate_limit: self.rate_limit.clone(),
         }
     }
 }
@@ -297,6 +304,11 @@ impl<P: Policy> Connection<P> {
             Ok(identity) => identity,
             Err(status) => return Reply::status(status).into_response(&method),
         };
+        if let Some(limiter) = &self.server.rate_limit
+            && let Err(retry_after) = limiter.check(&identity.instance.id, Instant::now())
+        {
+            return too_many(retry_after).into_response(&method);
+        }
         let (parts, body) = request.into_parts();
         if let Some(tokens) = &self.server.tokens {
             match tokens.decide(&identity, &parts) {
@@ -328,6 +340,15 @@ impl<P: Policy> Connection<P> {
         );
         reply.into_response(&method)
     }
+}
+
+/// 429 with the seconds until the instance may ask again.
+fn too_many(retry_after: Duration) -> Reply {
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    Reply::status(StatusCode::TOO_MANY_REQUESTS).with_header(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(seconds.max(1)),
+    )
 }
 
 /// 413 for a body over the limit, 400 for one that could not be read.
