@@ -216,6 +216,9 @@ pub struct ProxyConfig {
     /// Concurrent connections one instance may hold; the excess is closed
     /// at once, so that no guest can take every descriptor.
     pub max_connections_per_instance: usize,
+    /// Time a client gets to send a request's headers (slowloris), and an
+    /// idle keep-alive connection to start its next request.
+    pub header_read_timeout_s: u64,
 }
 
 impl Default for ProxyConfig {
@@ -224,6 +227,7 @@ impl Default for ProxyConfig {
             address: Ipv4Addr::new(169, 254, 169, 254),
             port: 80,
             max_connections_per_instance: 64,
+            header_read_timeout_s: 30,
         }
     }
 }
@@ -742,7 +746,7 @@ mod tests {
         let err = parse("[daemon]\nstate_dir = \"/x\"\n\n[proxy]\nprot = 80\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "/etc/mdr.toml:5: key `proxy.prot`: unknown field `prot`, expected one of `address`, `port`, `max_connections_per_instance`"
+            "/etc/mdr.toml:5: key `proxy.prot`: unknown field `prot`, expected one of `address`, `port`, `max_connections_per_instance`, `header_read_timeout_s`"
         );
     }
 

@@ -8,6 +8,7 @@ pub mod activation;
 pub mod agent;
 pub mod proxy;
 pub mod rate_limit;
+pub mod request_rules;
 pub mod tokens;
 
 use std::{
@@ -51,16 +52,22 @@ pub struct Limits {
     /// Concurrent connections one instance may hold; the excess is closed
     /// at once, for that instance only.
     pub max_connections_per_instance: usize,
+    /// Request headers at most (more: 431).
+    pub max_headers: usize,
+    /// Bytes of request line and headers at most (more: 431).
+    pub max_header_bytes: usize,
 }
 
 impl Limits {
     pub fn new(proxy: &ProxyConfig) -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(proxy.header_read_timeout_s),
             max_body: 64 * 1024,
             first_request_grace: Duration::from_millis(200),
             drain: Duration::from_secs(10),
             max_connections_per_instance: proxy.max_connections_per_instance,
+            max_headers: 64,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -284,14 +291,18 @@ impl<P: Policy> Connection<P> {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let header_read_timeout = self.server.limits.header_read_timeout;
+        let limits = Arc::clone(&self.server.limits);
         let service = service_fn(move |request| {
             let connection = self.clone();
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
         http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout)
+            // Also how long an idle keep-alive connection may wait for its
+            // next request: the timer runs while a request head is awaited.
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.max_headers)
+            .max_header_size(limits.max_header_bytes)
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service)
     }
@@ -300,6 +311,11 @@ impl<P: Policy> Connection<P> {
     /// its limit, ask the backend.
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let method = request.method().clone();
+        let (parts, body) = request.into_parts();
+        if let Err(reply) = request_rules::check(&parts) {
+            return reply.into_response(&method);
+        }
+        let request = Request::from_parts(parts, body);
         let identity = match self.server.policy.identify(&self.peer, request.headers()) {
             Ok(identity) => identity,
             Err(status) => return Reply::status(status).into_response(&method),
