@@ -312,7 +312,7 @@ impl<P: Policy> Connection<P> {
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let method = request.method().clone();
         let (parts, body) = request.into_parts();
-        if let Err(reply) = request_rules::check(&parts) {
+        if let Some(reply) = request_rules::refusal(&parts) {
             return reply.into_response(&method);
         }
         let request = Request::from_parts(parts, body);

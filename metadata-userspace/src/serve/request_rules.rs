@@ -13,24 +13,21 @@ use http::{Method, StatusCode, Version, request::Parts};
 
 use crate::backends::Reply;
 
-/// `Err` with the answer when the request breaks a rule.
-pub fn check(parts: &Parts) -> Result<(), Reply> {
+/// The answer when the request breaks a rule.
+pub fn refusal(parts: &Parts) -> Option<Reply> {
     if parts.method == Method::CONNECT {
-        return Err(Reply::method_not_allowed("GET, HEAD, POST, PUT"));
+        return Some(Reply::method_not_allowed("GET, HEAD, POST, PUT"));
     }
     let bad = || Reply::status(StatusCode::BAD_REQUEST);
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         // Absolute-form is for proxies; this is not one.
-        return Err(bad());
+        return Some(bad());
     }
     if parts.version == Version::HTTP_11 && !parts.headers.contains_key(http::header::HOST) {
-        return Err(bad());
+        return Some(bad());
     }
 
-    if !path_ok(parts.uri.path()) {
-        return Err(bad());
-    }
-    Ok(())
+    (!path_ok(parts.uri.path())).then(bad)
 }
 
 /// Whether `path` percent-decodes to UTF-8 with no NUL and no `..` (or
@@ -82,9 +79,7 @@ mod tests {
     }
 
     fn status(parts: &Parts) -> StatusCode {
-        check(parts)
-            .err()
-            .map_or(StatusCode::OK, |reply| reply.status)
+        refusal(parts).map_or(StatusCode::OK, |reply| reply.status)
     }
 
     #[test]
