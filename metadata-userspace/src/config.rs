@@ -112,6 +112,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub tokens: TokensConfig,
     pub rate_limit: RateLimitConfig,
+    pub metrics: MetricsConfig,
     pub backend: BackendConfig,
 }
 
@@ -126,6 +127,7 @@ struct ConfigFile {
     agent: AgentConfig,
     tokens: TokensConfig,
     rate_limit: RateLimitConfig,
+    metrics: MetricsConfig,
     backend: BackendSection,
 }
 
@@ -228,6 +230,22 @@ impl Default for ProxyConfig {
             port: 80,
             max_connections_per_instance: 64,
             header_read_timeout_s: 30,
+        }
+    }
+}
+
+/// Prometheus metrics and health endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A host-only address: never the metadata address. Off when absent.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9780))),
         }
     }
 }
@@ -536,6 +554,7 @@ impl Config {
             agent: file.agent,
             tokens: file.tokens,
             rate_limit: file.rate_limit,
+            metrics: file.metrics,
         };
         config.ports.file = base.join(&config.ports.file);
         if config.ports.source == PortSourceKind::Ovn && config.ports.ovn_sb.is_none() {

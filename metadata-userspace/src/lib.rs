@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod inventory;
+pub mod metrics;
 pub mod neutron_ini;
 pub mod reconcile;
 pub mod serve;

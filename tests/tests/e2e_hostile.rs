@@ -451,3 +451,97 @@ fn a_guest_over_its_rate_limit_gets_429_across_both_families_and_another_is_serv
     // Another guest at the same time: served.
     served(&other, &other_spec);
 }
+
+/// Python's prometheus_client (Debian's python3-prometheus-client) reads
+/// the exposition: family name, sample name, labels, value per line.
+const PARSE_METRICS: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+samples = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        samples.append({"family": family.name, "name": s.name, "labels": s.labels, "value": s.value})
+print(json.dumps(samples))
+"#;
+
+#[test]
+fn metrics_and_health_endpoints_show_what_happened() {
+    let mut hv = Hypervisor::new().unwrap();
+    let vm = hv.add_vm(ATTACKER_IP).unwrap();
+    hv.set_instances(vec![InstanceSpec::for_vm(&vm, "metrics")])
+        .unwrap();
+    hv.extra_config =
+        "\n[rate_limit]\nenabled = true\nburst_window_s = 30\nburst_requests = 3\n".into();
+    hv.start_daemon().unwrap();
+    for _ in 0..3 {
+        assert_eq!(vm.http("GET", META, &[], b"").unwrap().0, 200);
+    }
+    assert_eq!(vm.http("GET", META, &[], b"").unwrap().0, 429);
+    let get = |path: &str| {
+        hv.ns()
+            .exec(
+                "curl",
+                &[
+                    "-s",
+                    "-w",
+                    "\n%{http_code}",
+                    &format!("http://127.0.0.1:9780{path}"),
+                ],
+            )
+            .unwrap()
+    };
+    assert!(get("/healthz").ends_with("200"));
+    assert!(get("/readyz").ends_with("200"));
+    let text = get("/metrics");
+    let text = text.rsplit_once('\n').unwrap().0.to_owned();
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", PARSE_METRICS])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser refused the exposition:\n{text}"
+    );
+    let samples: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .filter(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][k] == *v))
+            .map(|s| s["value"].as_f64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        value(
+            "metadata_requests_total",
+            &[
+                ("listener", "proxy"),
+                ("status", "200"),
+                ("path", "openstack")
+            ]
+        ),
+        3.0
+    );
+    assert_eq!(value("metadata_requests_total", &[("status", "429")]), 1.0);
+    assert_eq!(
+        value("metadata_rejections_total", &[("reason", "rate_limit")]),
+        1.0
+    );
+    assert_eq!(value("metadata_taps_attached", &[]), 1.0);
+    assert!(
+        value(
+            "metadata_request_duration_seconds_count",
+            &[("listener", "proxy")]
+        ) >= 4.0
+    );
+    assert!(
+        value(
+            "metadata_datapath_packets_total",
+            &[("device", vm.tap.as_str()), ("verdict", "steered")]
+        ) >= 4.0,
+        "{text}"
+    );
+}

@@ -10,6 +10,7 @@ use crate::{
     backends::Backend,
     config::Config,
     inventory::Snapshot,
+    metrics::{Listener, Metrics},
     serve::{
         self, Limits, Server, activation,
         agent::{self, AgentPolicy},
@@ -28,6 +29,7 @@ pub struct Servers {
     pub limits: Arc<Limits>,
     pub tokens: Arc<Tokens>,
     pub rate_limit: Option<Arc<RateLimiter>>,
+    pub metrics: Arc<Metrics>,
     /// Turns true when the servers are to drain and stop.
     pub stop: watch::Receiver<bool>,
 }
@@ -43,6 +45,8 @@ impl Servers {
             limits: Arc::clone(&self.limits),
             tokens: Some(Arc::clone(&self.tokens)),
             rate_limit: self.rate_limit.clone(),
+            metrics: Arc::clone(&self.metrics),
+            listener: Listener::Proxy,
         };
         for listener in proxy_listeners(config).await? {
             let server = proxy.clone();
@@ -65,6 +69,8 @@ impl Servers {
                 limits: Arc::clone(&self.limits),
                 tokens: None,
                 rate_limit: self.rate_limit.clone(),
+                metrics: Arc::clone(&self.metrics),
+                listener: Listener::Agent,
             };
             tasks.push(tokio::spawn(serve::serve(
                 listener,

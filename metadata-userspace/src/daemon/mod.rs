@@ -42,13 +42,16 @@ use crate::{
         ovn::{OvnSettings, OvnSource},
         ovsdb::remote::{self, TlsFiles},
     },
+    metrics::Metrics,
     serve::{Limits, proxy::SharedRegistry, rate_limit::RateLimiter, tokens::Tokens},
 };
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::Result<()> {
-    let config = load_config(config_path, neutron_config)?;
+    let config = Arc::new(load_config(config_path, neutron_config)?);
     limits::raise_open_files_limit()?;
+    let metrics = Arc::new(Metrics::default());
+    start_metrics(&config, &metrics).await?;
     let reload = Arc::new(Notify::new());
     let (source_task, inventory) = start_port_source(&config, Arc::clone(&reload)).await?;
     let snapshot = Arc::clone(&inventory.borrow());
@@ -63,20 +66,21 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
         .context("attaching to taps")?;
     reconcile_loop::log_attached(&datapath);
     let registry: SharedRegistry = Arc::new(RwLock::new(Arc::new(registry)));
-    let backend = Backend::new(&config.backend, &config.daemon.state_dir)
-        .context("setting up the backend")?;
-
     let (stop, stopped) = watch::channel(false);
     let servers = listeners::Servers {
         registry: Arc::clone(&registry),
         inventory: inventory.clone(),
-        backend: Arc::new(backend),
+        backend: Arc::new(
+            Backend::new(&config.backend, &config.daemon.state_dir)
+                .context("setting up the backend")?,
+        ),
         limits: Arc::new(Limits::new(&config.proxy)),
         tokens: Arc::new(
             Tokens::load(&config.tokens, &config.daemon.state_dir)
                 .context("the session token key")?,
         ),
         rate_limit: RateLimiter::new(&config.rate_limit).map(Arc::new),
+        metrics: Arc::clone(&metrics),
         stop: stopped,
     };
     let servers = servers.start(&config).await?;
@@ -87,11 +91,21 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
     println!("ready");
     std::io::stdout().flush().context("writing to stdout")?;
     notify::ready(datapath.attached().len());
+    metrics.set_taps(datapath.attached().len());
+    metrics.set_ready();
 
-    let mut resync = reconcile_loop::ReconcileLoop::new(datapath, inventory, registry, link_events);
+    let mut resync =
+        reconcile_loop::ReconcileLoop::new(datapath, inventory, registry, link_events, metrics);
     resync.run(&reload).await?;
+    shutdown(&stop, servers).await;
+    source_task.abort();
+    Ok(())
+}
 
-    // Stop accepting, let requests in flight finish.
+/// Stops accepting, lets requests in flight finish. The links stay pinned:
+/// guests keep being steered to the host device, where nothing listens
+/// until the next daemon starts (fail closed).
+async fn shutdown(stop: &watch::Sender<bool>, servers: Vec<JoinHandle<()>>) {
     notify::stopping();
     stop.send_replace(true);
     for server in servers {
@@ -99,10 +113,23 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
             error!("a server task ended abnormally: {err}");
         }
     }
-    source_task.abort();
-    // The links stay pinned: guests keep being steered to the host device,
-    // where nothing listens until the next daemon starts (fail closed).
     info!("stopped; programs stay attached until `metadata-redirector teardown`");
+}
+
+/// The metrics listener, when configured; a taken address is an error.
+async fn start_metrics(config: &Arc<Config>, metrics: &Arc<Metrics>) -> anyhow::Result<()> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for metrics on {addr} ([metrics] listen)"))?;
+    info!("metrics on http://{addr}/metrics (and /healthz, /readyz)");
+    tokio::spawn(crate::metrics::serve(
+        listener,
+        Arc::clone(metrics),
+        Arc::clone(config),
+    ));
     Ok(())
 }
 

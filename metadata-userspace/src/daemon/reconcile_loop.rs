@@ -18,6 +18,7 @@ use tokio::{
 use crate::{
     datapath::{Datapath, netlink::LinkEvents},
     inventory::Snapshot,
+    metrics::Metrics,
     serve::proxy::SharedRegistry,
 };
 
@@ -34,6 +35,7 @@ pub struct ReconcileLoop {
     inventory: watch::Receiver<Snapshot>,
     registry: SharedRegistry,
     link_events: LinkEvents,
+    metrics: Arc<Metrics>,
 }
 
 /// Why the loop woke up.
@@ -67,12 +69,14 @@ impl ReconcileLoop {
         inventory: watch::Receiver<Snapshot>,
         registry: SharedRegistry,
         link_events: LinkEvents,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             datapath,
             inventory,
             registry,
             link_events,
+            metrics,
         }
     }
 
@@ -146,6 +150,7 @@ impl ReconcileLoop {
                     .write()
                     .unwrap_or_else(PoisonError::into_inner) = Arc::new(registry);
                 super::notify::status(self.datapath.attached().len());
+                self.metrics.set_taps(self.datapath.attached().len());
                 true
             }
             Err(err) => {

@@ -35,6 +35,7 @@ use crate::{
     backends::{Backend, Reply},
     config::ProxyConfig,
     inventory::Identity,
+    metrics::{Listener, Metrics, PathClass, Rejection},
 };
 
 /// Every limit of the serving core, defined once for both listeners.
@@ -136,6 +137,9 @@ pub struct Server<P> {
     pub tokens: Option<Arc<Tokens>>,
     /// Per-instance rate limits, shared by every listener.
     pub rate_limit: Option<Arc<RateLimiter>>,
+    pub metrics: Arc<Metrics>,
+    /// This listener's label in the metrics.
+    pub listener: Listener,
 }
 
 impl<P> Clone for Server<P> {
@@ -146,6 +150,8 @@ impl<P> Clone for Server<P> {
             limits: Arc::clone(&self.limits),
             tokens: self.tokens.clone(),
             rate_limit: self.rate_limit.clone(),
+            metrics: Arc::clone(&self.metrics),
+            listener: self.listener,
         }
     }
 }
@@ -162,7 +168,7 @@ where
     P: Policy<Peer = A::Peer>,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut admission = Admission::new(Arc::clone(&server.limits));
+    let mut admission = Admission::new(Arc::clone(&server.limits), Arc::clone(&server.metrics));
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -215,15 +221,17 @@ async fn drain(graceful: hyper_util::server::graceful::GracefulShutdown, limits:
 #[derive(Debug)]
 struct Admission {
     limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
     connections: ConnectionCounts,
     accept_errors: ThrottledLog,
     over_cap: ThrottledLog,
 }
 
 impl Admission {
-    fn new(limits: Arc<Limits>) -> Self {
+    fn new(limits: Arc<Limits>, metrics: Arc<Metrics>) -> Self {
         Self {
             limits,
+            metrics,
             connections: ConnectionCounts::default(),
             accept_errors: ThrottledLog::new("accept failed"),
             over_cap: ThrottledLog::new("closed a connection over its instance's cap"),
@@ -256,6 +264,7 @@ impl Admission {
         match self.connections.acquire(owner, cap) {
             Some(guard) => Some(Some(guard)),
             None => {
+                self.metrics.rejected(Rejection::ConnectionCap);
                 self.over_cap
                     .report(&format_args!("{peer:?} holds {cap} connections already"));
                 None
@@ -307,12 +316,29 @@ impl<P: Policy> Connection<P> {
             .serve_connection(TokioIo::new(stream), service)
     }
 
-    /// One request: identify, apply the token rules, read the body within
-    /// its limit, ask the backend.
+    /// One request, counted and timed.
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let path = PathClass::of(request.uri().path());
+        let response = self.answer(request).await;
+        let status = response.status();
+        let metrics = &self.server.metrics;
+        metrics.request(self.server.listener, status, path, started.elapsed());
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => metrics.rejected(Rejection::RateLimit),
+            StatusCode::UNAUTHORIZED => metrics.rejected(Rejection::Token),
+            _ => {}
+        }
+        response
+    }
+
+    /// Identify, apply the request rules, rate limit and token rules, read
+    /// the body within its limit, ask the backend.
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let method = request.method().clone();
         let (parts, body) = request.into_parts();
         if let Some(reply) = request_rules::refusal(&parts) {
+            self.server.metrics.rejected(Rejection::BadRequest);
             return reply.into_response(&method);
         }
         let request = Request::from_parts(parts, body);
