@@ -119,9 +119,11 @@ impl LocalBackend {
                 Ok(()) => Reply::text(String::new()),
                 Err(PasswordError::AlreadySet) => Reply::status(StatusCode::CONFLICT),
                 Err(PasswordError::TooLong) => Reply::status(StatusCode::BAD_REQUEST),
+                // Not stored (state_dir unwritable, disk full): the guest
+                // must not believe it is, and may try again later.
                 Err(err) => {
                     log::error!("{err}");
-                    Reply::status(StatusCode::INTERNAL_SERVER_ERROR)
+                    Reply::status(StatusCode::SERVICE_UNAVAILABLE)
                 }
             },
             _ => Reply::status(StatusCode::BAD_REQUEST),
@@ -527,4 +529,67 @@ fn random_seed() -> Option<String> {
         filled += n as usize;
     }
     Some(base64::engine::general_purpose::STANDARD.encode(seed))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use super::*;
+    use crate::inventory::PortIndex;
+
+    fn who() -> Identity {
+        let text = "[[instance]]\nid = \"i-1\"\nproject_id = \"p\"\n";
+        let index = PortIndex::parse(Path::new("i.toml"), text).unwrap();
+        let instance = index.instances().next().unwrap().clone();
+        Identity {
+            instance: Arc::new(instance),
+            port: 0,
+            device: "tap".into(),
+            guest_addr: "10.0.0.5".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_password_that_cannot_be_stored_is_a_503_not_a_200() {
+        // state_dir is a file: nothing can be created under it (root or not).
+        let file = std::env::temp_dir().join(format!("mdr-state-file-{}", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        let backend = LocalBackend::new(&LocalBackendConfig::default(), &file);
+        let reply = backend.handle(
+            &who(),
+            &Method::POST,
+            "/openstack/latest/password",
+            b"secret",
+        );
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn every_405_names_the_allowed_methods_and_dated_ec2_versions_are_served() {
+        let backend = LocalBackend::new(&LocalBackendConfig::default(), &std::env::temp_dir());
+        let reply = backend.handle(
+            &who(),
+            &Method::DELETE,
+            "/openstack/latest/meta_data.json",
+            b"",
+        );
+        assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(reply.headers[http::header::ALLOW], "GET, HEAD");
+        for version in ["2016-09-02", "2021-03-23", "2024-04-11", "latest"] {
+            let path = format!("/{version}/dynamic/instance-identity/document");
+            let reply = backend.handle(&who(), &Method::GET, &path, b"");
+            assert_eq!(reply.status, StatusCode::OK, "{version}");
+            let doc: Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(doc["accountId"], "p");
+            assert_eq!(doc["region"], "nov");
+        }
+        assert_eq!(
+            backend
+                .handle(&who(), &Method::GET, "/2099-01-01/meta-data/", b"")
+                .status,
+            StatusCode::NOT_FOUND
+        );
+    }
 }

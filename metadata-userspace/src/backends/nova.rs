@@ -50,6 +50,9 @@ pub enum NovaError {
 /// any other becomes 500, as in neutron-metadata-agent.
 const PASSED_THROUGH: [u16; 9] = [200, 400, 403, 404, 409, 500, 502, 503, 504];
 
+/// The largest answer taken from Nova (user data is at most 64 KiB there).
+const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
+
 #[derive(Debug)]
 pub struct NovaBackend {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -103,7 +106,8 @@ impl NovaBackend {
         sign(&self.secret, instance_id)
     }
 
-    /// Forwards one request; Nova unreachable or too slow is a 503.
+    /// Forwards one request; Nova unreachable or too slow is a 503, an
+    /// oversized answer a 502.
     pub async fn handle(&self, who: &Identity, parts: &Parts, body: Bytes) -> Reply {
         let request = match self.request(who, parts, body) {
             Ok(request) => request,
@@ -115,11 +119,32 @@ impl NovaBackend {
         let exchange = async {
             let response = self.client.request(request).await?;
             let (head, body) = response.into_parts();
-            let body = body.collect().await?.to_bytes();
+            // A broken Nova's endless body must not fill our memory.
+            let body = match http_body_util::Limited::new(body, MAX_UPSTREAM_BODY)
+                .collect()
+                .await
+            {
+                Ok(body) => Some(body.to_bytes()),
+                Err(err)
+                    if err
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
+                    None
+                }
+                Err(err) => return Err(err),
+            };
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((head, body))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok((head, body))) => {
+            Ok(Ok((head, None))) => {
+                warn!(
+                    "Nova answered {} for {} with a body over {MAX_UPSTREAM_BODY} bytes",
+                    head.status, parts.uri
+                );
+                Reply::status(StatusCode::BAD_GATEWAY)
+            }
+            Ok(Ok((head, Some(body)))) => {
                 let status = if PASSED_THROUGH.contains(&head.status.as_u16()) {
                     head.status
                 } else {
