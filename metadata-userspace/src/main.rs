@@ -5,9 +5,7 @@ use metadata_userspace::{
 };
 
 fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    init_logging();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -21,5 +19,25 @@ fn main() -> anyhow::Result<()> {
         Command::Teardown(args) => runtime.block_on(daemon::teardown(&args.config)),
         Command::Doctor(args) => runtime.block_on(daemon::doctor(&args.config)),
         Command::Generate { dir } => Ok(metadata_userspace::cli::generate(&dir)?),
+    }
+}
+
+/// Logs through `tracing` (the `log` records of this crate and of aya-log
+/// included), filtered by RUST_LOG (default `info`), to stderr. Under
+/// systemd (JOURNAL_STREAM set) without timestamps or colours: journald
+/// adds its own.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(true);
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
     }
 }

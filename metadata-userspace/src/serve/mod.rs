@@ -372,13 +372,16 @@ impl<P: Policy> Connection<P> {
             Err(err) => return body_error(&*err).into_response(&method),
         };
         let reply = self.server.backend.handle(&identity, &parts, body).await;
-        debug!(
-            "{} {method} {} -> {} ({} {})",
-            identity.guest_addr,
-            parts.uri.path(),
-            reply.status.as_u16(),
-            identity.instance.id,
-            identity.device
+        // One structured line per request at debug: who (instance, tap,
+        // guest address) and what; never bodies, user data or secrets.
+        tracing::debug!(
+            instance = %identity.instance.id,
+            tap = %identity.device,
+            guest = %identity.guest_addr,
+            method = %method,
+            path = parts.uri.path(),
+            status = reply.status.as_u16(),
+            "request"
         );
         reply.into_response(&method)
     }
