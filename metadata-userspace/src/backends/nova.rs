@@ -119,53 +119,10 @@ impl NovaBackend {
         let exchange = async {
             let response = self.client.request(request).await?;
             let (head, body) = response.into_parts();
-            // A broken Nova's endless body must not fill our memory.
-            let body = match http_body_util::Limited::new(body, MAX_UPSTREAM_BODY)
-                .collect()
-                .await
-            {
-                Ok(body) => Some(body.to_bytes()),
-                Err(err)
-                    if err
-                        .downcast_ref::<http_body_util::LengthLimitError>()
-                        .is_some() =>
-                {
-                    None
-                }
-                Err(err) => return Err(err),
-            };
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((head, body))
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((head, bounded(body).await?))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok((head, None))) => {
-                warn!(
-                    "Nova answered {} for {} with a body over {MAX_UPSTREAM_BODY} bytes",
-                    head.status, parts.uri
-                );
-                Reply::status(StatusCode::BAD_GATEWAY)
-            }
-            Ok(Ok((head, Some(body)))) => {
-                let status = if PASSED_THROUGH.contains(&head.status.as_u16()) {
-                    head.status
-                } else {
-                    warn!(
-                        "Nova answered {} for {}: unexpected",
-                        head.status, parts.uri
-                    );
-                    return Reply::status(StatusCode::INTERNAL_SERVER_ERROR);
-                };
-                let content_type = head
-                    .headers
-                    .get(header::CONTENT_TYPE)
-                    .cloned()
-                    .unwrap_or_else(|| HeaderValue::from_static("text/plain; charset=UTF-8"));
-                Reply {
-                    status,
-                    content_type,
-                    body,
-                    headers: http::HeaderMap::new(),
-                }
-            }
+            Ok(Ok((head, body))) => relay(&head, body, &parts.uri),
             Ok(Err(err)) => {
                 error!("Nova at {} unreachable: {}", self.base, chain(&*err));
                 Reply::status(StatusCode::SERVICE_UNAVAILABLE)
@@ -206,6 +163,54 @@ impl NovaBackend {
             builder = builder.header(header::CONTENT_TYPE, content_type);
         }
         builder.body(Full::new(body))
+    }
+}
+
+/// Nova's body, or `None` when it is over [`MAX_UPSTREAM_BODY`]: a broken
+/// Nova's endless body must not fill our memory.
+async fn bounded(
+    body: hyper::body::Incoming,
+) -> Result<Option<Bytes>, Box<dyn std::error::Error + Send + Sync>> {
+    match http_body_util::Limited::new(body, MAX_UPSTREAM_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => Ok(Some(body.to_bytes())),
+        Err(err)
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Nova's answer as the guest gets it: the statuses neutron passes
+/// through, with their body and type; 500 for any other; 502 when too big.
+fn relay(head: &http::response::Parts, body: Option<Bytes>, uri: &Uri) -> Reply {
+    let Some(body) = body else {
+        warn!(
+            "Nova answered {} for {uri} with a body over {MAX_UPSTREAM_BODY} bytes",
+            head.status
+        );
+        return Reply::status(StatusCode::BAD_GATEWAY);
+    };
+    if !PASSED_THROUGH.contains(&head.status.as_u16()) {
+        warn!("Nova answered {} for {uri}: unexpected", head.status);
+        return Reply::status(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let content_type = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("text/plain; charset=UTF-8"));
+    Reply {
+        status: head.status,
+        content_type,
+        body,
+        headers: http::HeaderMap::new(),
     }
 }
 
