@@ -132,6 +132,7 @@ pub struct Metrics {
     latency: Family<ListenerLabels, Histogram>,
     rejections: Family<RejectionLabels, Counter>,
     taps: Gauge,
+    sync_failures: Counter,
     ready: AtomicBool,
 }
 
@@ -144,6 +145,7 @@ impl Default for Metrics {
         });
         let rejections = Family::<RejectionLabels, Counter>::default();
         let taps = Gauge::default();
+        let sync_failures = Counter::default();
         registry.register(
             "requests",
             "Requests answered, by listener, status and path class",
@@ -160,12 +162,18 @@ impl Default for Metrics {
             rejections.clone(),
         );
         registry.register("taps_attached", "Taps carrying the program", taps.clone());
+        registry.register(
+            "sync_failures",
+            "Datapath updates that failed as a whole (a full slot range, a netlink error) and were retried",
+            sync_failures.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             rejections,
             taps,
+            sync_failures,
             ready: AtomicBool::new(false),
         }
     }
@@ -195,6 +203,10 @@ impl Metrics {
 
     pub fn set_taps(&self, taps: usize) {
         self.taps.set(i64::try_from(taps).unwrap_or(i64::MAX));
+    }
+
+    pub fn sync_failed(&self) {
+        self.sync_failures.inc();
     }
 
     /// Ready once the datapath is attached and the listeners accept.

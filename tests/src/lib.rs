@@ -375,6 +375,8 @@ pub struct Hypervisor {
     pub extra_config: String,
     /// The `[ports]` section; the instances file when `None`.
     pub ports_config: Option<String>,
+    /// More `[datapath]` keys.
+    pub datapath_config: String,
     /// More arguments for `run` (after `--config FILE`).
     pub run_args: Vec<String>,
     /// More environment for the daemon (NOTIFY_SOCKET, ...).
@@ -399,6 +401,7 @@ impl Hypervisor {
             capabilities: None,
             extra_config: String::new(),
             ports_config: None,
+            datapath_config: String::new(),
             run_args: Vec::new(),
             daemon_env: Vec::new(),
         })
@@ -553,9 +556,10 @@ impl Hypervisor {
         fs::write(&tmp, instances).with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
         let config = format!(
-            "[daemon]\nstate_dir = {}\n\n[datapath]\nbpffs = {}\n\n[ports]\n{}\n{}",
+            "[daemon]\nstate_dir = {}\n\n[datapath]\nbpffs = {}\n{}\n[ports]\n{}\n{}",
             quote(&self.dir.join("state").display().to_string()),
             quote(&self.bpffs.display().to_string()),
+            self.datapath_config,
             self.ports_config
                 .as_deref()
                 .unwrap_or("file = \"instances.toml\""),

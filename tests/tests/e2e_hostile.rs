@@ -602,3 +602,56 @@ fn a_guest_flooding_syns_does_not_delay_another_guest() {
         "slowest request took {slowest:?}"
     );
 }
+
+#[test]
+fn a_full_slot_range_is_logged_and_counted_and_existing_guests_keep_being_served() {
+    let mut hv = Hypervisor::new().unwrap();
+    // A /30: four IPv4 slots in all, for four VMs.
+    hv.datapath_config = "nat_v4 = \"100.64.0.0/30\"\n".into();
+    let vms: Vec<Vm> = (5..10)
+        .map(|i| hv.add_vm(Ipv4Addr::new(10, 0, 0, i)).unwrap())
+        .collect();
+    let specs: Vec<InstanceSpec> = vms
+        .iter()
+        .enumerate()
+        .map(|(i, vm)| InstanceSpec::for_vm(vm, &format!("vm{i}")))
+        .collect();
+    hv.set_instances(specs[..4].to_vec()).unwrap();
+    hv.start_daemon().unwrap();
+    served(&vms[0], &specs[0]);
+    // A fifth port: no slot left.
+    hv.set_instances(specs.clone()).unwrap();
+    hv.reload().unwrap();
+    let failures = wait_for(
+        "the failed sync to be counted",
+        Duration::from_secs(10),
+        || {
+            let metrics = hv
+                .ns()
+                .exec("curl", &["-s", "http://127.0.0.1:9780/metrics"])
+                .ok()?;
+            let line = metrics
+                .lines()
+                .find(|l| l.starts_with("metadata_sync_failures_total "))?;
+            let n: f64 = line.rsplit(' ').next()?.parse().ok()?;
+            (n >= 3.0).then_some(n)
+        },
+    )
+    .unwrap();
+    for (vm, spec) in vms.iter().zip(&specs).take(4) {
+        served(vm, spec);
+    }
+    assert!(
+        vms[4].http_get(METADATA, META).is_err(),
+        "no slot, no service"
+    );
+    let lines = hv
+        .log()
+        .lines()
+        .filter(|l| l.contains("NAT slots are in use"))
+        .count();
+    assert!(
+        (1..=3).contains(&lines),
+        "one line per 10 s, not per retry: {lines} lines for {failures} failures"
+    );
+}

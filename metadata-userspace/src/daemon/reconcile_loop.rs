@@ -19,6 +19,7 @@ use crate::{
     datapath::{Datapath, netlink::LinkEvents},
     inventory::Snapshot,
     metrics::Metrics,
+    serve::ThrottledLog,
     serve::proxy::SharedRegistry,
 };
 
@@ -36,6 +37,9 @@ pub struct ReconcileLoop {
     registry: SharedRegistry,
     link_events: LinkEvents,
     metrics: Arc<Metrics>,
+    /// A sync that keeps failing (a full slot range, say) is retried every
+    /// 100 ms: one log line per 10 s says so, with a count.
+    sync_errors: ThrottledLog,
 }
 
 /// Why the loop woke up.
@@ -77,6 +81,10 @@ impl ReconcileLoop {
             registry,
             link_events,
             metrics,
+            sync_errors: ThrottledLog::every(
+                "updating the datapath (retrying)",
+                Duration::from_secs(10),
+            ),
         }
     }
 
@@ -154,7 +162,10 @@ impl ReconcileLoop {
                 true
             }
             Err(err) => {
-                error!("updating the datapath (retrying shortly): {err}");
+                // Existing guests keep what they have: a failed plan
+                // changes nothing.
+                self.sync_errors.report(&err);
+                self.metrics.sync_failed();
                 false
             }
         }

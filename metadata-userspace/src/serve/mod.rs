@@ -467,9 +467,14 @@ pub struct ThrottledLog {
 
 impl ThrottledLog {
     pub fn new(what: &'static str) -> Self {
+        Self::every(what, Duration::from_secs(1))
+    }
+
+    /// At most one line per `interval`.
+    pub fn every(what: &'static str, interval: Duration) -> Self {
         Self {
             what,
-            interval: Duration::from_secs(1),
+            interval,
             last: None,
             suppressed: 0,
         }
