@@ -440,3 +440,51 @@ fn systemd_hears_ready_after_the_attach_then_watchdog_pings_then_stopping() {
         "{stopping:?}"
     );
 }
+
+#[test]
+fn sigkill_and_sigstop_lose_nothing_passwords_tokens_and_slots_survive() {
+    let mut hv = Hypervisor::new().unwrap();
+    let vm = hv.add_vm(IP).unwrap();
+    let spec = InstanceSpec::for_vm(&vm, "survivor");
+    hv.set_instances(vec![spec.clone()]).unwrap();
+    hv.start_daemon().unwrap();
+    served(&vm, &spec);
+    let password_path = "/openstack/latest/password";
+    assert_eq!(
+        vm.http("POST", password_path, &[], b"s3cret").unwrap().0,
+        200
+    );
+    let ttl = "X-aws-ec2-metadata-token-ttl-seconds: 600";
+    let (status, token) = vm.http("PUT", "/latest/api/token", &[ttl], b"").unwrap();
+    assert_eq!(status, 200);
+    let token = String::from_utf8(token).unwrap();
+    let slots_before = hv.status().unwrap()["taps"][0]["slots"].clone();
+
+    // Stopped for two seconds: a request made meanwhile waits, then is served.
+    let pid = i32::try_from(hv.daemon_pid().unwrap()).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let (status, _) = std::thread::scope(|s| {
+        let request = s.spawn(|| vm.http_get(METADATA, META).unwrap());
+        std::thread::sleep(Duration::from_secs(2));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        request.join().unwrap()
+    });
+    assert_eq!(status, 200, "served after SIGCONT");
+
+    // Killed mid-life and restarted: the password, the token and the slots are as before.
+    hv.kill_daemon().unwrap();
+    hv.start_daemon().unwrap();
+    let (status, body) = vm.http("GET", password_path, &[], b"").unwrap();
+    assert_eq!((status, body.as_slice()), (200, b"s3cret".as_slice()));
+    let header = format!("X-aws-ec2-metadata-token: {token}");
+    assert_eq!(
+        vm.http("GET", "/latest/meta-data/instance-id", &[&header], b"")
+            .unwrap()
+            .0,
+        200,
+        "the token key survived"
+    );
+    assert_eq!(hv.status().unwrap()["taps"][0]["slots"], slots_before);
+}
