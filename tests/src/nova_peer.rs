@@ -30,6 +30,8 @@ pub struct NovaInstance {
     pub id: String,
     pub project_id: String,
     pub name: String,
+    /// How long Nova takes to answer for this instance (a slow Nova).
+    pub delay: std::time::Duration,
 }
 
 /// What the peer saw.
@@ -39,6 +41,8 @@ pub struct Seen {
     pub forwarded_for: HashMap<String, String>,
     /// Statuses answered, in order.
     pub statuses: Vec<u16>,
+    /// Instance id -> requests being answered now, and the most at once.
+    pub in_flight: HashMap<String, (usize, usize)>,
 }
 
 /// A running peer; stops (and closes every connection) on drop.
@@ -159,6 +163,16 @@ impl Rules {
             .unwrap()
             .forwarded_for
             .insert(id.to_owned(), forwarded.to_owned());
+        if !instance.delay.is_zero() {
+            let enter = |seen: &mut Seen, by: isize| {
+                let entry = seen.in_flight.entry(id.to_owned()).or_default();
+                entry.0 = entry.0.saturating_add_signed(by);
+                entry.1 = entry.1.max(entry.0);
+            };
+            enter(&mut seen.lock().unwrap(), 1);
+            std::thread::sleep(instance.delay);
+            enter(&mut seen.lock().unwrap(), -1);
+        }
         match (method, path) {
             ("GET", "/openstack" | "/openstack/") => (200, "2012-08-10\n2018-08-27\nlatest".into()),
             (

@@ -142,6 +142,7 @@ fn nova_instances(specs: &[&InstanceSpec]) -> Vec<NovaInstance> {
             id: s.id.clone(),
             project_id: s.project_id.clone(),
             name: s.name.clone(),
+            delay: Duration::ZERO,
         })
         .collect()
 }
@@ -361,4 +362,54 @@ fn agent_mode_serves_neutrons_haproxies() {
     let mut response = Vec::new();
     std::io::Read::read_to_end(&mut stream, &mut response).unwrap();
     assert_eq!(metadata_tests::parse_response(&response).unwrap().0, 400);
+}
+
+#[test]
+fn a_slow_nova_for_one_instance_does_not_hold_another_and_is_asked_at_most_8_at_once() {
+    let mut hv = Hypervisor::new().unwrap();
+    let slow = hv.add_vm(SAME_IP).unwrap();
+    let fast = hv.add_vm(SAME_IP).unwrap();
+    let (spec_slow, spec_fast) = (
+        InstanceSpec::for_vm(&slow, "slow"),
+        InstanceSpec::for_vm(&fast, "fast"),
+    );
+    let mut instances = nova_instances(&[&spec_slow, &spec_fast]);
+    instances[0].delay = Duration::from_millis(1500);
+    let peer = NovaPeer::start(listen(&hv, "127.0.0.1:0"), SECRET, instances, None).unwrap();
+    hv.extra_config = format!(
+        "\n[backend]\ntype = \"nova\"\nurl = \"http://{}\"\nshared_secret = \"{SECRET}\"\nconnect_timeout_s = 2\ntimeout_s = 10\n",
+        peer.addr
+    );
+    hv.set_instances(vec![spec_slow.clone(), spec_fast.clone()])
+        .unwrap();
+    hv.start_daemon().unwrap();
+    let slowest_fast = std::thread::scope(|s| {
+        let flood: Vec<_> = (0..20)
+            .map(|_| s.spawn(|| slow.http_get(METADATA, "/openstack/latest/meta_data.json")))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut slowest = Duration::ZERO;
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let (status, _) = fast
+                .http_get(METADATA, "/openstack/latest/meta_data.json")
+                .unwrap();
+            assert_eq!(status, 200);
+            slowest = slowest.max(started.elapsed());
+        }
+        for request in flood {
+            assert_eq!(
+                request.join().unwrap().unwrap().0,
+                200,
+                "the slow instance is served, in turn"
+            );
+        }
+        slowest
+    });
+    let (_, most) = peer.seen.lock().unwrap().in_flight[&spec_slow.id];
+    println!(
+        "fast instance's slowest request {slowest_fast:?} while the slow one had {most} at Nova at once"
+    );
+    assert!(slowest_fast < Duration::from_secs(1), "{slowest_fast:?}");
+    assert!((1..=8).contains(&most), "at most 8 at once: {most}");
 }

@@ -59,7 +59,13 @@ pub struct NovaBackend {
     base: Uri,
     secret: Vec<u8>,
     timeout: Duration,
+    /// Requests each instance may have at Nova at once: a guest flooding a
+    /// slow Nova queues behind its own limit, not everyone's.
+    upstream: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
+
+/// Requests one instance may have at Nova at once.
+const MAX_UPSTREAM_PER_INSTANCE: usize = 8;
 
 impl NovaBackend {
     pub fn new(config: &NovaBackendConfig) -> Result<Self, NovaError> {
@@ -98,7 +104,30 @@ impl NovaBackend {
             base: config.url.0.clone(),
             secret,
             timeout: Duration::from_secs(config.timeout_s),
+            upstream: std::sync::Mutex::default(),
         })
+    }
+
+    /// This instance's share of Nova, waited for.
+    async fn upstream_permit(&self, instance: &str) -> tokio::sync::OwnedSemaphorePermit {
+        let semaphore = {
+            let mut map = self
+                .upstream
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if map.len() >= 4096 {
+                // Forget instances with nothing in flight.
+                map.retain(|_, s| s.available_permits() < MAX_UPSTREAM_PER_INSTANCE);
+            }
+            let semaphore = map.entry(instance.to_owned()).or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(MAX_UPSTREAM_PER_INSTANCE))
+            });
+            Arc::clone(semaphore)
+        };
+        semaphore
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// lowercase hex HMAC-SHA256 of the instance id under the secret.
@@ -117,6 +146,7 @@ impl NovaBackend {
             }
         };
         let exchange = async {
+            let _permit = self.upstream_permit(&who.instance.id).await;
             let response = self.client.request(request).await?;
             let (head, body) = response.into_parts();
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((head, bounded(body).await?))
