@@ -119,6 +119,11 @@ struct RejectionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DatabaseLabels {
+    database: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PacketLabels {
     device: String,
     verdict: String,
@@ -225,6 +230,24 @@ impl Metrics {
             "Packets seen by the programs, by device and verdict",
             packets.clone(),
         );
+        let connected = Family::<DatabaseLabels, Gauge>::default();
+        datapath.register("port_source_connected", "Whether the live port source is connected to each database (1) or serving the last known ports (0)", connected.clone());
+        let state = std::fs::read_to_string(
+            config
+                .daemon
+                .state_dir
+                .join(crate::daemon::PORTS_STATE_FILE),
+        )
+        .unwrap_or_default();
+        let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+        for (database, up) in state["connected"].as_object().into_iter().flatten() {
+            let labels = DatabaseLabels {
+                database: database.clone(),
+            };
+            connected
+                .get_or_create(&labels)
+                .set(i64::from(up.as_bool().unwrap_or(false)));
+        }
         match status::read_status(config, &PortIndex::default()).await {
             Ok(status) => {
                 let host = status

@@ -500,3 +500,39 @@ impl Drop for RemoveOnDrop {
         std::fs::remove_dir_all(&self.0).ok();
     }
 }
+
+/// `metadata_port_source_connected{database=...}` from the metrics.
+fn connected_gauge(hv: &Hypervisor, database: &str) -> Option<u8> {
+    let text = hv
+        .ns()
+        .exec("curl", &["-s", "http://127.0.0.1:9780/metrics"])
+        .ok()?;
+    let prefix = format!("metadata_port_source_connected{{database=\"{database}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+#[test]
+fn with_the_southbound_down_at_start_the_daemon_starts_and_says_so() {
+    let guest = Guest::new();
+    let mut site = Site::new(Southbound::standalone, &[&guest]);
+    let vm = site.hv.add_vm(SAME_IP).unwrap();
+    let net = site.network(80);
+    site.plug(&vm, &guest, &net, 2);
+    site.sb.members[0].kill();
+    site.hv.start_daemon().unwrap();
+    let status = site.hv.daemon_command(&["status"]).unwrap();
+    assert!(
+        status.contains("port source southbound: DISCONNECTED"),
+        "{status}"
+    );
+    assert!(
+        status.contains("waiting for a binding") && status.contains(&vm.tap),
+        "{status}"
+    );
+    assert_eq!(connected_gauge(&site.hv, "southbound"), Some(0));
+    assert_eq!(connected_gauge(&site.hv, "ovs"), Some(1));
+    site.sb.members[0].restart().unwrap();
+    served_within(&vm, Some(&guest), Duration::from_secs(15));
+    assert_eq!(connected_gauge(&site.hv, "southbound"), Some(1));
+}

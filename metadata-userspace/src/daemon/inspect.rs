@@ -32,11 +32,20 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
     if json {
         let mut value = serde_json::to_value(&status)?;
         value["waiting"] = serde_json::to_value(&ports.waiting)?;
+        value["port_source_connected"] = serde_json::to_value(&ports.connected)?;
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_table(&status);
         for tap in &ports.waiting {
             println!("waiting for a binding on this chassis: {tap}");
+        }
+        for (db, up) in &ports.connected {
+            let state = if *up {
+                "connected"
+            } else {
+                "DISCONNECTED: serving the last known ports"
+            };
+            println!("port source {db}: {state}");
         }
     }
     Ok(())
@@ -49,6 +58,8 @@ struct PortsState {
     /// Tap -> instance, from a live source's state file.
     served: BTreeMap<String, String>,
     waiting: Vec<String>,
+    /// Database -> whether the live source is connected to it.
+    connected: BTreeMap<String, bool>,
 }
 
 impl PortsState {
@@ -57,6 +68,7 @@ impl PortsState {
             index: PortIndex::default(),
             served: BTreeMap::new(),
             waiting: Vec::new(),
+            connected: BTreeMap::new(),
         };
         if config.ports.source == PortSourceKind::File {
             // Without the records, taps show no instance; say why instead
@@ -84,6 +96,10 @@ impl PortsState {
         for (device, id) in value["served"].as_object().into_iter().flatten() {
             let id = id.as_str().unwrap_or_default().to_owned();
             self.served.insert(device.clone(), id);
+        }
+        for (db, up) in value["connected"].as_object().into_iter().flatten() {
+            self.connected
+                .insert(db.clone(), up.as_bool().unwrap_or(false));
         }
         for waiting in value["waiting"].as_array().into_iter().flatten() {
             let device = waiting["device"].as_str().unwrap_or("?");

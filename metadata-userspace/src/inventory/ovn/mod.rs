@@ -184,7 +184,9 @@ impl OvnSource {
             .devices()
             .map(|(device, instance)| (device.to_owned(), json!(instance.id)))
             .collect();
-        let text = json!({"served": served, "waiting": waiting}).to_string();
+        let connected = json!({"ovs": self.ovs.is_some(), "southbound": self.sb.is_some()});
+        let text =
+            json!({"served": served, "waiting": waiting, "connected": connected}).to_string();
         let tmp = self.settings.state_file.with_extension("tmp");
         let written = std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &self.settings.state_file));
