@@ -655,3 +655,31 @@ fn a_full_slot_range_is_logged_and_counted_and_existing_guests_keep_being_served
         "one line per 10 s, not per retry: {lines} lines for {failures} failures"
     );
 }
+
+#[test]
+fn a_guest_claiming_its_neighbours_address_is_dropped_and_the_neighbour_served() {
+    let (hv, attacker, victim, victim_spec) = setup();
+    // The attacker takes the victim's address as a second one and asks
+    // from it: the (tap, address) pair is not registered on its tap.
+    attacker
+        .ns
+        .ip(&["addr", "add", &format!("{VICTIM_IP}/32"), "dev", "eth0"])
+        .unwrap();
+    let before = counter(&hv, &attacker.tap, "drop_unregistered");
+    assert!(
+        attacker
+            .http_get_from(Some(VICTIM_IP), METADATA, META)
+            .is_err()
+    );
+    let after = counter(&hv, &attacker.tap, "drop_unregistered");
+    assert!(
+        after > before,
+        "dropped as unregistered: {before} -> {after}"
+    );
+    assert!(
+        !hv.log().contains("refused a request"),
+        "nothing reached the proxy"
+    );
+    served(&victim, &victim_spec);
+    println!("attacker's tap: drop_unregistered {before} -> {after}");
+}
