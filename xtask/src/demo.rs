@@ -8,7 +8,7 @@
 use std::{net::Ipv4Addr, sync::mpsc, time::Instant};
 
 use anyhow::Context as _;
-use metadata_tests::{Hypervisor, InstanceSpec};
+use metadata_tests::{Hypervisor, InstanceSpec, Vm};
 
 pub fn run(once: bool) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -28,22 +28,7 @@ pub fn run(once: bool) -> anyhow::Result<()> {
         hv.ns().name()
     );
     for vm in [&vm_a, &vm_b] {
-        let view = vm
-            .cloud_init_openstack("http://169.254.169.254")
-            .with_context(|| format!("reading metadata in {}", vm.ns.name()))?;
-        println!();
-        println!("VM {} (eth0 {}, tap {}):", vm.ns.name(), vm.ip, vm.tap);
-        println!("  cloud-init read uuid      {}", view.uuid);
-        println!("                  name      {}", view.name);
-        println!("                  hostname  {}", view.hostname);
-        println!(
-            "                  ssh key   {}",
-            view.public_keys["default"].as_str().unwrap_or("-")
-        );
-        println!(
-            "                  user-data {:?}",
-            view.userdata.as_deref().unwrap_or("")
-        );
+        print_cloud_init_view(vm)?;
     }
     println!();
     print!("{}", hv.daemon_command(&["status"])?);
@@ -52,6 +37,34 @@ pub fn run(once: bool) -> anyhow::Result<()> {
     if once {
         return Ok(());
     }
+    wait_for_ctrl_c(&hv, &vm_a)?;
+    println!("removing the demo's namespaces, links and pins");
+    Ok(())
+}
+
+/// What cloud-init, run inside `vm`, reads from the metadata service.
+fn print_cloud_init_view(vm: &Vm) -> anyhow::Result<()> {
+    let view = vm
+        .cloud_init_openstack("http://169.254.169.254")
+        .with_context(|| format!("reading metadata in {}", vm.ns.name()))?;
+    println!();
+    println!("VM {} (eth0 {}, tap {}):", vm.ns.name(), vm.ip, vm.tap);
+    println!("  cloud-init read uuid      {}", view.uuid);
+    println!("                  name      {}", view.name);
+    println!("                  hostname  {}", view.hostname);
+    println!(
+        "                  ssh key   {}",
+        view.public_keys["default"].as_str().unwrap_or("-")
+    );
+    println!(
+        "                  user-data {:?}",
+        view.userdata.as_deref().unwrap_or("")
+    );
+    Ok(())
+}
+
+/// Tells the user how to look around, then blocks until Ctrl-C.
+fn wait_for_ctrl_c(hv: &Hypervisor, vm_a: &Vm) -> anyhow::Result<()> {
     println!(
         "Try it:  ip netns exec {} curl http://169.254.169.254/openstack/latest/meta_data.json",
         vm_a.ns.name()
@@ -68,7 +81,7 @@ pub fn run(once: bool) -> anyhow::Result<()> {
         let _ = tx.send(());
     })
     .context("installing the Ctrl-C handler")?;
+    // A closed channel (handler gone) ends the demo just as Ctrl-C does.
     let _ = rx.recv();
-    println!("removing the demo's namespaces, links and pins");
     Ok(())
 }
