@@ -341,8 +341,7 @@ impl<P: Policy> Connection<P> {
             self.server.metrics.rejected(Rejection::BadRequest);
             return reply.into_response(&method);
         }
-        let request = Request::from_parts(parts, body);
-        let identity = match self.server.policy.identify(&self.peer, request.headers()) {
+        let identity = match self.server.policy.identify(&self.peer, &parts.headers) {
             Ok(identity) => identity,
             Err(status) => return Reply::status(status).into_response(&method),
         };
@@ -351,7 +350,6 @@ impl<P: Policy> Connection<P> {
         {
             return too_many(retry_after).into_response(&method);
         }
-        let (parts, body) = request.into_parts();
         if let Some(tokens) = &self.server.tokens {
             match tokens.decide(&identity, &parts) {
                 Decision::Serve => {}
