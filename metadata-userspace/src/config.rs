@@ -153,6 +153,7 @@ struct BackendSection {
     insecure: Option<Spanned<bool>>,
     connect_timeout_s: Option<Spanned<u64>>,
     timeout_s: Option<Spanned<u64>>,
+    cache_ttl_s: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -403,6 +404,9 @@ pub struct NovaBackendConfig {
     pub insecure: bool,
     pub connect_timeout_s: u64,
     pub timeout_s: u64,
+    /// How long a 200 from Nova is reused for the same instance and path;
+    /// 0 turns the response cache off.
+    pub cache_ttl_s: u64,
 }
 
 /// A key of `[backend]` that was given, with where.
@@ -433,7 +437,7 @@ impl BackendSection {
         }
     }
 
-    fn nova_keys(&self) -> [GivenKey; 9] {
+    fn nova_keys(&self) -> [GivenKey; 10] {
         [
             given("url", self.url.as_ref()),
             given("shared_secret", self.shared_secret.as_ref()),
@@ -444,6 +448,7 @@ impl BackendSection {
             given("insecure", self.insecure.as_ref()),
             given("connect_timeout_s", self.connect_timeout_s.as_ref()),
             given("timeout_s", self.timeout_s.as_ref()),
+            given("cache_ttl_s", self.cache_ttl_s.as_ref()),
         ]
     }
 
@@ -499,6 +504,8 @@ impl BackendSection {
             insecure: self.insecure.is_some_and(|i| *i.get_ref()),
             connect_timeout_s: self.connect_timeout_s.map_or(5, Spanned::into_inner),
             timeout_s: self.timeout_s.map_or(60, Spanned::into_inner),
+            // Nova's own `metadata_cache_expiration` default.
+            cache_ttl_s: self.cache_ttl_s.map_or(15, Spanned::into_inner),
         })
     }
 }

@@ -31,7 +31,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{config::Config, datapath::status, inventory::PortIndex};
+use crate::{backends::cache::Lookup, config::Config, datapath::status, inventory::PortIndex};
 
 /// Which listener served a request.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -119,6 +119,44 @@ struct RejectionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// How a call to Nova ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// Nova answered (any status).
+    Answered,
+    /// Connecting or the exchange failed (refused, reset, garbage).
+    Failed,
+    /// No whole answer within the timeout.
+    Timeout,
+    /// An answer over the size limit.
+    Oversized,
+}
+
+impl Upstream {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Failed => "failed",
+            Self::Timeout => "timeout",
+            Self::Oversized => "oversized",
+        }
+    }
+}
+
+fn lookup_label(lookup: Lookup) -> &'static str {
+    match lookup {
+        Lookup::Hit => "hit",
+        Lookup::Miss => "miss",
+        Lookup::Collapsed => "collapsed",
+        Lookup::Bypass => "bypass",
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DatabaseLabels {
     database: String,
 }
@@ -138,6 +176,9 @@ pub struct Metrics {
     rejections: Family<RejectionLabels, Counter>,
     taps: Gauge,
     sync_failures: Counter,
+    upstream: Family<OutcomeLabels, Counter>,
+    upstream_latency: Histogram,
+    cache: Family<OutcomeLabels, Counter>,
     ready: AtomicBool,
 }
 
@@ -172,6 +213,7 @@ impl Default for Metrics {
             "Datapath updates that failed as a whole (a full slot range, a netlink error) and were retried",
             sync_failures.clone(),
         );
+        let (upstream, upstream_latency, cache) = register_upstream(&mut registry);
         Self {
             registry,
             requests,
@@ -179,12 +221,65 @@ impl Default for Metrics {
             rejections,
             taps,
             sync_failures,
+            upstream,
+            upstream_latency,
+            cache,
             ready: AtomicBool::new(false),
         }
     }
 }
 
+/// The Nova backend's series: calls by outcome, their latency, and how
+/// the response cache answered.
+fn register_upstream(
+    registry: &mut Registry,
+) -> (
+    Family<OutcomeLabels, Counter>,
+    Histogram,
+    Family<OutcomeLabels, Counter>,
+) {
+    let upstream = Family::<OutcomeLabels, Counter>::default();
+    let latency = Histogram::new(exponential_buckets(0.000_5, 2.0, 16));
+    let cache = Family::<OutcomeLabels, Counter>::default();
+    registry.register(
+        "upstream_requests",
+        "Calls to Nova, by outcome (answered, failed, timeout, oversized)",
+        upstream.clone(),
+    );
+    registry.register(
+        "upstream_duration_seconds",
+        "Time Nova took to answer a call",
+        latency.clone(),
+    );
+    registry.register(
+        "response_cache_lookups",
+        "Nova backend requests by how the response cache answered (hit, miss, collapsed into another's call, bypass)",
+        cache.clone(),
+    );
+    (upstream, latency, cache)
+}
+
 impl Metrics {
+    /// One call to Nova and how it ended.
+    pub fn upstream(&self, outcome: Upstream, took: Duration) {
+        self.upstream
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
+            })
+            .inc();
+        if outcome == Upstream::Answered {
+            self.upstream_latency.observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn cache_lookup(&self, lookup: Lookup) {
+        self.cache
+            .get_or_create(&OutcomeLabels {
+                outcome: lookup_label(lookup),
+            })
+            .inc();
+    }
+
     pub fn request(&self, listener: Listener, status: StatusCode, path: PathClass, took: Duration) {
         let listener = listener.label();
         let labels = RequestLabels {

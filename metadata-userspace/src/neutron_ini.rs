@@ -195,6 +195,8 @@ fn nova<'a>(
         insecure,
         connect_timeout_s: 5,
         timeout_s: 60,
+        // neutron's agent has no response cache; Nova's own default.
+        cache_ttl_s: 15,
     })
 }
 

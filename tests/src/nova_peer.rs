@@ -14,7 +14,7 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader, Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc, Mutex,
@@ -22,17 +22,40 @@ use std::{
     },
 };
 
+use std::os::fd::{AsRawFd as _, RawFd};
+
 use hmac::{Hmac, Mac as _};
 
 /// An instance as Nova knows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NovaInstance {
     pub id: String,
     pub project_id: String,
     pub name: String,
     /// How long Nova takes to answer for this instance (a slow Nova).
     pub delay: std::time::Duration,
+    /// How a broken Nova answers for this instance.
+    pub fault: Fault,
 }
+
+/// A broken Nova's answer to a signed, valid request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fault {
+    /// Answers as Nova does.
+    #[default]
+    None,
+    /// Closes the connection with a TCP reset instead of answering.
+    Reset,
+    /// Answers bytes that are not HTTP.
+    Garbage,
+    /// Announces a body and sends half of it, then closes.
+    HalfBody,
+    /// A well-formed 200 whose body is `OVERSIZED_BODY` bytes.
+    Oversized,
+}
+
+/// Bytes of a [`Fault::Oversized`] answer: over the daemon's 8 MiB cap.
+pub const OVERSIZED_BODY: usize = 9 * 1024 * 1024;
 
 /// What the peer saw.
 #[derive(Debug, Default)]
@@ -43,6 +66,19 @@ pub struct Seen {
     pub statuses: Vec<u16>,
     /// Instance id -> requests being answered now, and the most at once.
     pub in_flight: HashMap<String, (usize, usize)>,
+    /// Every signed request that reached the rules: (instance id, method,
+    /// path).
+    pub requests: Vec<(String, String, String)>,
+}
+
+impl Seen {
+    /// How many signed requests for `path` Nova answered for `instance`.
+    pub fn count(&self, instance: &str, method: &str, path: &str) -> usize {
+        self.requests
+            .iter()
+            .filter(|(i, m, p)| i == instance && m == method && p == path)
+            .count()
+    }
 }
 
 /// A running peer; stops (and closes every connection) on drop.
@@ -51,7 +87,8 @@ pub struct NovaPeer {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<TcpStream>>>,
+    /// A clone of each open connection, to close them all on drop.
+    connections: Arc<Mutex<HashMap<u64, TcpStream>>>,
 }
 
 impl NovaPeer {
@@ -65,10 +102,11 @@ impl NovaPeer {
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let connections = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(HashMap::new()));
         let rules = Arc::new(Rules {
             secret: secret.as_bytes().to_vec(),
             instances: instances.into_iter().map(|i| (i.id.clone(), i)).collect(),
+            passwords: Mutex::default(),
         });
         {
             let (seen, stop, connections) = (
@@ -77,24 +115,29 @@ impl NovaPeer {
                 Arc::clone(&connections),
             );
             std::thread::spawn(move || {
-                for stream in listener.incoming() {
+                for (id, stream) in (0u64..).zip(listener.incoming()) {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
                     if let Ok(clone) = stream.try_clone() {
-                        connections.lock().unwrap().push(clone);
+                        connections.lock().unwrap().insert(id, clone);
                     }
                     let (rules, seen, tls) = (Arc::clone(&rules), Arc::clone(&seen), tls.clone());
+                    let connections = Arc::clone(&connections);
                     std::thread::spawn(move || {
+                        let fd = stream.as_raw_fd();
                         let _ = match tls {
-                            None => serve(stream, &rules, &seen),
+                            None => serve(stream, fd, &rules, &seen),
                             Some(config) => rustls::ServerConnection::new(config)
                                 .map_err(std::io::Error::other)
                                 .and_then(|conn| {
-                                    serve(rustls::StreamOwned::new(conn, stream), &rules, &seen)
+                                    serve(rustls::StreamOwned::new(conn, stream), fd, &rules, &seen)
                                 }),
                         };
+                        // The last handle: closing it ends the connection
+                        // (with a reset where a fault set SO_LINGER 0).
+                        connections.lock().unwrap().remove(&id);
                     });
                 }
             });
@@ -113,7 +156,7 @@ impl Drop for NovaPeer {
         self.stop.store(true, Ordering::SeqCst);
         // Unblock accept(), then close every connection (pooled ones too).
         let _ = TcpStream::connect(self.addr);
-        for stream in self.connections.lock().unwrap().drain(..) {
+        for (_, stream) in self.connections.lock().unwrap().drain() {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
@@ -122,16 +165,17 @@ impl Drop for NovaPeer {
 struct Rules {
     secret: Vec<u8>,
     instances: HashMap<String, NovaInstance>,
+    /// Instance id -> the password its guest posted (Nova keeps it).
+    passwords: Mutex<HashMap<String, String>>,
 }
 
 impl Rules {
-    fn answer(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(String, String)],
-        seen: &Mutex<Seen>,
-    ) -> (u16, String) {
+    fn answer(&self, request: &PeerRequest, seen: &Mutex<Seen>) -> Answer {
+        let (method, path, headers) = (
+            request.method.as_str(),
+            request.path(),
+            request.headers.as_slice(),
+        );
         let one = |name: &str| {
             let values: Vec<&str> = headers
                 .iter()
@@ -149,20 +193,23 @@ impl Rules {
             one("X-Forwarded-For"),
             one("X-Instance-ID-Signature"),
         ) else {
-            return (400, "missing or repeated identity header".into());
+            return Answer::plain(400, "missing or repeated identity header");
         };
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.secret).expect("any key");
         mac.update(id.as_bytes());
         if hex::encode(mac.finalize().into_bytes()) != signature {
-            return (403, "bad signature".into());
+            return Answer::plain(403, "bad signature");
         }
         let Some(instance) = self.instances.get(id).filter(|i| i.project_id == tenant) else {
-            return (404, "instance not found for this tenant".into());
+            return Answer::plain(404, "instance not found for this tenant");
         };
-        seen.lock()
-            .unwrap()
-            .forwarded_for
-            .insert(id.to_owned(), forwarded.to_owned());
+        {
+            let mut seen = seen.lock().unwrap();
+            seen.forwarded_for
+                .insert(id.to_owned(), forwarded.to_owned());
+            seen.requests
+                .push((id.to_owned(), method.to_owned(), path.to_owned()));
+        }
         if !instance.delay.is_zero() {
             let enter = |seen: &mut Seen, by: isize| {
                 let entry = seen.in_flight.entry(id.to_owned()).or_default();
@@ -173,6 +220,22 @@ impl Rules {
             std::thread::sleep(instance.delay);
             enter(&mut seen.lock().unwrap(), -1);
         }
+        let (status, body) = self.route(instance, method, path, &request.body);
+        Answer {
+            status,
+            body,
+            fault: instance.fault,
+        }
+    }
+
+    /// Nova's answer for a known, correctly signed instance.
+    fn route(
+        &self,
+        instance: &NovaInstance,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> (u16, String) {
         match (method, path) {
             ("GET", "/openstack" | "/openstack/") => (200, "2012-08-10\n2018-08-27\nlatest".into()),
             (
@@ -186,19 +249,46 @@ impl Rules {
                 ),
             ),
             ("GET", "/latest/meta-data/instance-id") => (200, instance.id.clone()),
+            ("GET", "/openstack/latest/password") => {
+                let passwords = self.passwords.lock().unwrap();
+                (
+                    200,
+                    passwords.get(&instance.id).cloned().unwrap_or_default(),
+                )
+            }
+            ("POST", "/openstack/latest/password") => {
+                let mut passwords = self.passwords.lock().unwrap();
+                if passwords.contains_key(&instance.id) {
+                    return (409, "Conflict".into());
+                }
+                let password = String::from_utf8_lossy(body).into_owned();
+                passwords.insert(instance.id.clone(), password);
+                (200, String::new())
+            }
             ("GET", _) => (404, "Not Found".into()),
             _ => (405, "Method Not Allowed".into()),
         }
     }
 }
 
-/// Serves HTTP/1.1 requests on one connection until it closes.
-fn serve<S: Read + Write>(stream: S, rules: &Rules, seen: &Mutex<Seen>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream);
-    loop {
+/// One request as the peer read it.
+struct PeerRequest {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl PeerRequest {
+    fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("/")
+    }
+
+    /// The next request on the connection; `None` once it closed.
+    fn read(reader: &mut impl BufRead) -> std::io::Result<Option<Self>> {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line)? == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let mut parts = request_line.split_whitespace();
         let (method, target) = (
@@ -224,16 +314,106 @@ fn serve<S: Read + Write>(stream: S, rules: &Rules, seen: &Mutex<Seen>) -> std::
             .unwrap_or(0);
         let mut body = vec![0; length];
         reader.read_exact(&mut body)?;
-        let path = target.split('?').next().unwrap_or("/");
-        let (status, body) = rules.answer(&method, path, &headers, seen);
-        seen.lock().unwrap().statuses.push(status);
+        Ok(Some(Self {
+            method,
+            target,
+            headers,
+            body,
+        }))
+    }
+}
+
+/// The peer's answer to one request.
+struct Answer {
+    status: u16,
+    body: String,
+    fault: Fault,
+}
+
+impl Answer {
+    fn plain(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            body: body.to_owned(),
+            fault: Fault::None,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 requests on one connection until it closes (or a
+/// fault closes it).
+fn serve<S: Read + Write>(
+    stream: S,
+    fd: RawFd,
+    rules: &Rules,
+    seen: &Mutex<Seen>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
+    while let Some(request) = PeerRequest::read(&mut reader)? {
+        let answer = rules.answer(&request, seen);
+        seen.lock().unwrap().statuses.push(answer.status);
         let stream = reader.get_mut();
-        write!(
-            stream,
-            "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
+        let (status, body) = (answer.status, answer.body);
+        match answer.fault {
+            Fault::None => write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )?,
+            Fault::Reset => {
+                reset(fd);
+                return Ok(());
+            }
+            Fault::Garbage => {
+                stream.write_all(b"\x00\xffnot http at all\r\n\r\n")?;
+                stream.flush()?;
+                return Ok(());
+            }
+            Fault::HalfBody => {
+                write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                    body.len() * 2,
+                    body
+                )?;
+                stream.flush()?;
+                return Ok(());
+            }
+            Fault::Oversized => {
+                write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {OVERSIZED_BODY}\r\n\r\n"
+                )?;
+                let chunk = vec![b'x'; 64 * 1024];
+                for _ in 0..OVERSIZED_BODY / chunk.len() {
+                    if stream.write_all(&chunk).is_err() {
+                        // The daemon stopped reading at its cap: as it should.
+                        return Ok(());
+                    }
+                }
+            }
+        }
         stream.flush()?;
+    }
+    Ok(())
+}
+
+/// Closes `fd` with a TCP reset: SO_LINGER with a zero timeout, then the
+/// caller drops the stream.
+fn reset(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 

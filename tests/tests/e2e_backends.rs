@@ -142,7 +142,7 @@ fn nova_instances(specs: &[&InstanceSpec]) -> Vec<NovaInstance> {
             id: s.id.clone(),
             project_id: s.project_id.clone(),
             name: s.name.clone(),
-            delay: Duration::ZERO,
+            ..NovaInstance::default()
         })
         .collect()
 }
@@ -243,15 +243,19 @@ fn nova_down_is_a_503_and_nova_back_is_served_without_restart() {
     )
     .unwrap();
     let addr = peer.addr;
+    // No response cache: every request must reach Nova (or fail to).
     hv.extra_config = format!(
-        "\n[backend]\ntype = \"nova\"\nurl = \"http://{addr}\"\nshared_secret = \"{SECRET}\"\nconnect_timeout_s = 2\ntimeout_s = 3\n"
+        "\n[backend]\ntype = \"nova\"\nurl = \"http://{addr}\"\nshared_secret = \"{SECRET}\"\nconnect_timeout_s = 2\ntimeout_s = 3\ncache_ttl_s = 0\n"
     );
     hv.set_instances(vec![spec.clone()]).unwrap();
     hv.start_daemon().unwrap();
     let path = "/openstack/latest/meta_data.json";
     assert_eq!(vm.http("GET", path, &[], b"").unwrap().0, 200);
     drop(peer);
-    assert_eq!(vm.http("GET", path, &[], b"").unwrap().0, 503, "Nova down");
+    // The pooled connection Nova closed may carry the first request (a
+    // broken answer, 502); after that nothing is listening (503).
+    let first = vm.http("GET", path, &[], b"").unwrap().0;
+    assert!(first == 503 || first == 502, "Nova down: {first}");
     assert_eq!(vm.http("GET", path, &[], b"").unwrap().0, 503, "still down");
     let _peer = NovaPeer::start(
         listen(&hv, &addr.to_string()),
@@ -377,7 +381,8 @@ fn a_slow_nova_for_one_instance_does_not_hold_another_and_is_asked_at_most_8_at_
     instances[0].delay = Duration::from_millis(1500);
     let peer = NovaPeer::start(listen(&hv, "127.0.0.1:0"), SECRET, instances, None).unwrap();
     hv.extra_config = format!(
-        "\n[backend]\ntype = \"nova\"\nurl = \"http://{}\"\nshared_secret = \"{SECRET}\"\nconnect_timeout_s = 2\ntimeout_s = 10\n",
+        // No response cache: identical requests would share one call.
+        "\n[backend]\ntype = \"nova\"\nurl = \"http://{}\"\nshared_secret = \"{SECRET}\"\nconnect_timeout_s = 2\ntimeout_s = 10\ncache_ttl_s = 0\n",
         peer.addr
     );
     hv.set_instances(vec![spec_slow.clone(), spec_fast.clone()])

@@ -77,7 +77,7 @@ impl Site {
                 id: g.instance.clone(),
                 project_id: g.project.clone(),
                 name: format!("vm-{}", &g.instance[..8]),
-                delay: Duration::ZERO,
+                ..NovaInstance::default()
             })
             .collect();
         let nova = NovaPeer::start(listener, SECRET, instances, None).unwrap();

@@ -1,15 +1,16 @@
 //! What answers a guest's request once the proxy knows who the guest is.
 
+pub mod cache;
 pub mod local;
 pub mod nova;
 pub mod password;
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header, request::Parts};
 
-use crate::{config::BackendConfig, inventory::Identity};
+use crate::{config::BackendConfig, inventory::Identity, metrics::Metrics};
 
 /// A complete answer: status, content type and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,10 +106,16 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn new(config: &BackendConfig, state_dir: &Path) -> Result<Self, nova::NovaError> {
+    pub fn new(
+        config: &BackendConfig,
+        state_dir: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, nova::NovaError> {
         Ok(match config {
             BackendConfig::Local(local) => Self::Local(local::LocalBackend::new(local, state_dir)),
-            BackendConfig::Nova(nova) => Self::Nova(Box::new(nova::NovaBackend::new(nova)?)),
+            BackendConfig::Nova(nova) => {
+                Self::Nova(Box::new(nova::NovaBackend::new(nova, metrics)?))
+            }
         })
     }
 

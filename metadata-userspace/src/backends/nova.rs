@@ -22,8 +22,12 @@ use hyper_util::{
 use log::{error, warn};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
-use super::Reply;
-use crate::{config::NovaBackendConfig, inventory::Identity};
+use super::{Reply, cache::ResponseCache};
+use crate::{
+    config::NovaBackendConfig,
+    inventory::Identity,
+    metrics::{Metrics, Upstream},
+};
 
 /// A Nova backend that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +66,15 @@ pub struct NovaBackend {
     /// Requests each instance may have at Nova at once: a guest flooding a
     /// slow Nova queues behind its own limit, not everyone's.
     upstream: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    cache: ResponseCache,
+    metrics: Arc<Metrics>,
 }
 
 /// Requests one instance may have at Nova at once.
 const MAX_UPSTREAM_PER_INSTANCE: usize = 8;
 
 impl NovaBackend {
-    pub fn new(config: &NovaBackendConfig) -> Result<Self, NovaError> {
+    pub fn new(config: &NovaBackendConfig, metrics: Arc<Metrics>) -> Result<Self, NovaError> {
         let secret = match (&config.shared_secret, &config.shared_secret_file) {
             (Some(secret), _) => secret.as_bytes().to_vec(),
             (None, Some(path)) => {
@@ -105,6 +111,8 @@ impl NovaBackend {
             secret,
             timeout: Duration::from_secs(config.timeout_s),
             upstream: std::sync::Mutex::default(),
+            cache: ResponseCache::new(Duration::from_secs(config.cache_ttl_s)),
+            metrics,
         })
     }
 
@@ -135,9 +143,17 @@ impl NovaBackend {
         sign(&self.secret, instance_id)
     }
 
-    /// Forwards one request; Nova unreachable or too slow is a 503, an
-    /// oversized answer a 502.
+    /// Answers one request: from the response cache, or from Nova.
     pub async fn handle(&self, who: &Identity, parts: &Parts, body: Bytes) -> Reply {
+        let fetch = self.forward(who, parts, body);
+        let (reply, lookup) = self.cache.get_or_fetch(who, parts, fetch).await;
+        self.metrics.cache_lookup(lookup);
+        reply
+    }
+
+    /// Forwards one request; Nova unreachable is a 503, too slow a 504, a
+    /// broken or oversized answer a 502.
+    async fn forward(&self, who: &Identity, parts: &Parts, body: Bytes) -> Reply {
         let request = match self.request(who, parts, body) {
             Ok(request) => request,
             Err(err) => {
@@ -151,18 +167,36 @@ impl NovaBackend {
             let (head, body) = response.into_parts();
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>((head, bounded(body).await?))
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok((head, body))) => relay(&head, body, &parts.uri),
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, exchange).await;
+        let took = started.elapsed();
+        match outcome {
+            Ok(Ok((head, body))) => {
+                let kind = match body {
+                    Some(_) => Upstream::Answered,
+                    None => Upstream::Oversized,
+                };
+                self.metrics.upstream(kind, took);
+                relay(&head, body, &parts.uri)
+            }
             Ok(Err(err)) => {
-                error!("Nova at {} unreachable: {}", self.base, chain(&*err));
-                Reply::status(StatusCode::SERVICE_UNAVAILABLE)
+                self.metrics.upstream(Upstream::Failed, took);
+                let status = failure_status(&*err);
+                let what = if status == StatusCode::SERVICE_UNAVAILABLE {
+                    "unreachable"
+                } else {
+                    "broke off its answer"
+                };
+                error!("Nova at {} {what}: {}", self.base, chain(&*err));
+                Reply::status(status)
             }
             Err(_) => {
+                self.metrics.upstream(Upstream::Timeout, took);
                 error!(
                     "Nova at {} did not answer within {:?}",
                     self.base, self.timeout
                 );
-                Reply::status(StatusCode::SERVICE_UNAVAILABLE)
+                Reply::status(StatusCode::GATEWAY_TIMEOUT)
             }
         }
     }
@@ -193,6 +227,21 @@ impl NovaBackend {
             builder = builder.header(header::CONTENT_TYPE, content_type);
         }
         builder.body(Full::new(body))
+    }
+}
+
+/// The guest's status for a failed exchange: Nova unreachable (refused,
+/// no route, TLS refused) is 503, as neutron's agent answers; a Nova that
+/// was reached and then reset, closed early or answered something that is
+/// not HTTP is 502.
+fn failure_status(err: &(dyn std::error::Error + 'static)) -> StatusCode {
+    let unreachable = err
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(hyper_util::client::legacy::Error::is_connect);
+    if unreachable {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_GATEWAY
     }
 }
 

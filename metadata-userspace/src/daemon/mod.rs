@@ -71,8 +71,12 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
         registry: Arc::clone(&registry),
         inventory: inventory.clone(),
         backend: Arc::new(
-            Backend::new(&config.backend, &config.daemon.state_dir)
-                .context("setting up the backend")?,
+            Backend::new(
+                &config.backend,
+                &config.daemon.state_dir,
+                Arc::clone(&metrics),
+            )
+            .context("setting up the backend")?,
         ),
         limits: Arc::new(Limits::new(&config.proxy)),
         tokens: Arc::new(
