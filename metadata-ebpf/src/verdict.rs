@@ -9,7 +9,10 @@ use metadata_common::{DeviceCounters, Ifindex};
 
 use crate::maps::MDR_COUNTERS;
 
-/// The outcome of one program run. Each has its own counter.
+/// The outcome of one program run. Each has its own counter, except
+/// [`Verdict::Pass`]: nearly every packet is passed, and counting it would
+/// cost a hash lookup per packet; `status` derives it from the device's
+/// own packet counter instead.
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Verdict {
@@ -53,6 +56,13 @@ pub type Step<T> = Result<T, Verdict>;
 /// the device has no counters entry.
 #[inline(always)]
 pub fn count(device: Ifindex, verdict: Verdict) -> bool {
+    if matches!(
+        verdict,
+        Verdict::Pass | Verdict::RedirectCounted | Verdict::DropCounted
+    ) {
+        // Not counted here: derived (passes) or already counted.
+        return true;
+    }
     // The daemon creates the entry when it attaches; a missing entry (a
     // device being torn down) only loses the count, never the packet.
     let Some(counters) = MDR_COUNTERS.get_ptr_mut(device) else {
@@ -61,22 +71,22 @@ pub fn count(device: Ifindex, verdict: Verdict) -> bool {
     // SAFETY: per-CPU value; nothing else on this CPU runs while a tc
     // program does, so a plain read-modify-write is exact.
     let counters: &mut DeviceCounters = unsafe { &mut *counters };
-    let counter = match verdict {
-        Verdict::Pass => &mut counters.passed,
-        Verdict::Steered => &mut counters.steered,
-        Verdict::Replied => &mut counters.replied,
-        Verdict::ArpReplied => &mut counters.arp_replied,
-        Verdict::NdpReplied => &mut counters.ndp_replied,
-        Verdict::DropUnregistered => &mut counters.drop_unregistered,
-        Verdict::DropMalformed => &mut counters.drop_malformed,
-        Verdict::DropFragment => &mut counters.drop_fragment,
-        Verdict::DropNoSlot => &mut counters.drop_no_slot,
-        Verdict::DropError => &mut counters.drop_error,
-        Verdict::DropReserved => &mut counters.drop_reserved,
-        Verdict::DropForged => &mut counters.drop_forged,
-        Verdict::RedirectCounted | Verdict::DropCounted => return true,
-    };
-    *counter += 1;
+    // Each arm increments its own field: a shared `&mut` picked by the
+    // match gets lowered to a computed offset the verifier cannot bound.
+    match verdict {
+        Verdict::Steered => counters.steered += 1,
+        Verdict::Replied => counters.replied += 1,
+        Verdict::ArpReplied => counters.arp_replied += 1,
+        Verdict::NdpReplied => counters.ndp_replied += 1,
+        Verdict::DropUnregistered => counters.drop_unregistered += 1,
+        Verdict::DropMalformed => counters.drop_malformed += 1,
+        Verdict::DropFragment => counters.drop_fragment += 1,
+        Verdict::DropNoSlot => counters.drop_no_slot += 1,
+        Verdict::DropError => counters.drop_error += 1,
+        Verdict::DropReserved => counters.drop_reserved += 1,
+        Verdict::DropForged => counters.drop_forged += 1,
+        Verdict::Pass | Verdict::RedirectCounted | Verdict::DropCounted => {}
+    }
     true
 }
 
@@ -95,7 +105,8 @@ pub fn count_elsewhere(device: Ifindex, fallback: Ifindex, verdict: Verdict) -> 
 }
 
 impl Verdict {
-    /// Charges the verdict to `device` and returns the tc action.
+    /// Charges the verdict to `device` and returns the tc action. A pass
+    /// is not counted: nothing is done per passed packet beyond parsing.
     #[inline(always)]
     pub fn finish(self, device: Ifindex) -> i32 {
         count(device, self);

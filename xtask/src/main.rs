@@ -3,6 +3,7 @@
 mod bench;
 mod bench_ovn;
 mod demo;
+mod empty_prog;
 mod package;
 mod setup;
 mod vm;
@@ -51,9 +52,12 @@ enum Task {
         /// Short runs and fewer sizes (under 2 minutes).
         #[arg(long)]
         quick: bool,
-        /// Only the OVN Southbound comparison.
+        /// Only the OVN Southbound comparison (same as `--only ovn`).
         #[arg(long)]
         ovn_only: bool,
+        /// Run only these sections (repeatable); all when absent.
+        #[arg(long, value_enum)]
+        only: Vec<bench::Section>,
     },
     /// Build the Debian package (target/package/*.deb) and run lintian.
     Package {
@@ -95,7 +99,16 @@ fn main() -> anyhow::Result<()> {
             sweep();
             demo::run(once)
         }
-        Task::Bench { quick, ovn_only } => run_bench(quick, ovn_only),
+        Task::Bench {
+            quick,
+            ovn_only,
+            mut only,
+        } => {
+            if ovn_only {
+                only.push(bench::Section::Ovn);
+            }
+            run_bench(quick, &only)
+        }
         Task::Package { test } => {
             setup::all()?;
             let binary = build()?;
@@ -137,17 +150,12 @@ fn run_daemon(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_bench(quick: bool, ovn_only: bool) -> anyhow::Result<()> {
+fn run_bench(quick: bool, only: &[bench::Section]) -> anyhow::Result<()> {
     require_root("the benchmarks")?;
     setup::all()?;
     build()?;
     sweep();
-    if ovn_only {
-        let syncs = bench_ovn::run()?;
-        println!("{}", bench_ovn::markdown(&syncs));
-        return Ok(());
-    }
-    bench::run(quick)
+    bench::run(quick, only)
 }
 
 /// `cargo xtask test`: cargo's suites, the package test and (with `--vm`

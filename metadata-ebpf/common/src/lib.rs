@@ -360,7 +360,11 @@ pub struct SlotV6 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct DeviceCounters {
-    /// Packets passed on untouched (not for the metadata service).
+    /// Packets passed on untouched (not for the metadata service). Never
+    /// written by the programs (a hash lookup on every passed packet would
+    /// be most of their cost); `status` fills it in from the device's own
+    /// packet counter less the verdicts counted here. Kept in the layout so
+    /// that maps pinned by earlier versions stay compatible.
     pub passed: u64,
     /// Guest requests steered to the proxy.
     pub steered: u64,

@@ -50,6 +50,9 @@ pub struct Link {
     /// The driver kind ("veth", "bridge", ...); `None` for physical devices
     /// and taps.
     pub kind: Option<String>,
+    /// The device's own packet counters (received, sent), since it was
+    /// created.
+    pub packets: (u64, u64),
 }
 
 impl Link {
@@ -60,6 +63,7 @@ impl Link {
             mac: MacAddr::default(),
             mtu: 0,
             kind: None,
+            packets: (0, 0),
         };
         for attribute in &message.attributes {
             match attribute {
@@ -69,6 +73,9 @@ impl Link {
                     if let Ok(mac) = <[u8; 6]>::try_from(bytes.as_slice()) {
                         link.mac = MacAddr(mac);
                     }
+                }
+                LinkAttribute::Stats64(stats) => {
+                    link.packets = (stats.rx_packets, stats.tx_packets);
                 }
                 LinkAttribute::LinkInfo(infos) => {
                     link.kind = infos.iter().find_map(|info| match info {

@@ -14,7 +14,10 @@ use metadata_common::{
     pins,
 };
 
-use super::{DatapathError, bpffs, io_err, links, map_err, netlink::Netlink};
+use super::{
+    DatapathError, bpffs, io_err, links, map_err,
+    netlink::{Link, Netlink},
+};
 use crate::{config::Config, inventory::PortIndex};
 
 /// What `status` shows for one tap.
@@ -125,25 +128,60 @@ pub fn sum_counters(
     Some(total)
 }
 
+/// Packets tap_ingress passed on `tap`: what the tap received less what
+/// the program counted there on ingress. The programs do not count passes
+/// (see `DeviceCounters::passed`); the tap's own counter also holds the few
+/// packets it received before it was attached (a guest's first DHCP and
+/// router solicitations), so this is an upper bound by that much.
+fn passed_on_tap(tap: &Link, counted: &DeviceCounters) -> u64 {
+    let DeviceCounters {
+        passed: _,
+        steered,
+        // A reply is counted on the tap it returns to, but it is sent on
+        // the tap, not received: not part of the tap's received packets.
+        replied: _,
+        arp_replied,
+        ndp_replied,
+        drop_unregistered,
+        drop_malformed,
+        drop_fragment,
+        // Charged to the tap by host_egress, for packets that came in on
+        // it and that tap_ingress had passed.
+        drop_no_slot: _,
+        drop_error,
+        drop_reserved,
+        drop_forged: _,
+    } = *counted;
+    let verdicts = steered
+        + arp_replied
+        + ndp_replied
+        + drop_unregistered
+        + drop_malformed
+        + drop_fragment
+        + drop_error
+        + drop_reserved;
+    tap.packets.0.saturating_sub(verdicts)
+}
+
 /// Reads the pinned maps and links of a (possibly running) daemon.
 pub async fn read_status(config: &Config, index: &PortIndex) -> Result<Status, DatapathError> {
     let bpffs = &config.datapath.bpffs;
     let pinned = Pinned::open(bpffs)?;
-    let names: HashMap<Ifindex, String> = Netlink::connect()?
+    let links: HashMap<Ifindex, Link> = Netlink::connect()?
         .links()
         .await?
         .into_iter()
-        .map(|link| (link.ifindex, link.name))
+        .map(|link| (link.ifindex, link))
         .collect();
     let links_dir = bpffs.join(pins::LINKS_DIR);
     let taps = links::pinned_taps(&links_dir).unwrap_or_default();
     let taps: BTreeMap<Ifindex, TapStatus> = taps
         .into_iter()
         .map(|ifindex| {
-            let device = names
-                .get(&ifindex)
-                .cloned()
-                .unwrap_or_else(|| "(gone)".into());
+            let link = links.get(&ifindex);
+            let device = link.map_or_else(|| "(gone)".into(), |l| l.name.clone());
+            let mut counters = sum_counters(&pinned.counters, ifindex).unwrap_or_default();
+            counters.passed = link.map_or(0, |l| passed_on_tap(l, &counters));
             let instance = index.by_device(&device).map(|(instance, _)| instance);
             let status = TapStatus {
                 ifindex: ifindex.0,
@@ -151,17 +189,21 @@ pub async fn read_status(config: &Config, index: &PortIndex) -> Result<Status, D
                 instance_name: instance.map(|i| i.name.clone()),
                 device,
                 slots: pinned.slots(ifindex),
-                counters: sum_counters(&pinned.counters, ifindex).unwrap_or_default(),
+                counters,
             };
             (ifindex, status)
         })
         .collect();
+    let host = links.get(&pinned.entry.host_ifindex);
+    let host_counters = sum_counters(&pinned.counters, pinned.entry.host_ifindex).map(|mut c| {
+        // Everything the host device sent was passed by host_egress:
+        // replies are redirected to taps and drops never leave.
+        c.passed = host.map_or(0, |l| l.packets.1);
+        c
+    });
     Ok(Status {
-        host_device: names
-            .get(&pinned.entry.host_ifindex)
-            .cloned()
-            .unwrap_or_else(|| config.datapath.host_device.0.clone()),
-        host_counters: sum_counters(&pinned.counters, pinned.entry.host_ifindex),
+        host_device: host.map_or_else(|| config.datapath.host_device.0.clone(), |l| l.name.clone()),
+        host_counters,
         taps: taps.into_values().collect(),
     })
 }
