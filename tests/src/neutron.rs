@@ -63,6 +63,29 @@ impl NeutronNetwork {
     /// 169.254.169.254, routes the VM's metadata traffic there, and starts
     /// haproxy forwarding to `socket`.
     pub fn new(vm: &Vm, network_id: &str, socket: &Path) -> anyhow::Result<Self> {
+        let ns = Self::wire(vm)?;
+        let dir = std::env::temp_dir().join(format!("mdr-qd-{}", ns.name()));
+        fs::create_dir_all(&dir)?;
+        let cfg = dir.join("haproxy.cfg");
+        fs::write(
+            &cfg,
+            haproxy_config(network_id, socket, &dir.join("haproxy.pid")),
+        )?;
+        Self::start(ns, dir, &cfg)
+    }
+
+    /// Like [`NeutronNetwork::new`], with a haproxy configuration written
+    /// by someone else (neutron's own `HaproxyConfigurator`): it must bind
+    /// 169.254.169.254:80.
+    pub fn with_config(vm: &Vm, config: &Path) -> anyhow::Result<Self> {
+        let ns = Self::wire(vm)?;
+        let dir = std::env::temp_dir().join(format!("mdr-qd-{}", ns.name()));
+        fs::create_dir_all(&dir)?;
+        Self::start(ns, dir, config)
+    }
+
+    /// The network's namespace, with its port and the VM's route to it.
+    fn wire(vm: &Vm) -> anyhow::Result<Netns> {
         let ns = Netns::new("mdr-qd")?;
         let port = format!("qd{}", unique_suffix());
         crate::veth_pair(&ns, &port, &vm.ns)?;
@@ -75,16 +98,14 @@ impl NeutronNetwork {
             .ip(&["addr", "add", &format!("{}/24", vm.ip), "dev", "eth0"])?;
         vm.ns
             .ip(&["route", "add", "169.254.169.254/32", "via", "10.0.0.2"])?;
-        let dir = std::env::temp_dir().join(format!("mdr-qd-{}", ns.name()));
-        fs::create_dir_all(&dir)?;
-        let cfg = dir.join("haproxy.cfg");
-        fs::write(
-            &cfg,
-            haproxy_config(network_id, socket, &dir.join("haproxy.pid")),
-        )?;
+        Ok(ns)
+    }
+
+    /// Starts haproxy in the foreground (`-db`, whatever the file says).
+    fn start(ns: Netns, dir: PathBuf, config: &Path) -> anyhow::Result<Self> {
         let haproxy = Command::new("ip")
             .args(["netns", "exec", ns.name(), "haproxy", "-db", "-f"])
-            .arg(&cfg)
+            .arg(config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -91,6 +91,34 @@ pub struct NovaPeer {
     connections: Arc<Mutex<HashMap<u64, TcpStream>>>,
 }
 
+/// How the peer serves every request: like nova-api-metadata with a fixed
+/// pool of `workers`, each taking `time` per request (a realistic Nova is
+/// about 20 ms with 8 workers); the default answers at once, unbounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Service {
+    pub time: std::time::Duration,
+    pub workers: usize,
+    /// Keep [`Seen::requests`] and statuses (off for benchmarks: they grow
+    /// with every request).
+    pub record: bool,
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Self {
+            time: std::time::Duration::ZERO,
+            workers: usize::MAX,
+            record: true,
+        }
+    }
+}
+
+/// A counting semaphore for [`Service::workers`].
+struct Workers {
+    busy: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
 impl NovaPeer {
     /// Serves on `listener` (bound by the caller in the right namespace).
     pub fn start(
@@ -98,6 +126,17 @@ impl NovaPeer {
         secret: &str,
         instances: Vec<NovaInstance>,
         tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(listener, secret, instances, tls, Service::default())
+    }
+
+    /// [`NovaPeer::start`] with a service time and worker pool.
+    pub fn start_with(
+        listener: TcpListener,
+        secret: &str,
+        instances: Vec<NovaInstance>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        service: Service,
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -107,6 +146,11 @@ impl NovaPeer {
             secret: secret.as_bytes().to_vec(),
             instances: instances.into_iter().map(|i| (i.id.clone(), i)).collect(),
             passwords: Mutex::default(),
+            service,
+            workers: Workers {
+                busy: Mutex::new(0),
+                freed: std::sync::Condvar::new(),
+            },
         });
         {
             let (seen, stop, connections) = (
@@ -120,6 +164,8 @@ impl NovaPeer {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
+                    // Answers go out in one write; no Nagle wait for an ACK.
+                    let _ = stream.set_nodelay(true);
                     if let Ok(clone) = stream.try_clone() {
                         connections.lock().unwrap().insert(id, clone);
                     }
@@ -167,6 +213,8 @@ struct Rules {
     instances: HashMap<String, NovaInstance>,
     /// Instance id -> the password its guest posted (Nova keeps it).
     passwords: Mutex<HashMap<String, String>>,
+    service: Service,
+    workers: Workers,
 }
 
 impl Rules {
@@ -203,13 +251,14 @@ impl Rules {
         let Some(instance) = self.instances.get(id).filter(|i| i.project_id == tenant) else {
             return Answer::plain(404, "instance not found for this tenant");
         };
-        {
+        if self.service.record {
             let mut seen = seen.lock().unwrap();
             seen.forwarded_for
                 .insert(id.to_owned(), forwarded.to_owned());
             seen.requests
                 .push((id.to_owned(), method.to_owned(), path.to_owned()));
         }
+        self.serve_time();
         if !instance.delay.is_zero() {
             let enter = |seen: &mut Seen, by: isize| {
                 let entry = seen.in_flight.entry(id.to_owned()).or_default();
@@ -226,6 +275,23 @@ impl Rules {
             body,
             fault: instance.fault,
         }
+    }
+
+    /// Takes a worker for the service time, waiting for one when all are
+    /// busy.
+    fn serve_time(&self) {
+        if self.service.time.is_zero() {
+            return;
+        }
+        let mut busy = self.workers.busy.lock().unwrap();
+        while *busy >= self.service.workers {
+            busy = self.workers.freed.wait(busy).unwrap();
+        }
+        *busy += 1;
+        drop(busy);
+        std::thread::sleep(self.service.time);
+        *self.workers.busy.lock().unwrap() -= 1;
+        self.workers.freed.notify_one();
     }
 
     /// Nova's answer for a known, correctly signed instance.
@@ -351,14 +417,23 @@ fn serve<S: Read + Write>(
     let mut reader = BufReader::new(stream);
     while let Some(request) = PeerRequest::read(&mut reader)? {
         let answer = rules.answer(&request, seen);
-        seen.lock().unwrap().statuses.push(answer.status);
+        if rules.service.record {
+            seen.lock().unwrap().statuses.push(answer.status);
+        }
+        let content_type = if request.path().ends_with(".json") {
+            "application/json; charset=UTF-8"
+        } else {
+            "text/plain; charset=UTF-8"
+        };
         let stream = reader.get_mut();
         let (status, body) = (answer.status, answer.body);
         match answer.fault {
-            Fault::None => write!(
-                stream,
-                "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
+            Fault::None => stream.write_all(
+                format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
             )?,
             Fault::Reset => {
                 reset(fd);

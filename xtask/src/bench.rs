@@ -62,10 +62,14 @@ impl Settings {
 
 /// One wrk run's figures, summed or combined over its parallel clients.
 #[derive(Debug, Clone, Copy, Default)]
-struct Load {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub(crate) struct Load {
+    /// Successful (2xx) answers per second.
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Share of requests that failed (non-2xx answers, socket errors);
+    /// zero wherever the run is strict.
+    pub error_share: f64,
 }
 
 /// The benchmark's sections, each runnable alone with `--only`.
@@ -76,6 +80,8 @@ pub enum Section {
     Memory,
     OtherTraffic,
     Ovn,
+    /// Ours against neutron's own OVN metadata agent, both to Nova.
+    Neutron,
 }
 
 pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
@@ -97,6 +103,9 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
     }
     if wanted(Section::OtherTraffic) {
         other_traffic(&settings, &mut report)?;
+    }
+    if wanted(Section::Neutron) {
+        report.nova = super::bench_neutron::run(&settings.concurrency, settings.duration_s)?;
     }
     if wanted(Section::Ovn) {
         report.ovn = super::bench_ovn::run()?;
@@ -125,7 +134,7 @@ struct Bench {
     _limit_vm: Vm,
 }
 
-const SMALL: &str = "/openstack/latest/meta_data.json";
+pub(crate) const SMALL: &str = "/openstack/latest/meta_data.json";
 const LARGE: &str = "/openstack/latest/user_data";
 
 impl Bench {
@@ -195,7 +204,7 @@ fn user_data_of(kib: usize) -> String {
 
 /// Waits until every VM is served, so that nothing is measured while
 /// still starting.
-fn wait_served<'a>(vms: impl Iterator<Item = &'a Vm>) -> anyhow::Result<()> {
+pub(crate) fn wait_served<'a>(vms: impl Iterator<Item = &'a Vm>) -> anyhow::Result<()> {
     for vm in vms {
         metadata_tests::wait_for(
             &format!("{} to be served", vm.ns.name()),
@@ -250,8 +259,35 @@ fn route_limit_path(hv: &Hypervisor, limit_vm: &Vm) -> anyhow::Result<()> {
 }
 
 /// Runs wrk in each namespace at once; sums requests/s, averages p50 and
-/// takes the worst p99.
-fn wrk_all(namespaces: &[&str], url: &str, close: bool, seconds: u32) -> anyhow::Result<Load> {
+/// takes the worst p99. Any failed request fails the run.
+pub(crate) fn wrk_all(
+    namespaces: &[&str],
+    url: &str,
+    close: bool,
+    seconds: u32,
+) -> anyhow::Result<Load> {
+    wrk_each(namespaces, url, close, seconds, true)
+}
+
+/// [`wrk_all`] for a path that fails some requests by design (a baseline
+/// that answers 503 under load): counts only the 2xx answers and reports
+/// the share that failed.
+pub(crate) fn wrk_counting_errors(
+    namespaces: &[&str],
+    url: &str,
+    close: bool,
+    seconds: u32,
+) -> anyhow::Result<Load> {
+    wrk_each(namespaces, url, close, seconds, false)
+}
+
+fn wrk_each(
+    namespaces: &[&str],
+    url: &str,
+    close: bool,
+    seconds: u32,
+    strict: bool,
+) -> anyhow::Result<Load> {
     let mut children = Vec::new();
     for ns in namespaces {
         let mut command = Command::new("ip");
@@ -267,6 +303,7 @@ fn wrk_all(namespaces: &[&str], url: &str, close: bool, seconds: u32) -> anyhow:
         children.push(command.spawn().context("starting wrk")?);
     }
     let mut load = Load::default();
+    let (mut requests, mut failed) = (0.0, 0.0);
     let count = children.len() as f64;
     for child in children {
         let output = child.wait_with_output().context("waiting for wrk")?;
@@ -276,25 +313,66 @@ fn wrk_all(namespaces: &[&str], url: &str, close: bool, seconds: u32) -> anyhow:
             "wrk failed: {text}{}",
             String::from_utf8_lossy(&output.stderr)
         );
+        let run = WrkRun::parse(&text)?;
         ensure!(
-            !text.contains("Non-2xx") && !text.contains("Socket errors"),
+            !strict || run.failed == 0.0,
             "wrk saw errors, the figures would be wrong:\n{text}"
         );
-        load.rps += field(&text, "Requests/sec:").context("wrk: Requests/sec")?;
-        load.p50_us += latency(&text, "50%").context("wrk: p50")? / count;
-        load.p99_us = load.p99_us.max(latency(&text, "99%").context("wrk: p99")?);
+        load.rps += run.rps * (1.0 - ratio(run.failed, run.requests));
+        load.p50_us += run.p50_us / count;
+        load.p99_us = load.p99_us.max(run.p99_us);
+        requests += run.requests;
+        failed += run.failed;
     }
+    load.error_share = ratio(failed, requests);
     Ok(load)
 }
 
-fn field(text: &str, name: &str) -> Option<f64> {
+/// One wrk client's report.
+struct WrkRun {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    requests: f64,
+    /// Non-2xx answers and socket errors.
+    failed: f64,
+}
+
+impl WrkRun {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        let requests = text
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in "))
+            .and_then(|(n, _)| n.trim().parse::<f64>().ok())
+            .context("wrk: request count")?;
+        let non_2xx = field(text, "Non-2xx or 3xx responses:").unwrap_or(0.0);
+        let socket_errors: f64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+            .map_or(0.0, |errors| {
+                errors
+                    .split(',')
+                    .filter_map(|e| e.split_whitespace().last()?.parse::<f64>().ok())
+                    .sum()
+            });
+        Ok(Self {
+            rps: field(text, "Requests/sec:").context("wrk: Requests/sec")?,
+            p50_us: latency(text, "50%").context("wrk: p50")?,
+            p99_us: latency(text, "99%").context("wrk: p99")?,
+            requests,
+            failed: non_2xx + socket_errors,
+        })
+    }
+}
+
+pub(crate) fn field(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.trim().strip_prefix(name))
         .and_then(|v| v.trim().parse().ok())
 }
 
 /// A latency percentile from wrk's distribution, in microseconds.
-fn latency(text: &str, percentile: &str) -> Option<f64> {
+pub(crate) fn latency(text: &str, percentile: &str) -> Option<f64> {
     let value = text
         .lines()
         .find_map(|l| l.trim().strip_prefix(percentile))?
@@ -721,7 +799,7 @@ fn program_run_stats(bpftool_stdout: &[u8]) -> anyhow::Result<(f64, f64)> {
     ))
 }
 
-struct KillOnDrop(std::process::Child);
+pub(crate) struct KillOnDrop(pub std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -749,9 +827,10 @@ struct Report {
     memory: Vec<Memory>,
     other_traffic: Option<OtherTraffic>,
     ovn: Vec<super::bench_ovn::Sync>,
+    nova: Vec<super::bench_neutron::NovaRow>,
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b == 0.0 { 0.0 } else { a / b }
 }
 
@@ -794,6 +873,7 @@ impl Report {
             memory: Vec::new(),
             other_traffic: None,
             ovn: Vec::new(),
+            nova: Vec::new(),
         }
     }
 
@@ -801,6 +881,7 @@ impl Report {
         let mut md = String::new();
         self.write_header(&mut md);
         self.write_throughput(&mut md);
+        md.push_str(&super::bench_neutron::markdown(&self.nova));
         self.write_first_request(&mut md);
         self.write_memory(&mut md);
         self.write_other_traffic(&mut md);
@@ -964,6 +1045,7 @@ impl Report {
 
     fn targets(&self) -> Vec<(String, bool)> {
         let mut targets = self.throughput_targets();
+        targets.extend(super::bench_neutron::targets(&self.nova));
         if let Some(m) = self.memory.last() {
             let r = ratio(m.ours_kib as f64, m.neutron_kib as f64);
             targets.push((
@@ -1085,6 +1167,7 @@ impl Report {
                 "empty_program_ns_per_packet": o.empty_ns_per_packet, "packets": o.packets,
             })),
             "ovn_first_view": super::bench_ovn::json(&self.ovn),
+            "neutron_ovn_agent": super::bench_neutron::json(&self.nova),
             "targets": targets,
         })
     }

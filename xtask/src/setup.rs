@@ -40,6 +40,7 @@ pub const PROGRAMS: &[Program] = &[
     program("bpftool", "bpftool"),
     program("tcpdump", "tcpdump"),
     program("haproxy", "haproxy"),
+    program("nginx", "nginx"),
     program("wrk", "wrk"),
     program("iperf3", "iperf3"),
     program("openssl", "openssl"),
@@ -69,7 +70,46 @@ pub const PYTHON_MODULES: &[Program] = &[
     program("cloudinit", "cloud-init"),
     program("ovs.db.idl", "python3-openvswitch"),
     program("botocore.utils", "python3-botocore"),
+    // The benchmark's virtualenv for PyPI's neutron needs pip bootstrapped.
+    program("ensurepip", "python3-venv"),
 ];
+
+/// Where the benchmark keeps PyPI's neutron (outside the work tree, so a
+/// fresh clone does not download it again).
+pub const NEUTRON_VENV: &str = "/opt/metadata-redirector-bench/neutron";
+/// The neutron release the benchmark runs (2026.1).
+pub const NEUTRON_VERSION: &str = "29.0.0";
+
+/// The python of a virtualenv holding PyPI's neutron, created and filled
+/// on first use (a few minutes: neutron and its oslo libraries).
+pub fn neutron_python() -> anyhow::Result<PathBuf> {
+    let python = Path::new(NEUTRON_VENV).join("bin/python");
+    let has_neutron = || {
+        Command::new(&python)
+            .args(["-c", "import neutron.agent.ovn.metadata.server_socket"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has_neutron() {
+        return Ok(python);
+    }
+    eprintln!(
+        "xtask: installing neutron {NEUTRON_VERSION} from PyPI into {NEUTRON_VENV} (a few minutes, once)"
+    );
+    run("/usr/bin/python3", &["-m", "venv", NEUTRON_VENV])?;
+    let pip = Path::new(NEUTRON_VENV).join("bin/pip");
+    run(
+        &pip.display().to_string(),
+        &["install", "-q", &format!("neutron=={NEUTRON_VERSION}")],
+    )?;
+    if !has_neutron() {
+        bail!(
+            "{} cannot import neutron's OVN metadata proxy after installing it",
+            python.display()
+        );
+    }
+    Ok(python)
+}
 
 /// Packages that must come from the same Debian release as each other.
 /// Debian's qemu-system-x86 breaks a newer qemu-utils (a backport some

@@ -1,0 +1,471 @@
+//! `cargo xtask bench`: ours against the path a Neutron/OVN site runs
+//! today, both ending at the same Nova peer.
+//!
+//! - ours: VM namespace -> tap -> eBPF -> daemon (Nova backend, response
+//!   cache off, so every request reaches Nova as neutron's do) -> peer.
+//! - neutron: VM namespace -> per-network namespace with Debian's haproxy
+//!   and the configuration neutron's own `HaproxyConfigurator` writes ->
+//!   unix socket -> neutron's OVN metadata proxy from PyPI, unmodified,
+//!   looking each port up in a real ovsdb-server Southbound -> peer.
+//! - the peer alone: wrk in the hypervisor straight to the Nova peer with
+//!   the signed headers, as many connections as VMs: what it can serve.
+//!
+//! A second run gives the peer a realistic service time (20 ms per
+//! request, 8 at once, a small nova-api-metadata).
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    net::{Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail, ensure};
+use metadata_tests::{
+    Hypervisor, InstanceSpec, Vm,
+    neutron::NeutronNetwork,
+    nova_peer::{NovaInstance, NovaPeer, Service},
+    ovn::{Binding, Southbound},
+    uuid_like,
+};
+
+use super::bench::{
+    KillOnDrop, Load, SMALL, field, latency, wait_served, wrk_all, wrk_counting_errors,
+};
+
+const SECRET: &str = "benchmark shared secret";
+const CHASSIS: &str = "bench-chassis";
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+/// The realistic Nova: per-request time and workers.
+pub const REALISTIC: (Duration, usize) = (Duration::from_millis(20), 8);
+
+/// One row: both paths and the peer alone at `vms` clients.
+pub struct NovaRow {
+    pub vms: usize,
+    pub new_connection: bool,
+    /// Service time of the peer, zero when it answers at once.
+    pub service_ms: u64,
+    pub ours: Load,
+    pub neutron: Load,
+    /// The peer alone; `None` in the realistic run (its limit is known:
+    /// workers / time).
+    pub peer: Option<Load>,
+}
+
+/// Both paths at each concurrency, then the realistic Nova at 10 VMs.
+pub fn run(concurrency: &[usize], seconds: u32) -> anyhow::Result<Vec<NovaRow>> {
+    let python = super::setup::neutron_python()?;
+    let mut rows = Vec::new();
+    for &n in concurrency {
+        eprintln!("bench: ours vs neutron's OVN metadata agent, {n} VM(s) per path");
+        let paths = Paths::new(n, Service::default(), &python)?;
+        for close in [false, true] {
+            rows.push(paths.measure(close, seconds, true)?);
+        }
+    }
+    let (time, workers) = REALISTIC;
+    let n = 10;
+    eprintln!("bench: the same with Nova taking {time:?} per request, {workers} at once");
+    let service = Service {
+        time,
+        workers,
+        record: false,
+    };
+    let paths = Paths::new(n, service, &python)?;
+    rows.push(paths.measure(false, seconds.max(4), false)?);
+    Ok(rows)
+}
+
+/// Both paths set up side by side in one hypervisor.
+struct Paths {
+    hv: Hypervisor,
+    peer: NovaPeer,
+    ours: Vec<Vm>,
+    neutron: Vec<(Vm, NeutronNetwork)>,
+    /// Headers a request for `ours[0]` carries to Nova, for the peer alone.
+    signed: Vec<String>,
+    service_ms: u64,
+    _agent: KillOnDrop,
+    _sb: Southbound,
+}
+
+impl Paths {
+    fn new(n: usize, service: Service, python: &Path) -> anyhow::Result<Self> {
+        let mut hv = Hypervisor::new()?;
+        let ours: Vec<Vm> = (0..n)
+            .map(|_| hv.add_vm(GUEST_IP))
+            .collect::<anyhow::Result<_>>()?;
+        let bare: Vec<Vm> = (0..n)
+            .map(|_| hv.bare_vm(GUEST_IP))
+            .collect::<anyhow::Result<_>>()?;
+        let specs: Vec<InstanceSpec> = ours
+            .iter()
+            .chain(&bare)
+            .enumerate()
+            .map(|(i, vm)| InstanceSpec::for_vm(vm, &format!("vm-{i}")))
+            .collect();
+        let listener = hv.ns().run(|| TcpListener::bind("127.0.0.1:0"))??;
+        let instances = specs.iter().map(nova_instance).collect();
+        let peer = NovaPeer::start_with(listener, SECRET, instances, None, service)?;
+        hv.extra_config = format!(
+            "\n[backend]\ntype = \"nova\"\nurl = \"http://{}\"\nshared_secret = \"{SECRET}\"\n\
+             timeout_s = 30\ncache_ttl_s = 0\n",
+            peer.addr
+        );
+        hv.set_instances(specs[..n].to_vec())?;
+        hv.start_daemon()?;
+        let sb = Southbound::standalone(&hv)?;
+        let networks = register_ports(&sb, &bare, &specs[n..])?;
+        let agent = start_agent(&hv, python, peer.addr.port())?;
+        let configs = haproxy_configs(&hv, python, &networks)?;
+        let neutron = bare
+            .into_iter()
+            .zip(&configs)
+            .map(|(vm, cfg)| NeutronNetwork::with_config(&vm, cfg).map(|net| (vm, net)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        wait_served(ours.iter().chain(neutron.iter().map(|(vm, _)| vm)))?;
+        let signed = signed_headers(&specs[0]);
+        Ok(Self {
+            hv,
+            peer,
+            ours,
+            neutron,
+            signed,
+            service_ms: service.time.as_millis() as u64,
+            _agent: agent,
+            _sb: sb,
+        })
+    }
+
+    fn measure(&self, close: bool, seconds: u32, with_peer: bool) -> anyhow::Result<NovaRow> {
+        let url = format!("http://169.254.169.254{SMALL}");
+        let ours: Vec<&str> = self.ours.iter().map(|vm| vm.ns.name()).collect();
+        let neutron: Vec<&str> = self.neutron.iter().map(|(vm, _)| vm.ns.name()).collect();
+        let o = wrk_all(&ours, &url, close, seconds)?;
+        let q = wrk_counting_errors(&neutron, &url, close, seconds).with_context(|| {
+            let log = fs::read_to_string(self.hv.dir().join("neutron-agent.log"));
+            let log = log.unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            format!(
+                "neutron's agent log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })?;
+        let peer = if with_peer {
+            Some(self.peer_alone(close, seconds)?)
+        } else {
+            None
+        };
+        Ok(NovaRow {
+            vms: self.ours.len(),
+            new_connection: close,
+            service_ms: self.service_ms,
+            ours: o,
+            neutron: q,
+            peer,
+        })
+    }
+
+    /// wrk in the hypervisor straight to the peer, one connection per VM.
+    fn peer_alone(&self, close: bool, seconds: u32) -> anyhow::Result<Load> {
+        let connections = self.ours.len().to_string();
+        let mut args = vec!["netns", "exec", self.hv.ns().name(), "wrk", "--latency"];
+        args.extend(["-t1", "-c", &connections]);
+        let duration = format!("-d{seconds}s");
+        args.push(&duration);
+        for header in &self.signed {
+            args.extend(["-H", header]);
+        }
+        if close {
+            args.extend(["-H", "Connection: close"]);
+        }
+        let url = format!("http://{}{SMALL}", self.peer.addr);
+        args.push(&url);
+        let out = Command::new("ip")
+            .args(&args)
+            .output()
+            .context("running wrk")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && !text.contains("Non-2xx"),
+            "wrk against the peer: {text}"
+        );
+        Ok(Load {
+            rps: field(&text, "Requests/sec:").context("wrk: Requests/sec")?,
+            p50_us: latency(&text, "50%").context("wrk: p50")?,
+            p99_us: latency(&text, "99%").context("wrk: p99")?,
+            error_share: 0.0,
+        })
+    }
+}
+
+fn nova_instance(spec: &InstanceSpec) -> NovaInstance {
+    NovaInstance {
+        id: spec.id.clone(),
+        project_id: spec.project_id.clone(),
+        name: spec.name.clone(),
+        ..NovaInstance::default()
+    }
+}
+
+/// The four headers neutron's agent sends for `spec`.
+fn signed_headers(spec: &InstanceSpec) -> Vec<String> {
+    let signature = metadata_userspace_sign(&spec.id);
+    vec![
+        format!("X-Instance-ID: {}", spec.id),
+        format!("X-Tenant-ID: {}", spec.project_id),
+        format!("X-Forwarded-For: {GUEST_IP}"),
+        format!("X-Instance-ID-Signature: {signature}"),
+    ]
+}
+
+/// lowercase hex HMAC-SHA256 of the instance id under the secret, as
+/// Nova checks it (openssl, so xtask needs no crypto crate).
+fn metadata_userspace_sign(instance_id: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", SECRET, "-r"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(instance_id.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("running openssl dgst");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A network per VM in the Southbound, each with the VM's port bound to
+/// this chassis, as ovn-northd and ovn-controller would leave them.
+/// Returns the network ids.
+fn register_ports(
+    sb: &Southbound,
+    vms: &[Vm],
+    specs: &[InstanceSpec],
+) -> anyhow::Result<Vec<String>> {
+    let chassis = sb.add_chassis(CHASSIS, "127.0.0.1")?;
+    let chassis_column = format!("chassis={chassis}");
+    let mut networks = Vec::new();
+    for (i, (vm, spec)) in vms.iter().zip(specs).enumerate() {
+        let network = uuid_like();
+        let datapath = sb.add_network(&network, i as u32 + 1)?;
+        let port = uuid_like();
+        let binding = Binding {
+            port: &port,
+            datapath: &datapath,
+            key: 1,
+            mac_column: format!("{} {}", vm.mac, vm.ip),
+            device_id: &spec.id,
+            project_id: &spec.project_id,
+        };
+        sb.bind(&binding, &[&chassis_column])?;
+        networks.push(network);
+    }
+    Ok(networks)
+}
+
+/// neutron's configuration for the agent, in the hypervisor's folder.
+fn agent_config(hv: &Hypervisor, nova_port: u16) -> anyhow::Result<PathBuf> {
+    let state = hv.dir().join("neutron-state");
+    fs::create_dir_all(&state).context("creating neutron's state_path")?;
+    let ini = hv.dir().join("neutron.ini");
+    let text = format!(
+        "[DEFAULT]\nmetadata_proxy_socket = {socket}\nnova_metadata_host = 127.0.0.1\n\
+         nova_metadata_port = {nova_port}\nmetadata_proxy_shared_secret = {SECRET}\n\
+         state_path = {state}\n\n[ovn]\novn_sb_connection = tcp:127.0.0.1:6641\n",
+        socket = agent_socket(hv).display(),
+        state = state.display(),
+    );
+    fs::write(&ini, text).with_context(|| format!("writing {}", ini.display()))?;
+    Ok(ini)
+}
+
+fn agent_socket(hv: &Hypervisor) -> PathBuf {
+    hv.dir().join("neutron-metadata.sock")
+}
+
+fn runner() -> PathBuf {
+    super::root().join("tests/bench/neutron_ovn_metadata.py")
+}
+
+/// Starts neutron's OVN metadata proxy in the hypervisor namespace and
+/// waits (60 s at most) for it to say it serves.
+fn start_agent(hv: &Hypervisor, python: &Path, nova_port: u16) -> anyhow::Result<KillOnDrop> {
+    let ini = agent_config(hv, nova_port)?;
+    let log = fs::File::create(hv.dir().join("neutron-agent.log")).context("agent log")?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", hv.ns().name()])
+        .arg(python)
+        .arg(runner())
+        .args(["serve", "--chassis", CHASSIS, "--config-file"])
+        .arg(&ini)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("starting neutron's OVN metadata proxy")?;
+    let stdout = child.stdout.take().context("agent stdout")?;
+    let agent = KillOnDrop(child);
+    let (ready, said) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.trim() == "ready" {
+                let _ = ready.send(());
+            }
+        }
+    });
+    if said.recv_timeout(Duration::from_secs(60)).is_err() {
+        bail!(
+            "neutron's OVN metadata proxy did not start; its log: {}",
+            hv.dir().join("neutron-agent.log").display()
+        );
+    }
+    Ok(agent)
+}
+
+/// Each network's haproxy configuration, written by neutron's own
+/// `HaproxyConfigurator`.
+fn haproxy_configs(
+    hv: &Hypervisor,
+    python: &Path,
+    networks: &[String],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let state = hv.dir().join("neutron-state");
+    let mut command = Command::new(python);
+    command.arg(runner()).arg("haproxy-config");
+    for network in networks {
+        command.args(["--network", network]);
+    }
+    command.arg("--socket").arg(agent_socket(hv));
+    command.arg("--state-path").arg(&state);
+    let out = command
+        .output()
+        .context("running neutron's HaproxyConfigurator")?;
+    ensure!(
+        out.status.success(),
+        "neutron's HaproxyConfigurator: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let paths: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(".conf"))
+        .map(PathBuf::from)
+        .collect();
+    ensure!(
+        paths.len() == networks.len(),
+        "expected {} configs, got {paths:?}",
+        networks.len()
+    );
+    Ok(paths)
+}
+
+/// The section of results.md.
+pub fn markdown(rows: &[NovaRow]) -> String {
+    use std::fmt::Write as _;
+    let mut md = String::new();
+    if rows.is_empty() {
+        return md;
+    }
+    let _ = writeln!(
+        md,
+        "\n## Ours vs neutron's OVN metadata agent, both to the same Nova peer (meta_data.json)\n"
+    );
+    let _ = writeln!(
+        md,
+        "ours: tap -> eBPF -> daemon, Nova backend, response cache off (every request reaches Nova). neutron: per-network namespace with Debian's haproxy and the configuration neutron's `HaproxyConfigurator` writes -> unix socket -> neutron {} (PyPI) `neutron.agent.ovn.metadata.server_socket`, ports looked up in a real ovsdb-server Southbound, default `metadata_workers` (0 with OVN: served in the main thread). peer alone: wrk from the hypervisor straight to the Nova peer with the signed headers, one connection per VM.\n",
+        super::setup::NEUTRON_VERSION
+    );
+    let _ = writeln!(
+        md,
+        "| VMs | connections | Nova service time | ours req/s | neutron req/s (2xx) | neutron failed | peer alone req/s | ours/neutron | ours p50 µs | neutron p50 µs | ours p99 µs | neutron p99 µs |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let service = if r.service_ms == 0 {
+            "none".to_owned()
+        } else {
+            format!("{} ms, {} at once", r.service_ms, REALISTIC.1)
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {service} | {:.0} | {:.0} | {:.1} % | {} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.vms,
+            if r.new_connection {
+                "new per request"
+            } else {
+                "keep-alive"
+            },
+            r.ours.rps,
+            r.neutron.rps,
+            r.neutron.error_share * 100.0,
+            r.peer
+                .map_or_else(|| "-".to_owned(), |p| format!("{:.0}", p.rps)),
+            super::bench::ratio(r.ours.rps, r.neutron.rps),
+            r.ours.p50_us,
+            r.neutron.p50_us,
+            r.ours.p99_us,
+            r.neutron.p99_us,
+        );
+    }
+    md
+}
+
+pub fn json(rows: &[NovaRow]) -> serde_json::Value {
+    let row = |r: &NovaRow| {
+        serde_json::json!({
+            "vms": r.vms, "new_connection": r.new_connection, "service_ms": r.service_ms,
+            "ours": {"rps": r.ours.rps, "p50_us": r.ours.p50_us, "p99_us": r.ours.p99_us},
+            "neutron": {"rps_2xx": r.neutron.rps, "failed_share": r.neutron.error_share,
+                        "p50_us": r.neutron.p50_us, "p99_us": r.neutron.p99_us},
+            "peer_alone_rps": r.peer.map(|p| p.rps),
+        })
+    };
+    rows.iter().map(row).collect()
+}
+
+/// At least 5x the real neutron path's requests/s at every concurrency
+/// (with the peer answering at once: with the realistic Nova both are
+/// bound by Nova), and the peer never the bottleneck.
+pub fn targets(rows: &[NovaRow]) -> Vec<(String, bool)> {
+    let fast: Vec<&NovaRow> = rows.iter().filter(|r| r.service_ms == 0).collect();
+    if fast.is_empty() {
+        return Vec::new();
+    }
+    let worst = fast
+        .iter()
+        .map(|r| super::bench::ratio(r.ours.rps, r.neutron.rps))
+        .fold(f64::INFINITY, f64::min);
+    let peer_headroom = fast
+        .iter()
+        .filter_map(|r| {
+            r.peer
+                .map(|p| super::bench::ratio(p.rps, r.ours.rps.max(r.neutron.rps)))
+        })
+        .fold(f64::INFINITY, f64::min);
+    vec![
+        (
+            format!(
+                "ours >= 5x the real neutron path's requests/s at every concurrency (worst {worst:.2}x)"
+            ),
+            worst >= 5.0,
+        ),
+        (
+            format!(
+                "the Nova peer is not the bottleneck (alone it serves {peer_headroom:.2}x the faster path)"
+            ),
+            peer_headroom >= 1.0,
+        ),
+    ]
+}
