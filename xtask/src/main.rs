@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything a developer or CI does with this repository.
 
 mod bench;
+mod bench_limit;
 mod bench_neutron;
 mod bench_ovn;
 mod demo;
