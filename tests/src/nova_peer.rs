@@ -315,6 +315,23 @@ impl Rules {
                 ),
             ),
             ("GET", "/latest/meta-data/instance-id") => (200, instance.id.clone()),
+            ("GET", "/latest/meta-data/") => (200, "hostname\ninstance-id\nlocal-hostname".into()),
+            ("GET", "/latest/meta-data/hostname" | "/latest/meta-data/local-hostname") => {
+                (200, instance.name.clone())
+            }
+            // The rest of what cloud-init's OpenStack reader reads.
+            ("GET", path) if path.starts_with("/openstack/") && path.ends_with("/user_data") => {
+                (200, format!("#cloud-config\nhostname: {}\n", instance.name))
+            }
+            ("GET", path)
+                if path.starts_with("/openstack/")
+                    && (path.ends_with("/vendor_data.json") || path.ends_with("/vendor_data2.json")) =>
+            {
+                (200, "{}".into())
+            }
+            ("GET", path) if path.starts_with("/openstack/") && path.ends_with("/network_data.json") => {
+                (200, r#"{"links": [], "networks": [], "services": []}"#.into())
+            }
             ("GET", "/openstack/latest/password") => {
                 let passwords = self.passwords.lock().unwrap();
                 (

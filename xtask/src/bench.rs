@@ -82,6 +82,8 @@ pub enum Section {
     Ovn,
     /// Ours against neutron's own OVN metadata agent, both to Nova.
     Neutron,
+    /// Every VM booting at once against a realistic Nova.
+    Storm,
 }
 
 pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
@@ -106,6 +108,10 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
     }
     if wanted(Section::Neutron) {
         report.nova = super::bench_neutron::run(&settings.concurrency, settings.duration_s)?;
+    }
+    if wanted(Section::Storm) {
+        let vms = if settings.quick { 50 } else { 500 };
+        report.storm = Some(super::bench_neutron::storm(vms)?);
     }
     if wanted(Section::Ovn) {
         report.ovn = super::bench_ovn::run()?;
@@ -794,6 +800,7 @@ struct Report {
     other_traffic: Option<OtherTraffic>,
     ovn: Vec<super::bench_ovn::Sync>,
     nova: Vec<super::bench_neutron::NovaRow>,
+    storm: Option<super::bench_neutron::Storm>,
 }
 
 pub(crate) fn ratio(a: f64, b: f64) -> f64 {
@@ -840,6 +847,7 @@ impl Report {
             other_traffic: None,
             ovn: Vec::new(),
             nova: Vec::new(),
+            storm: None,
         }
     }
 
@@ -848,6 +856,7 @@ impl Report {
         self.write_header(&mut md);
         self.write_throughput(&mut md);
         md.push_str(&super::bench_neutron::markdown(&self.nova));
+        md.push_str(&super::bench_neutron::storm_markdown(self.storm.as_ref()));
         self.write_first_request(&mut md);
         self.write_memory(&mut md);
         self.write_other_traffic(&mut md);
@@ -1128,6 +1137,11 @@ impl Report {
             })),
             "ovn_first_view": super::bench_ovn::json(&self.ovn),
             "neutron_ovn_agent": super::bench_neutron::json(&self.nova),
+            "boot_storm": self.storm.as_ref().map(|s| json!({
+                "vms": s.vms, "requests_per_vm": s.requests_per_vm,
+                "ours": {"seconds": s.ours.seconds, "failed_vms": s.ours.failed_vms, "nova_calls": s.ours.nova_calls},
+                "neutron": {"seconds": s.neutron.seconds, "failed_vms": s.neutron.failed_vms, "nova_calls": s.neutron.nova_calls},
+            })),
             "targets": targets,
         })
     }
