@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod fuzzing;
 pub mod inventory;
 pub mod metrics;
 pub mod neutron_ini;

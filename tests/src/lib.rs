@@ -16,6 +16,7 @@ pub mod neutron;
 pub mod nova_peer;
 pub mod ovn;
 pub mod packet;
+pub mod soak;
 
 use std::{
     fmt::Write as _,

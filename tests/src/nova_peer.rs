@@ -325,12 +325,18 @@ impl Rules {
             }
             ("GET", path)
                 if path.starts_with("/openstack/")
-                    && (path.ends_with("/vendor_data.json") || path.ends_with("/vendor_data2.json")) =>
+                    && (path.ends_with("/vendor_data.json")
+                        || path.ends_with("/vendor_data2.json")) =>
             {
                 (200, "{}".into())
             }
-            ("GET", path) if path.starts_with("/openstack/") && path.ends_with("/network_data.json") => {
-                (200, r#"{"links": [], "networks": [], "services": []}"#.into())
+            ("GET", path)
+                if path.starts_with("/openstack/") && path.ends_with("/network_data.json") =>
+            {
+                (
+                    200,
+                    r#"{"links": [], "networks": [], "services": []}"#.into(),
+                )
             }
             ("GET", "/openstack/latest/password") => {
                 let passwords = self.passwords.lock().unwrap();

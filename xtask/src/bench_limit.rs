@@ -13,16 +13,36 @@ use std::{fs, net::Ipv4Addr, path::PathBuf, process::Stdio, time::Duration};
 use anyhow::Context as _;
 use metadata_tests::{Hypervisor, Netns, Vm, unique_suffix, veth_pair};
 
-use super::bench::KillOnDrop;
-
 /// Where nginx listens (a local address of the hypervisor).
 pub const NGINX_PORT: u16 = 8080;
 
 /// The limit VM and nginx; everything goes with it.
 pub struct LimitPath {
     pub ns: Netns,
-    _nginx: KillOnDrop,
-    www: PathBuf,
+    _nginx: Nginx,
+    _www: Www,
+}
+
+/// nginx's master process. Stopped with SIGTERM, which takes its workers
+/// down with it; SIGKILL would leave them running.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid = self.0.id() as libc::pid_t;
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("bench: nginx ignored SIGTERM for 5 s; killing it");
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl LimitPath {
@@ -52,18 +72,18 @@ impl LimitPath {
         // More specific than the slot range's route to the host device.
         hv.ns()
             .ip(&["route", "add", &format!("{slot}/32"), "dev", &host_end])?;
-        let www = std::env::temp_dir().join(format!("mdr-www-{}", ns.name()));
+        let www = Www(std::env::temp_dir().join(format!("mdr-www-{}", ns.name())));
         for path in paths {
             let body = fetch(&ns, &format!("http://169.254.169.254{path}"))?;
-            let file = www.join(path.trim_start_matches('/'));
+            let file = www.0.join(path.trim_start_matches('/'));
             fs::create_dir_all(file.parent().context("a path with a folder")?)?;
             fs::write(&file, body).with_context(|| format!("writing {}", file.display()))?;
         }
-        let nginx = start_nginx(hv, &www)?;
+        let nginx = start_nginx(hv, &www.0)?;
         let limit = Self {
             ns,
             _nginx: nginx,
-            www,
+            _www: www,
         };
         let url = format!("http://169.254.169.254:{NGINX_PORT}{}", paths[0]);
         metadata_tests::wait_for("nginx to serve", Duration::from_secs(10), || {
@@ -73,9 +93,13 @@ impl LimitPath {
     }
 }
 
-impl Drop for LimitPath {
+/// nginx's folder (configuration, files, pid), removed when dropped:
+/// after nginx, which is declared before it.
+struct Www(PathBuf);
+
+impl Drop for Www {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.www);
+        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -104,7 +128,7 @@ fn fetch(ns: &Netns, url: &str) -> anyhow::Result<Vec<u8>> {
 
 /// nginx in the hypervisor namespace, a worker per core, no logs, keep-alive
 /// for as long as wrk wants.
-fn start_nginx(hv: &Hypervisor, www: &std::path::Path) -> anyhow::Result<KillOnDrop> {
+fn start_nginx(hv: &Hypervisor, www: &std::path::Path) -> anyhow::Result<Nginx> {
     let conf = www.join("nginx.conf");
     let text = format!(
         "daemon off;\nworker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
@@ -125,6 +149,6 @@ fn start_nginx(hv: &Hypervisor, www: &std::path::Path) -> anyhow::Result<KillOnD
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map(KillOnDrop)
+        .map(Nginx)
         .context("starting nginx")
 }

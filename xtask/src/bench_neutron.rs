@@ -70,7 +70,9 @@ pub struct StormRun {
 pub fn storm(vms: usize) -> anyhow::Result<Storm> {
     let python = super::setup::neutron_python()?;
     let (time, workers) = REALISTIC;
-    eprintln!("bench: boot storm, {vms} VMs per path, Nova {time:?} per request, {workers} at once");
+    eprintln!(
+        "bench: boot storm, {vms} VMs per path, Nova {time:?} per request, {workers} at once"
+    );
     let service = Service {
         time,
         workers,
@@ -240,15 +242,25 @@ impl Paths {
             .cloud_init_openstack("http://169.254.169.254")
             .context("recording cloud-init's crawl")?;
         let seen = self.peer.seen.lock().expect("peer state");
-        let crawl: Vec<String> = seen.requests[id..].iter().map(|(_, _, path)| path.clone()).collect();
-        ensure!(!crawl.is_empty(), "cloud-init's crawl reached Nova with no request");
+        let crawl: Vec<String> = seen.requests[id..]
+            .iter()
+            .map(|(_, _, path)| path.clone())
+            .collect();
+        ensure!(
+            !crawl.is_empty(),
+            "cloud-init's crawl reached Nova with no request"
+        );
         Ok(crawl)
     }
 
     /// Every VM fetches `paths` at once with curl (keep-alive, each URL
     /// retried up to 5 times a second apart on any error, as cloud-init
     /// retries); the time until the last one finished.
-    fn storm<'a>(&self, vms: impl Iterator<Item = &'a Vm>, paths: &[String]) -> anyhow::Result<StormRun> {
+    fn storm<'a>(
+        &self,
+        vms: impl Iterator<Item = &'a Vm>,
+        paths: &[String],
+    ) -> anyhow::Result<StormRun> {
         let urls: Vec<String> = paths
             .iter()
             .map(|p| format!("http://169.254.169.254{p}"))
@@ -258,7 +270,14 @@ impl Paths {
             .map(|vm| {
                 vm.ns
                     .command("curl")
-                    .args(["-sf", "-o", "/dev/null", "--retry", "5", "--retry-all-errors"])
+                    .args([
+                        "-sf",
+                        "-o",
+                        "/dev/null",
+                        "--retry",
+                        "5",
+                        "--retry-all-errors",
+                    ])
                     .args(["--retry-delay", "1", "--max-time", "60"])
                     .args(&urls)
                     .stdout(Stdio::null())
@@ -502,7 +521,10 @@ pub fn storm_markdown(storm: Option<&Storm>) -> String {
         s.requests_per_vm
     );
     let _ = writeln!(md, "The crawl: `{}`\n", s.crawl.join("`, `"));
-    let _ = writeln!(md, "| path | all VMs served s | VMs that failed | calls that reached Nova |");
+    let _ = writeln!(
+        md,
+        "| path | all VMs served s | VMs that failed | calls that reached Nova |"
+    );
     let _ = writeln!(md, "|---|---|---|---|");
     for (name, run) in [("ours", &s.ours), ("neutron", &s.neutron)] {
         let _ = writeln!(

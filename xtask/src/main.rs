@@ -6,6 +6,7 @@ mod bench_neutron;
 mod bench_ovn;
 mod demo;
 mod empty_prog;
+mod fuzz;
 mod package;
 mod setup;
 mod vm;
@@ -72,6 +73,19 @@ enum Task {
     /// Boot two Debian guests with qemu on real taps and check what their
     /// cloud-init did.
     VmTest,
+    /// The soak: 50 VMs, 4 keep-alive connections each, mixed requests
+    /// with abusive guests among them; fails on any failed or wrong answer
+    /// to a well-behaved guest and reports the daemon's RSS.
+    Soak {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// A bounded run of the fuzz targets (cargo fuzz, nightly).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Unit tests, BPF_PROG_TEST_RUN fixtures and end-to-end tests.
     Test {
         /// Also build the guest image if needed and run the VM test (it runs
@@ -134,6 +148,14 @@ fn main() -> anyhow::Result<()> {
             println!("summary: {passed} passed, 0 failed");
             Ok(())
         }
+        Task::Soak { seconds } => {
+            require_root("the soak")?;
+            setup::all()?;
+            build()?;
+            sweep();
+            run_soak(seconds)
+        }
+        Task::Fuzz { seconds } => fuzz::run(seconds),
         Task::Test { vm, args } => run_tests(vm, &args),
     }
 }
@@ -148,6 +170,30 @@ fn run_daemon(args: &[String]) -> anyhow::Result<()> {
         .with_context(|| format!("running {}", binary.display()))?;
     if !status.success() {
         bail!("metadata-redirector exited with {status}");
+    }
+    Ok(())
+}
+
+fn run_soak(seconds: u64) -> anyhow::Result<()> {
+    let report = metadata_tests::soak::run(metadata_tests::soak::SoakOptions {
+        vms: 50,
+        connections: 4,
+        duration: std::time::Duration::from_secs(seconds),
+        abusive: 4,
+    })?;
+    println!(
+        "soak: {seconds} s, 50 VMs (4 abusive: flood, slowloris, garbage, churn), 4 connections each\n\
+         well-behaved requests {}, failed {}, slowest {:?}\nabusive requests/connections {}\n\
+         daemon RSS {} KiB at start, {} KiB at the end",
+        report.requests,
+        report.failed,
+        report.slowest,
+        report.abuse,
+        report.rss_start_kib,
+        report.rss_end_kib
+    );
+    if report.failed > 0 {
+        bail!("well-behaved guests saw failures: {:#?}", report.failures);
     }
     Ok(())
 }
