@@ -38,6 +38,18 @@ pub struct NovaInstance {
     pub fault: Fault,
 }
 
+impl From<&crate::InstanceSpec> for NovaInstance {
+    /// The instance Nova knows for a port record, answering at once.
+    fn from(spec: &crate::InstanceSpec) -> Self {
+        Self {
+            id: spec.id.clone(),
+            project_id: spec.project_id.clone(),
+            name: spec.name.clone(),
+            ..Self::default()
+        }
+    }
+}
+
 /// A broken Nova's answer to a signed, valid request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Fault {

@@ -136,15 +136,7 @@ fn passwords_are_set_once_and_survive_a_restart() {
 const SECRET: &str = "s3cret shared with nova";
 
 fn nova_instances(specs: &[&InstanceSpec]) -> Vec<NovaInstance> {
-    specs
-        .iter()
-        .map(|s| NovaInstance {
-            id: s.id.clone(),
-            project_id: s.project_id.clone(),
-            name: s.name.clone(),
-            ..NovaInstance::default()
-        })
-        .collect()
+    specs.iter().map(|s| NovaInstance::from(*s)).collect()
 }
 
 /// Binds a listener inside the hypervisor namespace.

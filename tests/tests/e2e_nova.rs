@@ -18,15 +18,6 @@ const SECRET: &str = "nova cache secret";
 const META_DATA: &str = "/openstack/latest/meta_data.json";
 const PASSWORD: &str = "/openstack/latest/password";
 
-fn nova_instance(spec: &InstanceSpec) -> NovaInstance {
-    NovaInstance {
-        id: spec.id.clone(),
-        project_id: spec.project_id.clone(),
-        name: spec.name.clone(),
-        ..NovaInstance::default()
-    }
-}
-
 /// Starts a Nova peer in the hypervisor namespace and points the daemon's
 /// Nova backend at it, with `extra` added to `[backend]`.
 fn start_nova(hv: &mut Hypervisor, instances: Vec<NovaInstance>, extra: &str) -> NovaPeer {
@@ -64,7 +55,7 @@ fn the_cache_answers_each_instance_its_own_data_and_never_caches_the_password() 
     );
     let peer = start_nova(
         &mut hv,
-        vec![nova_instance(&spec_a), nova_instance(&spec_b)],
+        vec![NovaInstance::from(&spec_a), NovaInstance::from(&spec_b)],
         "",
     );
     hv.set_instances(vec![spec_a.clone(), spec_b.clone()])
@@ -101,7 +92,7 @@ fn identical_requests_in_flight_reach_nova_once() {
     let mut hv = Hypervisor::new().unwrap();
     let vm = hv.add_vm(SAME_IP).unwrap();
     let spec = InstanceSpec::for_vm(&vm, "storm");
-    let mut nova = nova_instance(&spec);
+    let mut nova = NovaInstance::from(&spec);
     nova.delay = Duration::from_millis(600);
     let peer = start_nova(&mut hv, vec![nova], "");
     hv.set_instances(vec![spec.clone()]).unwrap();
@@ -123,7 +114,11 @@ fn a_changed_port_record_is_fetched_again_and_ttl_zero_turns_the_cache_off() {
     let vm = hv.add_vm(SAME_IP).unwrap();
     let mut spec = InstanceSpec::for_vm(&vm, "changing");
     // A long ttl: only the record change can cause the second call.
-    let peer = start_nova(&mut hv, vec![nova_instance(&spec)], "cache_ttl_s = 600\n");
+    let peer = start_nova(
+        &mut hv,
+        vec![NovaInstance::from(&spec)],
+        "cache_ttl_s = 600\n",
+    );
     hv.set_instances(vec![spec.clone()]).unwrap();
     hv.start_daemon().unwrap();
     get_ok(&vm, META_DATA);
@@ -145,7 +140,11 @@ fn a_changed_port_record_is_fetched_again_and_ttl_zero_turns_the_cache_off() {
     let mut hv = Hypervisor::new().unwrap();
     let vm = hv.add_vm(SAME_IP).unwrap();
     let spec = InstanceSpec::for_vm(&vm, "uncached");
-    let peer = start_nova(&mut hv, vec![nova_instance(&spec)], "cache_ttl_s = 0\n");
+    let peer = start_nova(
+        &mut hv,
+        vec![NovaInstance::from(&spec)],
+        "cache_ttl_s = 0\n",
+    );
     hv.set_instances(vec![spec.clone()]).unwrap();
     hv.start_daemon().unwrap();
     for _ in 0..3 {
@@ -173,7 +172,7 @@ fn a_broken_nova_answer_is_a_bounded_5xx_and_never_cached() {
         .map(|(i, vm)| InstanceSpec::for_vm(vm, &format!("broken-{i}")))
         .collect();
     specs.push(InstanceSpec::for_vm(&healthy_vm, "healthy"));
-    let mut instances: Vec<NovaInstance> = specs.iter().map(nova_instance).collect();
+    let mut instances: Vec<NovaInstance> = specs.iter().map(NovaInstance::from).collect();
     for (instance, (fault, _)) in instances.iter_mut().zip(cases) {
         instance.fault = fault;
     }

@@ -170,7 +170,7 @@ impl Paths {
             .map(|(i, vm)| InstanceSpec::for_vm(vm, &format!("vm-{i}")))
             .collect();
         let listener = hv.ns().run(|| TcpListener::bind("127.0.0.1:0"))??;
-        let instances = specs.iter().map(nova_instance).collect();
+        let instances = specs.iter().map(NovaInstance::from).collect();
         let peer = NovaPeer::start_with(listener, SECRET, instances, None, service)?;
         hv.extra_config = format!(
             "\n[backend]\ntype = \"nova\"\nurl = \"http://{}\"\nshared_secret = \"{SECRET}\"\n\
@@ -329,15 +329,6 @@ impl Paths {
             p99_us: latency(&text, "99%").context("wrk: p99")?,
             error_share: 0.0,
         })
-    }
-}
-
-fn nova_instance(spec: &InstanceSpec) -> NovaInstance {
-    NovaInstance {
-        id: spec.id.clone(),
-        project_id: spec.project_id.clone(),
-        name: spec.name.clone(),
-        ..NovaInstance::default()
     }
 }
 
