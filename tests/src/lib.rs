@@ -382,6 +382,9 @@ pub struct Hypervisor {
     pub run_args: Vec<String>,
     /// More environment for the daemon (NOTIFY_SOCKET, ...).
     pub daemon_env: Vec<(String, String)>,
+    /// How long `start_daemon` waits for "ready" (attaching thousands of
+    /// taps takes about 10 ms each).
+    pub ready_timeout: Duration,
     /// Capabilities the daemon keeps (`setpriv --bounding-set`), if limited.
     pub capabilities: Option<Vec<&'static str>>,
 }
@@ -405,6 +408,7 @@ impl Hypervisor {
             datapath_config: String::new(),
             run_args: Vec::new(),
             daemon_env: Vec::new(),
+            ready_timeout: Duration::from_secs(30),
         })
     }
 
@@ -664,11 +668,14 @@ impl Hypervisor {
                 }
             }
         });
-        match rx.recv_timeout(Duration::from_secs(30)) {
+        match rx.recv_timeout(self.ready_timeout) {
             Ok(()) => Ok(()),
             Err(_) => {
                 let log = fs::read_to_string(self.log_path()).unwrap_or_default();
-                bail!("daemon did not become ready within 30 s; its log:\n{log}")
+                bail!(
+                    "daemon did not become ready within {:?}; its log:\n{log}",
+                    self.ready_timeout
+                )
             }
         }
     }

@@ -155,6 +155,8 @@ impl Bench {
     /// path, not the test data).
     fn new(n: usize, with_neutron: bool, user_data_kib: usize) -> anyhow::Result<Self> {
         let mut hv = Hypervisor::new()?;
+        // Attaching takes about 10 ms a tap; leave room for thousands.
+        hv.ready_timeout = Duration::from_secs(30 + n as u64 / 20);
         let socket = hv.log_path().with_file_name("metadata_proxy");
         hv.extra_config = format!("\n[agent]\nsocket = \"{}\"\n", socket.display());
         let user_data = user_data_of(user_data_kib);

@@ -157,6 +157,7 @@ impl Paths {
     /// `cache_ttl_s` is the daemon's response cache (0: off).
     fn new(n: usize, service: Service, python: &Path, cache_ttl_s: u64) -> anyhow::Result<Self> {
         let mut hv = Hypervisor::new()?;
+        hv.ready_timeout = Duration::from_secs(30 + n as u64 / 20);
         let ours: Vec<Vm> = (0..n)
             .map(|_| hv.add_vm(GUEST_IP))
             .collect::<anyhow::Result<_>>()?;
