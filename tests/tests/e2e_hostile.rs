@@ -683,3 +683,37 @@ fn a_guest_claiming_its_neighbours_address_is_dropped_and_the_neighbour_served()
     served(&victim, &victim_spec);
     println!("attacker's tap: drop_unregistered {before} -> {after}");
 }
+
+/// The MAC is not part of a guest's identity (the tap and the address
+/// are): a guest that changes its MAC is still itself, and the reply goes
+/// to the port record's MAC, so the forger's own NIC drops it. Nobody else
+/// sees anything, and with its real MAC back the guest is served again.
+#[test]
+fn a_guest_with_a_forged_mac_gets_no_answer_and_nobody_else_does_either() {
+    let (hv, attacker, victim, victim_spec) = setup();
+    let real_mac = attacker.mac.clone();
+    let set_mac = |mac: &str| {
+        attacker
+            .ns
+            .ip(&["link", "set", "eth0", "address", mac])
+            .unwrap();
+    };
+    set_mac(&metadata_tests::random_mac());
+    let steered = counter(&hv, &attacker.tap, "steered");
+    let url = format!("http://169.254.169.254{META}");
+    let forged = attacker.ns.exec("curl", &["-sf", "--max-time", "2", &url]);
+    assert!(forged.is_err(), "answered to a forged MAC: {forged:?}");
+    assert!(
+        counter(&hv, &attacker.tap, "steered") > steered,
+        "the request itself went through as the guest's own"
+    );
+    assert_eq!(
+        counter(&hv, &victim.tap, "replied"),
+        0,
+        "nothing to the neighbour"
+    );
+    served(&victim, &victim_spec);
+    set_mac(&real_mac);
+    let (status, _) = attacker.http_get(METADATA, META).unwrap();
+    assert_eq!(status, 200);
+}
