@@ -183,10 +183,12 @@ fn run_soak(seconds: u64) -> anyhow::Result<()> {
     })?;
     println!(
         "soak: {seconds} s, 50 VMs (4 abusive: flood, slowloris, garbage, churn), 4 connections each\n\
-         well-behaved requests {}, failed {}, slowest {:?}\nabusive requests/connections {}\n\
+         well-behaved requests {}, failed {}, over 100 ms {}, slowest {:?}\n\
+         abusive requests/connections {}\n\
          daemon RSS {} KiB at start, {} KiB at the end",
         report.requests,
         report.failed,
+        report.over_100ms,
         report.slowest,
         report.abuse,
         report.rss_start_kib,
