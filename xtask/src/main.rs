@@ -109,10 +109,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run { args } => run_daemon(&args),
         Task::Demo { once } => {
-            require_root("the demo")?;
-            setup::all()?;
-            build()?;
-            sweep();
+            prepare_live_run("the demo")?;
             demo::run(once)
         }
         Task::Bench {
@@ -140,19 +137,13 @@ fn main() -> anyhow::Result<()> {
             vm::image().map(drop)
         }
         Task::VmTest => {
-            require_root("the VM test")?;
-            setup::all()?;
-            build()?;
-            sweep();
+            prepare_live_run("the VM test")?;
             let passed = vm::test()?;
             println!("summary: {passed} passed, 0 failed");
             Ok(())
         }
         Task::Soak { seconds } => {
-            require_root("the soak")?;
-            setup::all()?;
-            build()?;
-            sweep();
+            prepare_live_run("the soak")?;
             run_soak(seconds)
         }
         Task::Fuzz { seconds } => fuzz::run(seconds),
@@ -201,11 +192,19 @@ fn run_soak(seconds: u64) -> anyhow::Result<()> {
 }
 
 fn run_bench(quick: bool, only: &[bench::Section]) -> anyhow::Result<()> {
-    require_root("the benchmarks")?;
+    prepare_live_run("the benchmarks")?;
+    bench::run(quick, only)
+}
+
+/// What every task that runs the daemon on this machine needs first:
+/// root, the installed programs, a fresh build and no leftovers of an
+/// interrupted earlier run.
+fn prepare_live_run(what: &str) -> anyhow::Result<()> {
+    require_root(what)?;
     setup::all()?;
     build()?;
     sweep();
-    bench::run(quick, only)
+    Ok(())
 }
 
 /// `cargo xtask test`: cargo's suites, the package test and (with `--vm`
