@@ -255,9 +255,7 @@ impl Rules {
         ) else {
             return Answer::plain(400, "missing or repeated identity header");
         };
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.secret).expect("any key");
-        mac.update(id.as_bytes());
-        if hex::encode(mac.finalize().into_bytes()) != signature {
+        if instance_signature(&self.secret, id) != signature {
             return Answer::plain(403, "bad signature");
         }
         let Some(instance) = self.instances.get(id).filter(|i| i.project_id == tenant) else {
@@ -525,6 +523,14 @@ fn reset(fd: RawFd) {
             size_of::<libc::linger>() as libc::socklen_t,
         );
     }
+}
+
+/// X-Instance-ID-Signature as Nova checks it: lowercase hex HMAC-SHA256
+/// of the instance id under the shared secret.
+pub fn instance_signature(secret: &[u8], instance_id: &str) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(instance_id.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// A throwaway CA and a server certificate for `ip` signed by it, made

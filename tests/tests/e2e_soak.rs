@@ -36,10 +36,10 @@ fn ten_seconds_of_mixed_load_with_abusive_guests_fails_no_well_behaved_request()
     // Abuse or not, 19 in 20 answers within 100 ms (measured: 1 to 29
     // in about 9,000 over it) and none waiting longer than two SYN
     // retransmissions (1 s + 2 s). The slow ones take about 1 s, a SYN
-    // retransmission's time:
-    // a guest churning tens of thousands of connections a second can
-    // overflow the listener's accept queue for a moment; a per-tap SYN
-    // budget in the datapath would stop that and is not built yet.
+    // retransmission's time, while the abusive guests make tens of
+    // thousands of requests and connections a second: most likely the
+    // listener's accept queue overflowing for a moment, which a per-tap SYN
+    // budget in the datapath would stop (not built yet).
     assert!(
         report.over_100ms * 20 <= report.requests,
         "{} of {} over 100 ms",

@@ -27,7 +27,7 @@ use anyhow::{Context as _, bail, ensure};
 use metadata_tests::{
     Hypervisor, InstanceSpec, Vm,
     neutron::NeutronNetwork,
-    nova_peer::{NovaInstance, NovaPeer, Service},
+    nova_peer::{NovaInstance, NovaPeer, Service, instance_signature},
     ovn::{Binding, Southbound},
     uuid_like,
 };
@@ -335,38 +335,13 @@ impl Paths {
 
 /// The four headers neutron's agent sends for `spec`.
 fn signed_headers(spec: &InstanceSpec) -> Vec<String> {
-    let signature = metadata_userspace_sign(&spec.id);
+    let signature = instance_signature(SECRET.as_bytes(), &spec.id);
     vec![
         format!("X-Instance-ID: {}", spec.id),
         format!("X-Tenant-ID: {}", spec.project_id),
         format!("X-Forwarded-For: {GUEST_IP}"),
         format!("X-Instance-ID-Signature: {signature}"),
     ]
-}
-
-/// lowercase hex HMAC-SHA256 of the instance id under the secret, as
-/// Nova checks it (openssl, so xtask needs no crypto crate).
-fn metadata_userspace_sign(instance_id: &str) -> String {
-    let out = Command::new("openssl")
-        .args(["dgst", "-sha256", "-hmac", SECRET, "-r"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write as _;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(instance_id.as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("running openssl dgst");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// A network per VM in the Southbound, each with the VM's port bound to
