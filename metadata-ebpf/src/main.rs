@@ -56,11 +56,12 @@ mod programs {
 
     #[classifier]
     pub fn tap_ingress(ctx: TcContext) -> i32 {
-        let tap = device(&ctx);
-        match try_tap_ingress(&ctx, tap) {
+        // The tap's ifindex is read only where it is used: a passed IPv4
+        // packet never needs it (a skb->dev dereference saved per packet).
+        match try_tap_ingress(&ctx) {
             Ok(verdict) | Err(verdict) => verdict,
         }
-        .finish(tap)
+        .finish(|| device(&ctx))
     }
 
     #[classifier]
@@ -69,7 +70,7 @@ mod programs {
         match try_host_egress(&ctx, host) {
             Ok(verdict) | Err(verdict) => verdict,
         }
-        .finish(host)
+        .finish(|| host)
     }
 
     /// The device the program runs on.
@@ -124,7 +125,7 @@ mod programs {
         Verdict::DropReserved
     }
 
-    fn try_tap_ingress(ctx: &TcContext, tap: Ifindex) -> Step<Verdict> {
+    fn try_tap_ingress(ctx: &TcContext) -> Step<Verdict> {
         if !ensure_linear(ctx, ETH_LEN) {
             // Shorter than an Ethernet header: nothing we could steer.
             return Ok(Verdict::Pass);
@@ -135,12 +136,12 @@ mod programs {
         // SAFETY: bounds-checked by header_mut.
         let ether_type = unsafe { (*eth).ether_type };
         match ether_type {
-            ETH_P_IP => ipv4_request(ctx, tap),
-            ETH_P_IPV6 => ipv6_request(ctx, tap),
+            ETH_P_IP => ipv4_request(ctx),
+            ETH_P_IPV6 => ipv6_request(ctx, device(ctx)),
             ETH_P_ARP => {
                 // Out of the passed packets' way in the program's layout.
                 core::hint::cold_path();
-                neigh::answer_arp(ctx, tap, config())
+                neigh::answer_arp(ctx, device(ctx), config())
             }
             _ => Ok(Verdict::Pass),
         }
@@ -150,7 +151,7 @@ mod programs {
     /// packets from or to the datapath's own addresses, and passes every
     /// other IPv4 packet untouched.
     #[inline(always)]
-    fn ipv4_request(ctx: &TcContext, tap: Ifindex) -> Step<Verdict> {
+    fn ipv4_request(ctx: &TcContext) -> Step<Verdict> {
         if !ensure_linear(ctx, ETH_LEN + IPV4_LEN) {
             return Ok(Verdict::Pass);
         }
@@ -163,7 +164,7 @@ mod programs {
         let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
         let cfg = config();
         if cfg.is_some_and(|cfg| cfg.reserved_v4(src) || cfg.reserved_v4(dst)) {
-            return Err(reserved(ctx, tap));
+            return Err(reserved(ctx, device(ctx)));
         }
         if dst != METADATA_V4 {
             return Ok(Verdict::Pass);
@@ -171,6 +172,7 @@ mod programs {
         // Metadata traffic is a sliver of what a tap carries: keep its code
         // out of the passed packets' cache lines.
         core::hint::cold_path();
+        let tap = device(ctx);
         // SAFETY: as above; copied out before any pull.
         let (protocol, header_len, fragment, total_len) = unsafe {
             let ip = &*ip;

@@ -56,11 +56,8 @@ pub type Step<T> = Result<T, Verdict>;
 /// the device has no counters entry.
 #[inline(always)]
 pub fn count(device: Ifindex, verdict: Verdict) -> bool {
-    if matches!(
-        verdict,
-        Verdict::Pass | Verdict::RedirectCounted | Verdict::DropCounted
-    ) {
-        // Not counted here: derived (passes) or already counted.
+    if !verdict.counted_here() {
+        // Derived (passes) or already counted.
         return true;
     }
     // The daemon creates the entry when it attaches; a missing entry (a
@@ -106,11 +103,21 @@ pub fn count_elsewhere(device: Ifindex, fallback: Ifindex, verdict: Verdict) -> 
 
 impl Verdict {
     /// Charges the verdict to `device` and returns the tc action. A pass
-    /// is not counted: nothing is done per passed packet beyond parsing.
+    /// is not counted: nothing is done per passed packet beyond parsing,
+    /// not even reading the device (hence a closure).
     #[inline(always)]
-    pub fn finish(self, device: Ifindex) -> i32 {
-        count(device, self);
+    pub fn finish(self, device: impl FnOnce() -> Ifindex) -> i32 {
+        if self.counted_here() {
+            count(device(), self);
+        }
         self.action()
+    }
+
+    /// Whether [`count`] charges this verdict (passes are derived, the
+    /// `*Counted` verdicts were charged elsewhere).
+    #[inline(always)]
+    const fn counted_here(self) -> bool {
+        !matches!(self, Self::Pass | Self::RedirectCounted | Self::DropCounted)
     }
 
     /// The tc action of this verdict.

@@ -23,6 +23,7 @@ use std::{
 
 use metadata_common::{map_names, pins, program_names};
 
+use super::floor_prog::Floor;
 use anyhow::{Context as _, bail, ensure};
 use metadata_tests::{Hypervisor, InstanceSpec, METADATA, Vm, neutron::NeutronNetwork};
 use serde_json::{Value, json};
@@ -481,7 +482,7 @@ fn kernel_link_create() -> anyhow::Result<Duration> {
     let ifindex = hv.ifindex_of(&name)?;
     let took = hv.ns().run(|| {
         let started = Instant::now();
-        super::empty_prog::attach(&[ifindex]).map(|_| started.elapsed())
+        super::floor_prog::attach(Floor::Empty, &[ifindex]).map(|_| started.elapsed())
     })??;
     Ok(took)
 }
@@ -736,15 +737,25 @@ fn other_traffic(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         without.push(iperf(settings.iperf_s)?);
         hv.set_instances(specs.clone())?;
         hv.start_daemon()?;
-        // The floor, on the same packets: an empty program in front of
-        // ours on both taps (data one way, ACKs the other).
+        // The floors, on the same packets: the empty and the peeking
+        // program in front of ours on both taps (data one way, ACKs the
+        // other).
         let taps = [hv.ifindex_of(&a.tap)?, hv.ifindex_of(&b.tap)?];
-        let empty = hv.ns().run(|| super::empty_prog::attach(&taps))??;
+        let floors = hv.ns().run(|| {
+            anyhow::Ok([
+                super::floor_prog::attach(Floor::Empty, &taps)?,
+                super::floor_prog::attach(Floor::Peek, &taps)?,
+            ])
+        })??;
         sysctl("kernel.bpf_stats_enabled", Some("1"))?;
         let measured = iperf(settings.iperf_s);
-        stats = Some((run_stats("tap_ingress"), run_stats(super::empty_prog::NAME)));
+        stats = Some([
+            run_stats("tap_ingress"),
+            run_stats(Floor::Empty.name()),
+            run_stats(Floor::Peek.name()),
+        ]);
         sysctl("kernel.bpf_stats_enabled", Some(&previous))?;
-        drop(empty);
+        drop(floors);
         with.push(measured?);
         hv.stop_daemon()?;
         hv.daemon_command(&["teardown"])?;
@@ -754,17 +765,20 @@ fn other_traffic(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         v[v.len() / 2]
     };
     let (without, with) = (median(&mut without), median(&mut with));
-    let (ours, empty) = stats.context("no round ran")?;
-    let ((run_time, run_cnt), (empty_time, empty_cnt)) = (ours?, empty?);
+    let [ours, empty, peek] = stats.context("no round ran")?;
+    let ((run_time, run_cnt), (empty_time, empty_cnt), (peek_time, peek_cnt)) =
+        (ours?, empty?, peek?);
     ensure!(
-        run_cnt == empty_cnt,
-        "the empty program ran {empty_cnt} times, tap_ingress {run_cnt}: not the same packets"
+        run_cnt == empty_cnt && run_cnt == peek_cnt,
+        "the empty program ran {empty_cnt} times, the peeking one {peek_cnt}, \
+         tap_ingress {run_cnt}: not the same packets"
     );
     report.other_traffic = Some(OtherTraffic {
         without_bps: without,
         with_bps: with,
         ns_per_packet: ratio(run_time, run_cnt),
         empty_ns_per_packet: ratio(empty_time, empty_cnt),
+        peek_ns_per_packet: ratio(peek_time, peek_cnt),
         packets: run_cnt as u64,
     });
     Ok(())
@@ -852,6 +866,9 @@ struct OtherTraffic {
     ns_per_packet: f64,
     /// The empty program's, on the same packets.
     empty_ns_per_packet: f64,
+    /// The peeking program's (headers read and compared), on the same
+    /// packets.
+    peek_ns_per_packet: f64,
     packets: u64,
 }
 
@@ -1099,18 +1116,20 @@ impl Report {
             );
             let _ = writeln!(
                 md,
-                "| without programs Gbit/s | with programs Gbit/s | with/without | tap_ingress ns per packet | empty program ns per packet (same packets) | ours above empty | packets measured |"
+                "| without programs Gbit/s | with programs Gbit/s | with/without | tap_ingress ns per packet | empty program ns per packet (same packets) | peeking program ns per packet (same packets) | ours above empty | ours above peeking | packets measured |"
             );
-            let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
             let _ = writeln!(
                 md,
-                "| {:.2} | {:.2} | {:.3} | {:.1} ns | {:.1} ns | {:.1} ns | {} |",
+                "| {:.2} | {:.2} | {:.3} | {:.1} ns | {:.1} ns | {:.1} ns | {:.1} ns | {:.1} ns | {} |",
                 o.without_bps / 1e9,
                 o.with_bps / 1e9,
                 ratio(o.with_bps, o.without_bps),
                 o.ns_per_packet,
                 o.empty_ns_per_packet,
+                o.peek_ns_per_packet,
                 o.ns_per_packet - o.empty_ns_per_packet,
+                o.ns_per_packet - o.peek_ns_per_packet,
                 o.packets
             );
         }
@@ -1252,7 +1271,8 @@ impl Report {
                 "without_bps": o.without_bps, "with_bps": o.with_bps,
                 "with_over_without": ratio(o.with_bps, o.without_bps),
                 "tap_ingress_ns_per_packet": o.ns_per_packet,
-                "empty_program_ns_per_packet": o.empty_ns_per_packet, "packets": o.packets,
+                "empty_program_ns_per_packet": o.empty_ns_per_packet,
+                "peeking_program_ns_per_packet": o.peek_ns_per_packet, "packets": o.packets,
             })),
             "ovn_first_view": super::bench_ovn::json(&self.ovn),
             "neutron_ovn_agent": super::bench_neutron::json(&self.nova),

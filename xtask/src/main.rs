@@ -5,7 +5,7 @@ mod bench_limit;
 mod bench_neutron;
 mod bench_ovn;
 mod demo;
-mod empty_prog;
+mod floor_prog;
 mod fuzz;
 mod package;
 mod setup;

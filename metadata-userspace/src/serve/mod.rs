@@ -103,13 +103,10 @@ impl Acceptor for tokio::net::TcpListener {
     type Stream = tokio::net::TcpStream;
     type Peer = std::net::SocketAddr;
 
+    /// TCP_NODELAY comes from the listening socket: accepted sockets
+    /// inherit it, which saves a syscall per connection.
     async fn accept(&self) -> io::Result<(Self::Stream, Self::Peer)> {
-        let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
-        // Small responses: no Nagle delay. A failure only costs latency.
-        if let Err(err) = stream.set_nodelay(true) {
-            debug!("TCP_NODELAY for {peer}: {err}");
-        }
-        Ok((stream, peer))
+        tokio::net::TcpListener::accept(self).await
     }
 
     fn ip_socket(stream: &Self::Stream) -> Option<std::os::fd::RawFd> {
@@ -140,6 +137,8 @@ pub struct Server<P> {
     pub metrics: Arc<Metrics>,
     /// This listener's label in the metrics.
     pub listener: Listener,
+    /// Shared by its clones, so that the cap holds across all of them.
+    pub connections: ConnectionCounts,
 }
 
 impl<P> Clone for Server<P> {
@@ -152,6 +151,7 @@ impl<P> Clone for Server<P> {
             rate_limit: self.rate_limit.clone(),
             metrics: Arc::clone(&self.metrics),
             listener: self.listener,
+            connections: self.connections.clone(),
         }
     }
 }
@@ -168,7 +168,7 @@ where
     P: Policy<Peer = A::Peer>,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut admission = Admission::new(Arc::clone(&server.limits), Arc::clone(&server.metrics));
+    let mut admission = Admission::new(&server);
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -228,11 +228,11 @@ struct Admission {
 }
 
 impl Admission {
-    fn new(limits: Arc<Limits>, metrics: Arc<Metrics>) -> Self {
+    fn new<P>(server: &Server<P>) -> Self {
         Self {
-            limits,
-            metrics,
-            connections: ConnectionCounts::default(),
+            limits: Arc::clone(&server.limits),
+            metrics: Arc::clone(&server.metrics),
+            connections: server.connections.clone(),
             accept_errors: ThrottledLog::new("accept failed"),
             over_cap: ThrottledLog::new("closed a connection over its instance's cap"),
         }
@@ -413,9 +413,10 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
     )
 }
 
-/// Open connections per instance, for the per-instance cap.
+/// Open connections per instance, for the per-instance cap: one count for
+/// every listener and serving thread of a server.
 #[derive(Debug, Default, Clone)]
-struct ConnectionCounts(Arc<Mutex<HashMap<Arc<str>, usize>>>);
+pub struct ConnectionCounts(Arc<Mutex<HashMap<Arc<str>, usize>>>);
 
 impl ConnectionCounts {
     /// Counts a new connection of `owner`, or `None` when it already holds
