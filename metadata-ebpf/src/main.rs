@@ -38,7 +38,7 @@ mod programs {
 
     use aya_ebpf::{macros::classifier, programs::TcContext};
     use metadata_common::{
-        DatapathConfig, Ifindex, MAX_SLOTS_V4, MAX_SLOTS_V6, METADATA_PORT, METADATA_V4,
+        DatapathConfig, Ifindex, Ipv4Be, MAX_SLOTS_V4, MAX_SLOTS_V6, METADATA_PORT, METADATA_V4,
         METADATA_V6, MacAddr, PortBe, PortKeyV4, PortKeyV6, Slot,
     };
 
@@ -201,6 +201,20 @@ mod programs {
             return Ok(Verdict::Pass);
         }
         let cfg = config_or_drop(ctx, cfg)?;
+        let slot = registered_v4(ctx, tap, src)?;
+        if slot.0 >= cfg.nat_v4_size || slot.0 >= MAX_SLOTS_V4 {
+            return Err(Verdict::DropError);
+        }
+        if let Some(entry) = MDR_SLOTS_V4.get_ptr_mut(slot.0) {
+            // SAFETY: array values are preallocated and never freed.
+            learn_router_mac(unsafe { &mut (*entry).router_mac }, addressed_mac);
+        }
+        nat::steer_request_v4(ctx, l4_off, cfg, cfg.slot_addr_v4(slot))
+    }
+
+    /// The slot of a registered IPv4 (tap, source); drops the rest.
+    #[inline(always)]
+    fn registered_v4(ctx: &TcContext, tap: Ifindex, src: Ipv4Be) -> Step<Slot> {
         let key = PortKeyV4 {
             ifindex: tap,
             addr: src,
@@ -218,15 +232,7 @@ mod programs {
         };
         // SAFETY: a hash value pointer is valid until the next update of the
         // same key; only the daemon updates, and it is copied right away.
-        let slot = unsafe { (*port).slot };
-        if slot.0 >= cfg.nat_v4_size || slot.0 >= MAX_SLOTS_V4 {
-            return Err(Verdict::DropError);
-        }
-        if let Some(entry) = MDR_SLOTS_V4.get_ptr_mut(slot.0) {
-            // SAFETY: array values are preallocated and never freed.
-            learn_router_mac(unsafe { &mut (*entry).router_mac }, addressed_mac);
-        }
-        nat::steer_request_v4(ctx, l4_off, cfg, cfg.slot_addr_v4(slot))
+        Ok(unsafe { (*port).slot })
     }
 
     /// The destination port of a request, from a TCP header checked to be
@@ -343,7 +349,7 @@ mod programs {
             }
             return Err(Verdict::DropUnregistered);
         };
-        // SAFETY: see ipv4_request.
+        // SAFETY: see registered_v4.
         Ok(unsafe { (*port).slot })
     }
 

@@ -37,6 +37,8 @@ struct Settings {
     memory_taps_only: Vec<usize>,
     burst_taps: usize,
     iperf_s: u32,
+    /// Rounds of iperf3 without and with programs, alternating.
+    iperf_rounds: usize,
 }
 
 impl Settings {
@@ -50,6 +52,7 @@ impl Settings {
                 memory_taps_only: Vec::new(),
                 burst_taps: 50,
                 iperf_s: 2,
+                iperf_rounds: 3,
             }
         } else {
             Self {
@@ -60,6 +63,7 @@ impl Settings {
                 memory_taps_only: vec![5_000],
                 burst_taps: 500,
                 iperf_s: 5,
+                iperf_rounds: 5,
             }
         }
     }
@@ -406,23 +410,56 @@ struct Throughput {
 }
 
 /// Polls GETs from `vm` until one is served (200) or 30 s pass.
-fn served_after(vm: &Vm, t0: Instant, pause: Duration) -> anyhow::Result<Duration> {
+fn served_after(vm: &Vm, t0: Instant, probe: Probe) -> anyhow::Result<Duration> {
     let deadline = t0 + Duration::from_secs(30);
     vm.ns.run(|| {
         loop {
             // A short timeout: a SYN lost before the program was attached must
             // not hide the moment the path works.
-            if let Ok((200, _)) =
-                metadata_tests::http_get(None, METADATA, SMALL, Duration::from_millis(50))
-            {
+            if let Ok((200, _)) = metadata_tests::http_get(None, METADATA, SMALL, probe.timeout) {
                 return Ok(t0.elapsed());
             }
             if Instant::now() > deadline {
                 bail!("not served within 30 s");
             }
-            std::thread::sleep(pause);
+            std::thread::sleep(probe.pause);
         }
     })?
+}
+
+/// How a poller looks for a VM's first served request: each GET's
+/// timeout, which bounds the figure's resolution, and the pause between
+/// GETs.
+#[derive(Clone, Copy)]
+struct Probe {
+    timeout: Duration,
+    pause: Duration,
+}
+
+impl Probe {
+    /// Neutron's path, one network at a time: 50 ms GETs every 0.5 ms (with
+    /// 5 ms GETs its first answer never came within 30 s; not looked into).
+    const NEUTRON: Self = Self {
+        timeout: Duration::from_millis(50),
+        pause: Duration::from_micros(500),
+    };
+
+    /// One tap: 5 ms GETs every 0.5 ms. A burst: 50 ms GETs every 10 ms,
+    /// so that hundreds of pollers do not starve the daemon of the two
+    /// cores (5 ms GETs never let a 500-tap burst finish).
+    fn for_burst(burst: usize) -> Self {
+        if burst == 1 {
+            Self {
+                timeout: Duration::from_millis(5),
+                pause: Duration::from_micros(500),
+            }
+        } else {
+            Self {
+                timeout: Duration::from_millis(50),
+                pause: Duration::from_millis(10),
+            }
+        }
+    }
 }
 
 fn first_request(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
@@ -517,20 +554,19 @@ fn ours_first_request(burst: usize) -> anyhow::Result<(Duration, Percentiles)> {
     fs::write(&file, batch)?;
     let t0 = Instant::now();
     hv.ns().ip(&["-batch", &file.display().to_string()])?;
-    // Pollers start with the taps; a 1 ms sleep for one tap, 10 ms for a
-    // burst, so that hundreds of pollers do not starve the daemon of the
-    // two cores.
-    let pause = if burst == 1 {
-        Duration::from_micros(500)
-    } else {
-        Duration::from_millis(10)
-    };
+    // Pollers start with the taps.
+    let probe = Probe::for_burst(burst);
     let links = hv.bpffs().join(pins::LINKS_DIR);
     let (attached, times) = std::thread::scope(|s| {
         let attached = s.spawn(|| wait_attached(&links, burst, t0));
         let handles: Vec<_> = vms
             .iter()
-            .map(|(vm, _)| s.spawn(move || served_after(vm, t0, pause)))
+            .map(|(vm, _)| {
+                s.spawn(move || {
+                    served_after(vm, t0, probe)
+                        .with_context(|| format!("our first request from {}", vm.ns.name()))
+                })
+            })
             .collect();
         let times = handles
             .into_iter()
@@ -585,7 +621,10 @@ fn neutron_first_request(count: usize) -> anyhow::Result<Percentiles> {
     let mut times = Vec::new();
     for (vm, spec) in vms.iter().zip(&specs) {
         networks.push(NeutronNetwork::new(vm, &spec.ports[0].network_id, &socket)?);
-        times.push(served_after(vm, t0, Duration::from_micros(500))?);
+        times.push(
+            served_after(vm, t0, Probe::NEUTRON)
+                .with_context(|| format!("neutron's first request from {}", vm.ns.name()))?,
+        );
     }
     times.sort();
     Ok(Percentiles::of(&times))
@@ -725,63 +764,82 @@ fn other_traffic(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     hv.plug(&a.tap, &bridge)?;
     hv.plug(&b.tap, &bridge)?;
     let _server = start_iperf_server(&b)?;
-    let iperf = |seconds: u32| iperf_bps(&a, &b, seconds);
-    // Alternate without and with programs, three rounds each, and compare
-    // the medians: single iperf3 runs on veths vary by a few percent.
-    let previous = sysctl("kernel.bpf_stats_enabled", None)?;
-    let specs = vec![InstanceSpec::for_vm(&a, "a"), InstanceSpec::for_vm(&b, "b")];
+    // Alternate without and with programs and compare the medians: single
+    // iperf3 runs on veths vary by a few percent. Program stats are summed
+    // over the rounds.
     let mut without = Vec::new();
     let mut with = Vec::new();
-    let mut stats = None;
-    for _ in 0..3 {
-        without.push(iperf(settings.iperf_s)?);
-        hv.set_instances(specs.clone())?;
-        hv.start_daemon()?;
-        // The floors, on the same packets: the empty and the peeking
-        // program in front of ours on both taps (data one way, ACKs the
-        // other).
-        let taps = [hv.ifindex_of(&a.tap)?, hv.ifindex_of(&b.tap)?];
-        let floors = hv.ns().run(|| {
-            anyhow::Ok([
-                super::floor_prog::attach(Floor::Empty, &taps)?,
-                super::floor_prog::attach(Floor::Peek, &taps)?,
-            ])
-        })??;
-        sysctl("kernel.bpf_stats_enabled", Some("1"))?;
-        let measured = iperf(settings.iperf_s);
-        stats = Some([
-            run_stats("tap_ingress"),
-            run_stats(Floor::Empty.name()),
-            run_stats(Floor::Peek.name()),
-        ]);
-        sysctl("kernel.bpf_stats_enabled", Some(&previous))?;
-        drop(floors);
-        with.push(measured?);
-        hv.stop_daemon()?;
-        hv.daemon_command(&["teardown"])?;
+    let mut stats = [(0.0, 0.0); 3];
+    for _ in 0..settings.iperf_rounds {
+        without.push(iperf_bps(&a, &b, settings.iperf_s)?);
+        let (bps, round) = with_programs(&mut hv, &a, &b, settings.iperf_s)?;
+        with.push(bps);
+        for (total, (time, count)) in stats.iter_mut().zip(round) {
+            *total = (total.0 + time, total.1 + count);
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (without, with) = (median(&mut without), median(&mut with));
-    let [ours, empty, peek] = stats.context("no round ran")?;
-    let ((run_time, run_cnt), (empty_time, empty_cnt), (peek_time, peek_cnt)) =
-        (ours?, empty?, peek?);
+    let [
+        (run_time, run_cnt),
+        (empty_time, empty_cnt),
+        (peek_time, peek_cnt),
+    ] = stats;
     ensure!(
         run_cnt == empty_cnt && run_cnt == peek_cnt,
         "the empty program ran {empty_cnt} times, the peeking one {peek_cnt}, \
          tap_ingress {run_cnt}: not the same packets"
     );
     report.other_traffic = Some(OtherTraffic {
-        without_bps: without,
-        with_bps: with,
+        without_bps: median(&mut without),
+        with_bps: median(&mut with),
         ns_per_packet: ratio(run_time, run_cnt),
         empty_ns_per_packet: ratio(empty_time, empty_cnt),
         peek_ns_per_packet: ratio(peek_time, peek_cnt),
         packets: run_cnt as u64,
     });
     Ok(())
+}
+
+/// One iperf3 run from `a` to `b` with the daemon's programs on their taps
+/// and, in front of them, the floors (the empty and the peeking program,
+/// on the same packets: data one way, ACKs the other). Returns the rate
+/// and (run time, run count) of tap_ingress, the empty and the peeking
+/// program.
+fn with_programs(
+    hv: &mut Hypervisor,
+    a: &Vm,
+    b: &Vm,
+    seconds: u32,
+) -> anyhow::Result<(f64, [(f64, f64); 3])> {
+    hv.set_instances(vec![
+        InstanceSpec::for_vm(a, "a"),
+        InstanceSpec::for_vm(b, "b"),
+    ])?;
+    hv.start_daemon()?;
+    let taps = [hv.ifindex_of(&a.tap)?, hv.ifindex_of(&b.tap)?];
+    let floors = hv.ns().run(|| {
+        anyhow::Ok([
+            super::floor_prog::attach(Floor::Empty, &taps)?,
+            super::floor_prog::attach(Floor::Peek, &taps)?,
+        ])
+    })??;
+    let previous = sysctl("kernel.bpf_stats_enabled", None)?;
+    sysctl("kernel.bpf_stats_enabled", Some("1"))?;
+    let measured = iperf_bps(a, b, seconds);
+    let stats = [
+        run_stats("tap_ingress"),
+        run_stats(Floor::Empty.name()),
+        run_stats(Floor::Peek.name()),
+    ];
+    sysctl("kernel.bpf_stats_enabled", Some(&previous))?;
+    drop(floors);
+    hv.stop_daemon()?;
+    hv.daemon_command(&["teardown"])?;
+    let [ours, empty, peek] = stats;
+    Ok((measured?, [ours?, empty?, peek?]))
 }
 
 /// Total run time (ns) and run count of the newest program called `name`.
