@@ -79,6 +79,9 @@ pub(crate) struct Load {
     /// Share of requests that failed (non-2xx answers, socket errors);
     /// zero wherever the run is strict.
     pub error_share: f64,
+    /// CPU µs the server's processes spent per answered request (0 where
+    /// not measured).
+    pub server_cpu_us: f64,
 }
 
 /// The benchmark's sections, each runnable alone with `--only`.
@@ -381,14 +384,16 @@ fn throughput(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
                     super::bench_limit::NGINX_PORT
                 );
                 let d = settings.duration_s;
+                let daemon = [daemon_pid(&bench.hv)?];
+                let nginx = bench.limit.nginx_pids()?;
                 report.throughput.push(Throughput {
                     vms: n,
                     body,
                     new_connection: close,
-                    ours: wrk_all(&ours, &url, close, d)?,
+                    ours: with_server_cpu(&daemon, || wrk_all(&ours, &url, close, d))?,
                     neutron: wrk_all(&neutron, &url, close, d)?,
-                    limit: wrk_all(&limit, &url, close, d)?,
-                    nginx: wrk_all(&limit, &nginx_url, close, d)?,
+                    limit: with_server_cpu(&daemon, || wrk_all(&limit, &url, close, d))?,
+                    nginx: with_server_cpu(&nginx, || wrk_all(&limit, &nginx_url, close, d))?,
                 });
             }
         }
@@ -407,6 +412,46 @@ struct Throughput {
     limit: Load,
     /// The limit VM to nginx serving the same bytes.
     nginx: Load,
+}
+
+/// `load` run, with the CPU time the `servers` processes (all their
+/// threads, user and system, softirq work the kernel charged to them
+/// included) spent per answered request.
+fn with_server_cpu(
+    servers: &[u32],
+    load: impl FnOnce() -> anyhow::Result<Load>,
+) -> anyhow::Result<Load> {
+    let before = cpu_seconds(servers)?;
+    let started = Instant::now();
+    let mut load = load()?;
+    let spent = cpu_seconds(servers)? - before;
+    let answered = load.rps * started.elapsed().as_secs_f64();
+    load.server_cpu_us = ratio(spent * 1e6, answered);
+    Ok(load)
+}
+
+/// User plus system CPU seconds of `pids`, from /proc/<pid>/stat.
+fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut ticks = 0.0;
+    for pid in pids {
+        let path = format!("/proc/{pid}/stat");
+        let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        // After the parenthesised command name: state is field 3, utime
+        // and stime fields 14 and 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        for field in [11, 12] {
+            ticks += fields
+                .get(field)
+                .and_then(|f| f.parse::<f64>().ok())
+                .with_context(|| format!("no CPU times in {path}"))?;
+        }
+    }
+    Ok(ticks / ticks_per_s)
 }
 
 /// Polls GETs from `vm` until one is served (200) or 30 s pass.
@@ -1045,16 +1090,16 @@ impl Report {
         let _ = writeln!(md, "## Requests per second and latency (local backend)\n");
         let _ = writeln!(
             md,
-            "| VMs | body | connections | ours req/s | agent mode req/s | limit req/s | nginx req/s | ours/limit | ours/nginx | ours p50 µs | limit p50 µs | ours p99 µs | agent mode p99 µs | limit p99 µs | nginx p99 µs | p99 ours/limit |"
+            "| VMs | body | connections | ours req/s | agent mode req/s | limit req/s | nginx req/s | ours/limit | ours/nginx | ours p50 µs | limit p50 µs | ours p99 µs | agent mode p99 µs | limit p99 µs | nginx p99 µs | p99 ours/limit | daemon CPU µs/req (ours) | daemon CPU µs/req (limit) | nginx CPU µs/req |"
         );
         let _ = writeln!(
             md,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for t in &self.throughput {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} |",
                 t.vms,
                 t.body,
                 if t.new_connection {
@@ -1075,6 +1120,9 @@ impl Report {
                 t.limit.p99_us,
                 t.nginx.p99_us,
                 ratio(t.ours.p99_us, t.limit.p99_us),
+                t.ours.server_cpu_us,
+                t.limit.server_cpu_us,
+                t.nginx.server_cpu_us,
             );
         }
     }
@@ -1294,7 +1342,10 @@ impl Report {
     }
 
     fn json(&self) -> Value {
-        let load = |l: &Load| json!({"rps": l.rps, "p50_us": l.p50_us, "p99_us": l.p99_us});
+        let load = |l: &Load| {
+            json!({"rps": l.rps, "p50_us": l.p50_us, "p99_us": l.p99_us,
+                   "server_cpu_us_per_request": l.server_cpu_us})
+        };
         let mut targets = BTreeMap::new();
         for (name, ok) in self.targets() {
             targets.insert(name, ok);

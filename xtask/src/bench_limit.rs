@@ -19,7 +19,7 @@ pub const NGINX_PORT: u16 = 8080;
 /// The limit VM and nginx; everything goes with it.
 pub struct LimitPath {
     pub ns: Netns,
-    _nginx: Nginx,
+    nginx: Nginx,
     _www: Www,
 }
 
@@ -46,6 +46,33 @@ impl Drop for Nginx {
 }
 
 impl LimitPath {
+    /// nginx's master and worker processes.
+    pub fn nginx_pids(&self) -> anyhow::Result<Vec<u32>> {
+        let master = self.nginx.0.id();
+        let mut pids = vec![master];
+        for entry in fs::read_dir("/proc").context("listing /proc")? {
+            let Some(pid) = entry?
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // A process gone since the listing is no worker of ours.
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok());
+            if parent == Some(master) {
+                pids.push(pid);
+            }
+        }
+        Ok(pids)
+    }
+
     /// Wires the limit VM with the identity of `reserved` (a tap with a
     /// port record and no traffic) and starts nginx with `paths` copied
     /// from what the daemon answers.
@@ -82,7 +109,7 @@ impl LimitPath {
         let nginx = start_nginx(hv, &www.0)?;
         let limit = Self {
             ns,
-            _nginx: nginx,
+            nginx,
             _www: www,
         };
         let url = format!("http://169.254.169.254:{NGINX_PORT}{}", paths[0]);

@@ -328,7 +328,7 @@ impl Paths {
             rps: field(&text, "Requests/sec:").context("wrk: Requests/sec")?,
             p50_us: latency(&text, "50%").context("wrk: p50")?,
             p99_us: latency(&text, "99%").context("wrk: p99")?,
-            error_share: 0.0,
+            ..Load::default()
         })
     }
 }
