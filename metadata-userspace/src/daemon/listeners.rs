@@ -1,10 +1,10 @@
 //! The daemon's listening sockets and the servers on them.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc};
 
 use anyhow::Context as _;
-use log::info;
-use socket2::SockRef;
+use log::{error, info};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
@@ -50,12 +50,14 @@ impl Servers {
             listener: Listener::Proxy,
             connections: ConnectionCounts::default(),
         };
-        for listener in proxy_listeners(config).await? {
-            tasks.push(tokio::spawn(serve::serve(
-                listener,
+        let threads = serving_threads();
+        for (index, sockets) in proxy_sockets(config, threads)?.into_iter().enumerate() {
+            tasks.push(spawn_serving_thread(
+                index,
+                sockets,
                 proxy.clone(),
-                stopped(self.stop.clone()),
-            )));
+                self.stop.clone(),
+            )?);
         }
         if let Some(path) = &config.agent.socket {
             let listener = agent::listen(path)
@@ -92,51 +94,146 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// The proxy's sockets: those passed by socket activation, plus a bound
-/// socket for each wanted address (IPv4 and IPv6) they do not cover. Every
-/// one has TCP_NODELAY, which accepted sockets inherit.
-///
-/// One socket per address, accepted from by one task of the work-stealing
-/// runtime. A SO_REUSEPORT group with a single-threaded runtime per CPU
-/// (nginx's model) was measured and dropped: at 50 VMs, requests/s with a
-/// new connection per request fell from 0.93x to 0.81x of the limit path's
-/// and the 64 KB keep-alive p99 doubled, as the kernel's hash left one
-/// thread busy while the other idled (tests/bench/RESULTS.md).
-async fn proxy_listeners(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::new();
+/// How many threads serve the proxy: one per CPU this process may run on.
+fn serving_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+/// Runs the proxy's accept loops for `sockets` on a thread of its own,
+/// with a single-threaded runtime: a connection is accepted, served and
+/// closed on one thread. With the work-stealing runtime, each spawned
+/// connection woke an idle worker (a futex or eventfd write and a
+/// cross-CPU wake-up, which is dear in a VM): measured with a new
+/// connection per request for meta_data.json, the daemon spent 40.6 µs of
+/// CPU per request at 10 VMs and 37.1 µs at 50; this way 31.3 and 33.0 µs
+/// (keep-alive requests cost the same either way; tests/bench/RESULTS.md).
+/// The returned task ends with the thread.
+fn spawn_serving_thread(
+    index: usize,
+    sockets: Vec<std::net::TcpListener>,
+    server: Server<ProxyPolicy>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building a serving thread's runtime")?;
+    let listeners = {
+        let _registering = runtime.enter();
+        sockets
+            .into_iter()
+            .map(TcpListener::from_std)
+            .collect::<Result<Vec<_>, _>>()
+            .context("registering the proxy's sockets")?
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("mdr-serve-{index}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let mut loops = tokio::task::JoinSet::new();
+                for listener in listeners {
+                    loops.spawn(serve::serve(
+                        listener,
+                        server.clone(),
+                        stopped(stop.clone()),
+                    ));
+                }
+                loops.join_all().await;
+            });
+        })
+        .context("starting a serving thread")?;
+    Ok(tokio::task::spawn_blocking(move || {
+        if thread.join().is_err() {
+            error!("serving thread {index} panicked");
+        }
+    }))
+}
+
+/// The proxy's sockets for each of `threads` serving threads. A socket
+/// passed by socket activation is shared: every thread accepts from it
+/// (it must stay one socket, so that connections queue in it while the
+/// daemon restarts). For each wanted address (IPv4 and IPv6) that no
+/// activated socket covers, a SO_REUSEPORT group with a socket per thread:
+/// the kernel spreads connections over them, and each thread accepts its
+/// own. Every socket has TCP_NODELAY, which accepted sockets inherit.
+fn proxy_sockets(
+    config: &Config,
+    threads: usize,
+) -> anyhow::Result<Vec<Vec<std::net::TcpListener>>> {
+    let mut per_thread: Vec<Vec<std::net::TcpListener>> =
+        std::iter::repeat_with(Vec::new).take(threads).collect();
+    let mut covered = Vec::new();
     for listener in activation::activated_listeners().context("taking the activated sockets")? {
         let addr = listener
             .local_addr()
             .context("reading an activated socket's address")?;
         info!("using the listening socket {addr} passed by socket activation");
-        let listener =
-            TcpListener::from_std(listener).context("registering an activated socket")?;
-        listeners.push(with_nodelay(listener, addr)?);
+        socket_options(&listener, addr)?;
+        for sockets in &mut per_thread {
+            sockets.push(
+                listener
+                    .try_clone()
+                    .context("sharing an activated socket")?,
+            );
+        }
+        covered.push(addr);
     }
     let wanted = [
         SocketAddr::from((config.proxy.address, config.proxy.port)),
         SocketAddr::from((config.datapath.nat_v6.proxy(), config.proxy.port)),
     ];
-    for addr in wanted {
-        let covered = listeners
-            .iter()
-            .any(|l| l.local_addr().is_ok_and(|local| local == addr));
-        if !covered {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr} (is another daemon using it?)"))?;
-            listeners.push(with_nodelay(listener, addr)?);
+    for addr in wanted.into_iter().filter(|addr| !covered.contains(addr)) {
+        ensure_unused(addr)?;
+        for sockets in &mut per_thread {
+            sockets.push(reuse_port_listener(addr)?);
         }
     }
-    Ok(listeners)
+    Ok(per_thread)
 }
 
-/// TCP_NODELAY on a listening socket (small answers go out at once, not
-/// after Nagle's wait): accepted sockets inherit it, which saves a
-/// setsockopt per connection.
-fn with_nodelay(listener: TcpListener, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    SockRef::from(&listener)
-        .set_tcp_nodelay(true)
-        .with_context(|| format!("TCP_NODELAY on {addr}"))?;
+/// Fails when another process listens on `addr`. A plain bind (no
+/// SO_REUSEPORT, never listening, so no guest connection can land in it)
+/// is refused by any listener there, where a SO_REUSEPORT group would
+/// silently take another daemon in.
+fn ensure_unused(addr: SocketAddr) -> anyhow::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .with_context(|| format!("creating a socket for {addr}"))?;
+    probe
+        .set_reuse_address(true)
+        .with_context(|| format!("SO_REUSEADDR for {addr}"))?;
+    probe
+        .bind(&addr.into())
+        .with_context(|| format!("listening on {addr} (is another daemon using it?)"))
+}
+
+/// One listening member of `addr`'s SO_REUSEPORT group.
+fn reuse_port_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .with_context(|| format!("creating a socket for {addr}"))?;
+    socket
+        .set_reuse_address(true)
+        .and_then(|()| socket.set_reuse_port(true))
+        .with_context(|| format!("SO_REUSEADDR and SO_REUSEPORT for {addr}"))?;
+    socket
+        .bind(&addr.into())
+        .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        .with_context(|| format!("listening on {addr}"))?;
+    let listener = std::net::TcpListener::from(socket);
+    socket_options(&listener, addr)?;
     Ok(listener)
+}
+
+/// The accept queue of each listening socket (what tokio's own bind uses;
+/// the kernel caps it at net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Options every proxy socket needs: non-blocking for the runtime, and
+/// TCP_NODELAY (small answers go out at once, not after Nagle's wait).
+fn socket_options(listener: &std::net::TcpListener, addr: SocketAddr) -> anyhow::Result<()> {
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("making {addr} non-blocking"))?;
+    SockRef::from(listener)
+        .set_tcp_nodelay(true)
+        .with_context(|| format!("TCP_NODELAY on {addr}"))
 }
