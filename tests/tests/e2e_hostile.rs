@@ -717,3 +717,54 @@ fn a_guest_with_a_forged_mac_gets_no_answer_and_nobody_else_does_either() {
     let (status, _) = attacker.http_get(METADATA, META).unwrap();
     assert_eq!(status, 200);
 }
+
+/// The per-instance connection cap is one count for both families and
+/// every serving thread: a guest opening 100 connections over IPv4 and 100
+/// over IPv6 keeps exactly the cap (64) open on the daemon's side, and its
+/// neighbour is served meanwhile.
+#[test]
+fn the_connection_cap_counts_both_families_and_all_threads_together() {
+    const EACH: usize = 100;
+    const CAP: usize = 64;
+    let (hv, attacker, victim, victim_spec) = setup();
+    let scope = attacker
+        .ns
+        .run(|| {
+            // SAFETY: a NUL-terminated name; no other precondition.
+            unsafe { libc::if_nametoindex(c"eth0".as_ptr()) }
+        })
+        .unwrap();
+    let metadata_v6 = SocketAddr::V6(std::net::SocketAddrV6::new(
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0xa9fe),
+        80,
+        0,
+        scope,
+    ));
+    let held: Vec<TcpStream> = attacker
+        .ns
+        .run(|| {
+            [METADATA, metadata_v6]
+                .into_iter()
+                .flat_map(|addr| std::iter::repeat_n(addr, EACH))
+                .map(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap()
+        .unwrap();
+    let daemon_side = || {
+        let out = hv
+            .ns()
+            .exec("ss", &["-Htn", "state", "established", "( sport = :80 )"])
+            .ok()?;
+        Some(out.lines().filter(|l| !l.trim().is_empty()).count())
+    };
+    wait_for(
+        "the daemon to keep exactly the cap open",
+        Duration::from_secs(10),
+        || daemon_side().filter(|&open| open == CAP),
+    )
+    .unwrap();
+    served(&victim, &victim_spec);
+    assert_eq!(daemon_side(), Some(CAP), "still the cap, not more");
+    drop(held);
+}
