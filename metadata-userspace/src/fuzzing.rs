@@ -66,6 +66,12 @@ pub fn request_routes(data: &[u8]) {
     );
 }
 
+/// Where the fuzzed backend keeps a POSTed password: one folder per
+/// process, removed by the unit test and by `cargo xtask`'s sweep.
+fn state_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("mdr-fuzz-{}", std::process::id()))
+}
+
 /// A local backend with one instance, and that instance's identity.
 fn local() -> &'static (LocalBackend, Identity) {
     static LOCAL: OnceLock<(LocalBackend, Identity)> = OnceLock::new();
@@ -77,7 +83,7 @@ fn local() -> &'static (LocalBackend, Identity) {
         let index = PortIndex::parse(std::path::Path::new("instances.toml"), text)
             .expect("the fuzz instance is valid");
         let instance = Arc::new(index.instances().next().expect("one instance").clone());
-        let state = std::env::temp_dir().join(format!("mdr-fuzz-{}", std::process::id()));
+        let state = state_dir();
         let who = Identity {
             instance,
             port: 0,
@@ -112,6 +118,13 @@ mod tests {
     fn request_routes_holds_on_the_seeds_and_regressions() {
         for case in CASES {
             request_routes(case);
+        }
+        // The password POST among the cases wrote there.
+        match std::fs::remove_dir_all(state_dir()) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                panic!("removing {}: {err}", state_dir().display())
+            }
+            _ => {}
         }
     }
 }

@@ -54,14 +54,32 @@ pub fn sweep_stale() -> Vec<String> {
     let namespaces = ip(&["netns", "list"]).unwrap_or_default();
     for line in namespaces.lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(suffix) = ["mdr-hv-", "mdr-vm-", "mdr-gw-", "mdr-qd-", "mdr-dhcp-"]
-            .iter()
-            .find_map(|prefix| name.strip_prefix(prefix))
-        else {
+        let Some(suffix) = [
+            "mdr-hv-",
+            "mdr-vm-",
+            "mdr-gw-",
+            "mdr-qd-",
+            "mdr-dhcp-",
+            "mdr-lim-",
+        ]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix)) else {
             continue;
         };
         if alive(suffix) {
             continue;
+        }
+        // What still runs in it (a haproxy, an nginx, a daemon) would keep
+        // the namespace alive after `netns del`.
+        for pid in ip(&["netns", "pids", name])
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                // SAFETY: signalling a process by pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                removed.push(format!("process {pid} in netns {name}"));
+            }
         }
         if name.starts_with("mdr-hv-") {
             let config =
@@ -85,10 +103,18 @@ pub fn sweep_stale() -> Vec<String> {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(suffix) = name.strip_prefix("mdr-test-")
-                && !alive(suffix)
-                && fs::remove_dir_all(entry.path()).is_ok()
-            {
+            // Test, neutron-network and nginx folders carry a test suffix;
+            // the fuzz body's state folder its (decimal) process id.
+            let stale = ["mdr-test-", "mdr-qd-mdr-qd-", "mdr-www-mdr-lim-"]
+                .iter()
+                .find_map(|prefix| name.strip_prefix(prefix))
+                .map(|suffix| !alive(suffix))
+                .or_else(|| {
+                    let pid = name.strip_prefix("mdr-fuzz-")?;
+                    Some(!Path::new(&format!("/proc/{pid}")).exists())
+                })
+                .unwrap_or(false);
+            if stale && fs::remove_dir_all(entry.path()).is_ok() {
                 removed.push(entry.path().display().to_string());
             }
         }

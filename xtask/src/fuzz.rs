@@ -28,6 +28,8 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             .args(["--", &format!("-max_total_time={seconds}"), "-max_len=4096"])
             .status()
             .context("running cargo fuzz")?;
+        // The fuzz process's backend state folder (its pid is gone now).
+        super::sweep();
         if !status.success() {
             bail!(
                 "{target} crashed; the input is under metadata-userspace/fuzz/artifacts/{target}/: \
