@@ -430,28 +430,31 @@ fn with_server_cpu(
     Ok(load)
 }
 
-/// User plus system CPU seconds of `pids`, from /proc/<pid>/stat.
+/// User plus system CPU seconds of `pids`.
 fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut ticks = 0.0;
-    for pid in pids {
-        let path = format!("/proc/{pid}/stat");
-        let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        // After the parenthesised command name: state is field 3, utime
-        // and stime fields 14 and 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        for field in [11, 12] {
+    for &pid in pids {
+        let fields = stat_fields(pid).with_context(|| format!("reading /proc/{pid}/stat"))?;
+        // utime and stime: fields 14 and 15 of stat(5).
+        for field in [14, 15] {
             ticks += fields
-                .get(field)
+                .get(field - 3)
                 .and_then(|f| f.parse::<f64>().ok())
-                .with_context(|| format!("no CPU times in {path}"))?;
+                .with_context(|| format!("no CPU times for pid {pid}"))?;
         }
     }
     Ok(ticks / ticks_per_s)
+}
+
+/// The fields of /proc/<pid>/stat after the parenthesised command name,
+/// so that field N of stat(5) is at index N - 3; `None` for a process that
+/// is gone.
+pub(crate) fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
 /// Polls GETs from `vm` until one is served (200) or 30 s pass.

@@ -58,14 +58,10 @@ impl LimitPath {
             else {
                 continue;
             };
-            // A process gone since the listing is no worker of ours.
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let parent = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|ppid| ppid.parse::<u32>().ok());
+            // A process gone since the listing is no worker of ours. The
+            // parent's pid is field 4 of stat(5).
+            let parent = super::bench::stat_fields(pid)
+                .and_then(|fields| fields.get(1)?.parse::<u32>().ok());
             if parent == Some(master) {
                 pids.push(pid);
             }

@@ -168,7 +168,7 @@ fn proxy_sockets(
             .local_addr()
             .context("reading an activated socket's address")?;
         info!("using the listening socket {addr} passed by socket activation");
-        socket_options(&listener, addr)?;
+        with_nodelay(&listener, addr)?;
         for sockets in &mut per_thread {
             sockets.push(
                 listener
@@ -218,8 +218,11 @@ fn reuse_port_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener
         .bind(&addr.into())
         .and_then(|()| socket.listen(LISTEN_BACKLOG))
         .with_context(|| format!("listening on {addr}"))?;
+    socket
+        .set_nonblocking(true)
+        .with_context(|| format!("making {addr} non-blocking"))?;
     let listener = std::net::TcpListener::from(socket);
-    socket_options(&listener, addr)?;
+    with_nodelay(&listener, addr)?;
     Ok(listener)
 }
 
@@ -227,12 +230,10 @@ fn reuse_port_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener
 /// the kernel caps it at net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 1024;
 
-/// Options every proxy socket needs: non-blocking for the runtime, and
-/// TCP_NODELAY (small answers go out at once, not after Nagle's wait).
-fn socket_options(listener: &std::net::TcpListener, addr: SocketAddr) -> anyhow::Result<()> {
-    listener
-        .set_nonblocking(true)
-        .with_context(|| format!("making {addr} non-blocking"))?;
+/// TCP_NODELAY on a listening socket (small answers go out at once, not
+/// after Nagle's wait); accepted sockets inherit it. Activated sockets
+/// arrive non-blocking already (`activation`).
+fn with_nodelay(listener: &std::net::TcpListener, addr: SocketAddr) -> anyhow::Result<()> {
     SockRef::from(listener)
         .set_tcp_nodelay(true)
         .with_context(|| format!("TCP_NODELAY on {addr}"))

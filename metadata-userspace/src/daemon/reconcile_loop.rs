@@ -179,7 +179,7 @@ impl ReconcileLoop {
 /// bursts: connections (RSS 13.5 MB idle, 57.7 MB after 2,000 connections
 /// and 770,000 requests, 20.0 MB after a trim) and taps (a sync that
 /// attaches 500 taps leaves about 6 MB freed but held; at 5,000 taps
-/// 12 MB). A trim walks only the free chunks: cheap next to the sync.
+/// 12 MB).
 fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim has no preconditions.
