@@ -1,7 +1,7 @@
 //! Incremental Internet checksum updates (RFC 1624, eqn. 3).
 //!
-//! Only the IPv4 header checksum is updated here, in place, with no helper
-//! call. TCP checksums go through `bpf_l4_csum_replace`, which alone knows
+//! Only the IPv4 header checksum (and the Neighbour Advertisement's, built
+//! from scratch) is computed here, with no helper call. TCP checksums go through `bpf_l4_csum_replace`, which alone knows
 //! whether the skb carries a full checksum or a partial (offloaded) one.
 
 /// Replaces `old` by `new` under the checksum `check` (all in network

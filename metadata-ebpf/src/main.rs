@@ -48,7 +48,7 @@ mod programs {
         nat, neigh,
         parse::{
             ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_ICMPV6, IPPROTO_TCP,
-            IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, TCP_LEN, TcpHdr, ensure_linear, header_mut,
+            IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, TCP_LEN, TcpHdr, ensure_linear, header,
             tcp_header_ok,
         },
         verdict::{Step, Verdict, count_elsewhere},
@@ -130,10 +130,10 @@ mod programs {
             // Shorter than an Ethernet header: nothing we could steer.
             return Ok(Verdict::Pass);
         }
-        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+        let Some(eth) = header::<EthHdr>(ctx, 0) else {
             return Err(Verdict::DropMalformed);
         };
-        // SAFETY: bounds-checked by header_mut.
+        // SAFETY: bounds-checked by header.
         let ether_type = unsafe { (*eth).ether_type };
         match ether_type {
             ETH_P_IP => ipv4_request(ctx),
@@ -155,12 +155,12 @@ mod programs {
         if !ensure_linear(ctx, ETH_LEN + IPV4_LEN) {
             return Ok(Verdict::Pass);
         }
-        let Some(ip) = header_mut::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_LEN) else {
             return Err(Verdict::DropMalformed);
         };
         // The addresses alone decide a pass, nearly every packet: read
         // nothing else before that is settled.
-        // SAFETY: bounds-checked by header_mut.
+        // SAFETY: bounds-checked by header.
         let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
         let cfg = config();
         if cfg.is_some_and(|cfg| cfg.reserved_v4(src) || cfg.reserved_v4(dst)) {
@@ -242,7 +242,7 @@ mod programs {
         if !ensure_linear(ctx, l4_off + TCP_LEN) {
             return Err(Verdict::DropMalformed);
         }
-        let Some(tcp) = header_mut::<TcpHdr>(ctx, l4_off) else {
+        let Some(tcp) = header::<TcpHdr>(ctx, l4_off) else {
             return Err(Verdict::DropMalformed);
         };
         // SAFETY: bounds-checked just above.
@@ -257,10 +257,10 @@ mod programs {
     /// IP header's bounds check covers the Ethernet header too.
     #[inline(always)]
     fn addressed_mac(ctx: &TcContext) -> Step<MacAddr> {
-        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+        let Some(eth) = header::<EthHdr>(ctx, 0) else {
             return Err(Verdict::DropMalformed);
         };
-        // SAFETY: bounds-checked by header_mut.
+        // SAFETY: bounds-checked by header.
         Ok(unsafe { (*eth).dst })
     }
 
@@ -284,10 +284,10 @@ mod programs {
         if !ensure_linear(ctx, ETH_LEN + IPV6_LEN) {
             return Ok(Verdict::Pass);
         }
-        let Some(ip) = header_mut::<Ipv6Hdr>(ctx, ETH_LEN) else {
+        let Some(ip) = header::<Ipv6Hdr>(ctx, ETH_LEN) else {
             return Err(Verdict::DropMalformed);
         };
-        // SAFETY: bounds-checked by header_mut; copied out before any pull.
+        // SAFETY: bounds-checked by header; copied out before any pull.
         let (src, dst, next_header, payload_len) =
             unsafe { ((*ip).src, (*ip).dst, (*ip).next_header, (*ip).payload_len()) };
         let cfg = config();
@@ -360,10 +360,10 @@ mod programs {
         if !ensure_linear(ctx, ETH_LEN) {
             return Ok(Verdict::Pass);
         }
-        let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+        let Some(eth) = header::<EthHdr>(ctx, 0) else {
             return Err(Verdict::DropMalformed);
         };
-        // SAFETY: bounds-checked by header_mut.
+        // SAFETY: bounds-checked by header.
         match unsafe { (*eth).ether_type } {
             ETH_P_IP => ipv4_reply(ctx, host),
             ETH_P_IPV6 => ipv6_reply(ctx, host),
@@ -397,10 +397,10 @@ mod programs {
         if !ensure_linear(ctx, ETH_LEN + IPV4_LEN) {
             return Ok(Verdict::Pass);
         }
-        let Some(ip) = header_mut::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_LEN) else {
             return Err(Verdict::DropMalformed);
         };
-        // SAFETY: bounds-checked by header_mut; copied out before any pull.
+        // SAFETY: bounds-checked by header; copied out before any pull.
         let (src, dst, protocol, header_len, fragment) = unsafe {
             let ip = &*ip;
             (
@@ -451,10 +451,10 @@ mod programs {
         if !ensure_linear(ctx, l4_off + TCP_LEN) {
             return Err(Verdict::DropMalformed);
         }
-        let Some(tcp) = header_mut::<TcpHdr>(ctx, l4_off) else {
+        let Some(tcp) = header::<TcpHdr>(ctx, l4_off) else {
             return Err(Verdict::DropMalformed);
         };
-        // SAFETY: bounds-checked by header_mut.
+        // SAFETY: bounds-checked by header.
         let tcp = unsafe { &*tcp };
         if tcp.source != cfg.proxy_port {
             return Ok(false);
@@ -479,10 +479,10 @@ mod programs {
         if !ensure_linear(ctx, ETH_LEN + IPV6_LEN) {
             return Ok(Verdict::Pass);
         }
-        let Some(ip) = header_mut::<Ipv6Hdr>(ctx, ETH_LEN) else {
+        let Some(ip) = header::<Ipv6Hdr>(ctx, ETH_LEN) else {
             return Err(Verdict::DropMalformed);
         };
-        // SAFETY: bounds-checked by header_mut.
+        // SAFETY: bounds-checked by header.
         let (src, dst, next_header) = unsafe { ((*ip).src, (*ip).dst, (*ip).next_header) };
         let Some(cfg) = config() else {
             return Ok(Verdict::Pass);

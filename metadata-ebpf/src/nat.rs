@@ -9,10 +9,15 @@
 //! tell guests with the same address apart, and the reply needs no
 //! connection state: the slot alone says where it goes.
 //!
-//! Header fields are rewritten in place through direct packet access, and
-//! the IPv4 header checksum is updated by hand. The TCP checksum goes
-//! through `bpf_l4_csum_replace`: with checksum offload the field holds only
-//! the pseudo-header sum, and only the helper knows which case applies.
+//! Each rewrite reads what it changes first, then writes through
+//! [`store`] (never through the header pointers: see `parse`): the
+//! Ethernet addresses, the IP addresses (with the IPv4 header checksum
+//! updated by hand, in the same store), the port. The TCP checksum goes
+//! through `bpf_l4_csum_replace`: with checksum offload the field holds
+//! only the pseudo-header sum, and only the helper knows which case
+//! applies.
+
+use core::ptr;
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, BPF_F_PSEUDO_HDR},
@@ -26,7 +31,11 @@ use metadata_common::{
 
 use crate::{
     csum,
-    parse::{ETH_LEN, EthHdr, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, TCP_CHECK_OFF, TcpHdr, header_mut},
+    parse::{
+        ETH_LEN, EthAddrs, EthHdr, IPV4_CHECK_ADDRS_OFF, IPV6_ADDRS_OFF, IPV6_LEN, Ipv4CheckAddrs,
+        Ipv4Hdr, Ipv6Addrs, Ipv6Hdr, TCP_CHECK_OFF, TCP_DEST_OFF, TCP_SOURCE_OFF, TcpHdr, header,
+        store,
+    },
     verdict::{Step, Verdict, count_elsewhere},
 };
 
@@ -34,11 +43,24 @@ use crate::{
 /// headers (the only kind steered).
 pub const TCP6_OFF: usize = ETH_LEN + IPV6_LEN;
 
-/// The addresses and port a rewrite changes, before and after.
-struct Rewrite {
-    src: (Ipv4Be, Ipv4Be),
-    dst: (Ipv4Be, Ipv4Be),
+/// What a rewrite changes in the IP and TCP headers, before and after;
+/// `port_off` says which port (source or destination) inside the TCP
+/// header.
+struct Rewrite<A> {
+    src: (A, A),
+    dst: (A, A),
     port: (PortBe, PortBe),
+    port_off: usize,
+}
+
+/// The fields of an already validated IPv4 packet that a rewrite reads.
+struct Ipv4Fields {
+    eth_src: MacAddr,
+    check: [u8; 2],
+    src: Ipv4Be,
+    dst: Ipv4Be,
+    sport: PortBe,
+    dport: PortBe,
 }
 
 /// Rewrites a registered guest's request to the proxy and redirects it into
@@ -50,20 +72,19 @@ pub fn steer_request_v4(
     cfg: &DatapathConfig,
     slot_addr: Ipv4Be,
 ) -> Step<Verdict> {
-    let Some((eth, ip, tcp)) = headers(ctx, l4_off) else {
-        return Err(Verdict::DropMalformed);
-    };
+    let old = read_v4(ctx, l4_off).ok_or(Verdict::DropMalformed)?;
     // The host stack only accepts frames addressed to the host device.
-    eth.dst = cfg.host_mac;
-    let rewrite = Rewrite {
-        src: (ip.src, slot_addr),
-        dst: (ip.dst, cfg.proxy_v4),
-        port: (tcp.dest, cfg.proxy_port),
+    let eth = EthAddrs {
+        dst: cfg.host_mac,
+        src: old.eth_src,
     };
-    ip.src = slot_addr;
-    ip.dst = cfg.proxy_v4;
-    tcp.dest = cfg.proxy_port;
-    apply(ctx, ip, l4_off, &rewrite)?;
+    let rewrite = Rewrite {
+        src: (old.src, slot_addr),
+        dst: (old.dst, cfg.proxy_v4),
+        port: (old.dport, cfg.proxy_port),
+        port_off: TCP_DEST_OFF,
+    };
+    apply_v4(ctx, l4_off, &eth, old.check, &rewrite)?;
     // SAFETY: bpf_redirect takes plain integers.
     let action = unsafe { bpf_redirect(cfg.host_ifindex.0, u64::from(BPF_F_INGRESS)) };
     Ok(Verdict::Steered.redirected(action))
@@ -94,20 +115,18 @@ fn rewrite_reply_v4(
     cfg: &DatapathConfig,
     slot: &SlotV4,
 ) -> Step<()> {
-    let Some((eth, ip, tcp)) = headers(ctx, l4_off) else {
-        return Err(Verdict::DropMalformed);
+    let old = read_v4(ctx, l4_off).ok_or(Verdict::DropMalformed)?;
+    let eth = EthAddrs {
+        dst: slot.guest_mac,
+        src: reply_source_mac(cfg, slot.router_mac),
     };
-    eth.dst = slot.guest_mac;
-    eth.src = reply_source_mac(cfg, slot.router_mac);
     let rewrite = Rewrite {
-        src: (ip.src, METADATA_V4),
-        dst: (ip.dst, slot.guest_addr),
-        port: (tcp.source, METADATA_PORT),
+        src: (old.src, METADATA_V4),
+        dst: (old.dst, slot.guest_addr),
+        port: (old.sport, METADATA_PORT),
+        port_off: TCP_SOURCE_OFF,
     };
-    ip.src = METADATA_V4;
-    ip.dst = slot.guest_addr;
-    tcp.source = METADATA_PORT;
-    apply(ctx, ip, l4_off, &rewrite)
+    apply_v4(ctx, l4_off, &eth, old.check, &rewrite)
 }
 
 /// Answer from the MAC the guest sent its request to (ours until the
@@ -129,32 +148,56 @@ fn redirect_to_tap(tap: Ifindex) -> Verdict {
     Verdict::Replied.redirected(action)
 }
 
-/// The Ethernet, IPv4 and TCP headers of an already validated packet.
+/// Reads what an IPv4 rewrite changes, from an already validated packet.
 ///
-/// Returns an `Option`, not a `Result`: a `Result` of references would
-/// store its error in the same register as a packet pointer, and the
-/// verifier rejects the program when it follows that path.
+/// Returns an `Option`, not a `Result`: header pointers and an error in one
+/// `Result` end up sharing a register, which the verifier rejects.
 #[inline(always)]
-fn headers<'a>(
-    ctx: &TcContext,
-    l4_off: usize,
-) -> Option<(&'a mut EthHdr, &'a mut Ipv4Hdr, &'a mut TcpHdr)> {
-    let eth = header_mut::<EthHdr>(ctx, 0)?;
-    let ip = header_mut::<Ipv4Hdr>(ctx, ETH_LEN)?;
-    let tcp = header_mut::<TcpHdr>(ctx, l4_off)?;
+fn read_v4(ctx: &TcContext, l4_off: usize) -> Option<Ipv4Fields> {
+    let eth = header::<EthHdr>(ctx, 0)?;
+    let ip = header::<Ipv4Hdr>(ctx, ETH_LEN)?;
+    let tcp = header::<TcpHdr>(ctx, l4_off)?;
     // SAFETY: each pointer was bounds-checked against data_end just above,
-    // and no helper that could move the packet runs before they are used.
-    Some(unsafe { (&mut *eth, &mut *ip, &mut *tcp) })
+    // and no helper that could move the packet runs in between.
+    let (eth, ip, tcp) = unsafe { (&*eth, &*ip, &*tcp) };
+    Some(Ipv4Fields {
+        eth_src: eth.src,
+        check: ip.check,
+        src: ip.src,
+        dst: ip.dst,
+        sport: tcp.source,
+        dport: tcp.dest,
+    })
 }
 
-/// Fixes the IPv4 header checksum in place, then the TCP checksum through
-/// the helper. Helper calls are skipped for fields that did not change.
+/// Writes an IPv4 rewrite: the Ethernet addresses, the IP addresses with
+/// the header checksum updated from `check`, the port, then the TCP
+/// checksum through the helper (skipped for fields that did not change).
 #[inline(always)]
-fn apply(ctx: &TcContext, ip: &mut Ipv4Hdr, l4_off: usize, rewrite: &Rewrite) -> Step<()> {
-    let Rewrite { src, dst, port } = rewrite;
-    csum::replace(&mut ip.check, &src.0.0, &src.1.0);
-    csum::replace(&mut ip.check, &dst.0.0, &dst.1.0);
-    // From here on `ip` must not be touched: the helpers may move the data.
+fn apply_v4(
+    ctx: &TcContext,
+    l4_off: usize,
+    eth: &EthAddrs,
+    check: [u8; 2],
+    rewrite: &Rewrite<Ipv4Be>,
+) -> Step<()> {
+    let Rewrite {
+        src,
+        dst,
+        port,
+        port_off,
+    } = rewrite;
+    let mut check = check;
+    csum::replace(&mut check, &src.0.0, &src.1.0);
+    csum::replace(&mut check, &dst.0.0, &dst.1.0);
+    let addrs = Ipv4CheckAddrs {
+        check,
+        src: src.1,
+        dst: dst.1,
+    };
+    store(ctx, 0, eth).map_err(|_| helper_failed(ctx))?;
+    store(ctx, IPV4_CHECK_ADDRS_OFF, &addrs).map_err(|_| helper_failed(ctx))?;
+    store(ctx, l4_off + port_off, &port.1).map_err(|_| helper_failed(ctx))?;
     let check_off = l4_off + TCP_CHECK_OFF;
     let pseudo = u64::from(BPF_F_PSEUDO_HDR);
     for (old, new) in [src, dst] {
@@ -168,6 +211,12 @@ fn apply(ctx: &TcContext, ip: &mut Ipv4Hdr, l4_off: usize, rewrite: &Rewrite) ->
             .map_err(|_| helper_failed(ctx))?;
         }
     }
+    replace_port_csum(ctx, check_off, port)
+}
+
+/// Updates the TCP checksum for a new port, if it changed.
+#[inline(always)]
+fn replace_port_csum(ctx: &TcContext, check_off: usize, port: &(PortBe, PortBe)) -> Step<()> {
     if port.0 != port.1 {
         ctx.l4_csum_replace(check_off, csum::wire2(port.0.0), csum::wire2(port.1.0), 2)
             .map_err(|_| helper_failed(ctx))?;
@@ -178,24 +227,34 @@ fn apply(ctx: &TcContext, ip: &mut Ipv4Hdr, l4_off: usize, rewrite: &Rewrite) ->
 #[inline(always)]
 fn helper_failed(ctx: &TcContext) -> Verdict {
     if crate::log::allow(crate::log::Event::HelperFailed) {
-        aya_log_ebpf::warn!(ctx, "bpf_l4_csum_replace failed; packet dropped");
+        aya_log_ebpf::warn!(ctx, "a packet-rewriting helper failed; packet dropped");
     }
     Verdict::DropError
+}
+
+/// The fields of an already validated IPv6 packet that a rewrite reads.
+struct Ipv6Fields {
+    eth_src: MacAddr,
+    addrs: Ipv6Addrs,
+    sport: PortBe,
+    dport: PortBe,
 }
 
 /// The IPv6 counterpart of [`steer_request_v4`]: the guest's source becomes
 /// its slot in the NAT /96, the destination the proxy's IPv6 address.
 #[inline(always)]
 pub fn steer_request_v6(ctx: &TcContext, cfg: &DatapathConfig, slot_addr: Ipv6Be) -> Step<Verdict> {
-    let Some((eth, ip, tcp)) = headers_v6(ctx) else {
-        return Err(Verdict::DropMalformed);
+    let old = read_v6(ctx).ok_or(Verdict::DropMalformed)?;
+    let eth = EthAddrs {
+        dst: cfg.host_mac,
+        src: old.eth_src,
     };
-    eth.dst = cfg.host_mac;
-    let old = (ip.src, ip.dst, tcp.dest);
-    ip.src = slot_addr;
-    ip.dst = cfg.proxy_v6;
-    tcp.dest = cfg.proxy_port;
-    apply_v6(ctx, old, (slot_addr, cfg.proxy_v6, cfg.proxy_port))?;
+    let new = Ipv6Addrs {
+        src: slot_addr,
+        dst: cfg.proxy_v6,
+    };
+    let port = (old.dport, cfg.proxy_port);
+    apply_v6(ctx, &eth, (&old.addrs, &new), port, TCP_DEST_OFF)?;
     // SAFETY: bpf_redirect takes plain integers.
     let action = unsafe { bpf_redirect(cfg.host_ifindex.0, u64::from(BPF_F_INGRESS)) };
     Ok(Verdict::Steered.redirected(action))
@@ -218,45 +277,60 @@ pub fn return_reply_v6(
 
 #[inline(always)]
 fn rewrite_reply_v6(ctx: &TcContext, cfg: &DatapathConfig, slot: &SlotV6) -> Step<()> {
-    let Some((eth, ip, tcp)) = headers_v6(ctx) else {
-        return Err(Verdict::DropMalformed);
+    let old = read_v6(ctx).ok_or(Verdict::DropMalformed)?;
+    let eth = EthAddrs {
+        dst: slot.guest_mac,
+        src: reply_source_mac(cfg, slot.router_mac),
     };
-    eth.dst = slot.guest_mac;
-    eth.src = reply_source_mac(cfg, slot.router_mac);
-    let old = (ip.src, ip.dst, tcp.source);
-    ip.src = METADATA_V6;
-    ip.dst = slot.guest_addr;
-    tcp.source = METADATA_PORT;
-    apply_v6(ctx, old, (METADATA_V6, slot.guest_addr, METADATA_PORT))
+    let new = Ipv6Addrs {
+        src: METADATA_V6,
+        dst: slot.guest_addr,
+    };
+    let port = (old.sport, METADATA_PORT);
+    apply_v6(ctx, &eth, (&old.addrs, &new), port, TCP_SOURCE_OFF)
 }
 
-/// The Ethernet, IPv6 and TCP headers of an already validated packet.
+/// Reads what an IPv6 rewrite changes, from an already validated packet.
 #[inline(always)]
-fn headers_v6<'a>(ctx: &TcContext) -> Option<(&'a mut EthHdr, &'a mut Ipv6Hdr, &'a mut TcpHdr)> {
-    let eth = header_mut::<EthHdr>(ctx, 0)?;
-    let ip = header_mut::<Ipv6Hdr>(ctx, ETH_LEN)?;
-    let tcp = header_mut::<TcpHdr>(ctx, TCP6_OFF)?;
-    // SAFETY: bounds-checked just above; no helper runs before use.
-    Some(unsafe { (&mut *eth, &mut *ip, &mut *tcp) })
+fn read_v6(ctx: &TcContext) -> Option<Ipv6Fields> {
+    let eth = header::<EthHdr>(ctx, 0)?;
+    let ip = header::<Ipv6Hdr>(ctx, ETH_LEN)?;
+    let tcp = header::<TcpHdr>(ctx, TCP6_OFF)?;
+    // SAFETY: bounds-checked just above; no helper runs in between.
+    let (eth, ip, tcp) = unsafe { (&*eth, &*ip, &*tcp) };
+    Some(Ipv6Fields {
+        eth_src: eth.src,
+        addrs: Ipv6Addrs {
+            src: ip.src,
+            dst: ip.dst,
+        },
+        sport: tcp.source,
+        dport: tcp.dest,
+    })
 }
 
-/// Fixes the TCP checksum for new IPv6 addresses and port: one
+/// Writes an IPv6 rewrite (addresses `old` to `new`, the port at
+/// `port_off` in the TCP header) and fixes the TCP checksum: one
 /// `bpf_csum_diff` over both addresses, one pseudo-header update, one port
 /// update.
 #[inline(always)]
 fn apply_v6(
     ctx: &TcContext,
-    old: (Ipv6Be, Ipv6Be, PortBe),
-    new: (Ipv6Be, Ipv6Be, PortBe),
+    eth: &EthAddrs,
+    (old, new): (&Ipv6Addrs, &Ipv6Addrs),
+    port: (PortBe, PortBe),
+    port_off: usize,
 ) -> Step<()> {
+    store(ctx, 0, eth).map_err(|_| helper_failed(ctx))?;
+    store(ctx, IPV6_ADDRS_OFF, new).map_err(|_| helper_failed(ctx))?;
+    store(ctx, TCP6_OFF + port_off, &port.1).map_err(|_| helper_failed(ctx))?;
     let check_off = TCP6_OFF + TCP_CHECK_OFF;
-    if old.0 != new.0 || old.1 != new.1 {
-        let mut from = [0u32; 8];
-        let mut to = [0u32; 8];
-        words(&mut from, &old.0, &old.1);
-        words(&mut to, &new.0, &new.1);
-        // SAFETY: both buffers are 32-byte stack arrays, as passed.
-        let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 32, to.as_mut_ptr(), 32, 0) };
+    if old.src != new.src || old.dst != new.dst {
+        // Both are 32 bytes of addresses in wire order, as the helper
+        // takes them (it only reads them, despite the `*mut`).
+        let (from, to) = (ptr::from_ref(old).cast_mut(), ptr::from_ref(new).cast_mut());
+        // SAFETY: two 32-byte stack values, sizes as passed.
+        let diff = unsafe { bpf_csum_diff(from.cast(), 32, to.cast(), 32, 0) };
         if diff < 0 {
             return Err(helper_failed(ctx));
         }
@@ -268,21 +342,5 @@ fn apply_v6(
         )
         .map_err(|_| helper_failed(ctx))?;
     }
-    if old.2 != new.2 {
-        ctx.l4_csum_replace(check_off, csum::wire2(old.2.0), csum::wire2(new.2.0), 2)
-            .map_err(|_| helper_failed(ctx))?;
-    }
-    Ok(())
-}
-
-/// Two addresses as eight 32-bit words in memory order.
-#[inline(always)]
-fn words(out: &mut [u32; 8], a: &Ipv6Be, b: &Ipv6Be) {
-    let mut i = 0;
-    while i < 4 {
-        out[i] = u32::from_ne_bytes([a.0[4 * i], a.0[4 * i + 1], a.0[4 * i + 2], a.0[4 * i + 3]]);
-        out[i + 4] =
-            u32::from_ne_bytes([b.0[4 * i], b.0[4 * i + 1], b.0[4 * i + 2], b.0[4 * i + 3]]);
-        i += 1;
-    }
+    replace_port_csum(ctx, check_off, &port)
 }

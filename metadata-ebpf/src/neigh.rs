@@ -8,15 +8,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use metadata_common::{
-    DatapathConfig, Ifindex, Ipv4Be, Ipv6Be, METADATA_V4, METADATA_V6, PortKeyV4, PortKeyV6,
+    DatapathConfig, Ifindex, Ipv4Be, Ipv6Be, METADATA_V4, METADATA_V6, MacAddr, PortKeyV4,
+    PortKeyV6,
 };
 
 use crate::{
     csum,
     maps::{MDR_NEXTHOPS_V4, MDR_PORTS_V4, MDR_PORTS_V6},
     parse::{
-        ArpEthIpv4, ETH_LEN, EthHdr, IPPROTO_ICMPV6, IPV6_LEN, Ipv6Hdr, LinkLayerOpt, NeighMsg,
-        ensure_linear, header_mut,
+        ArpEthIpv4, ETH_LEN, ETH_P_IPV6, EthHdr, IPPROTO_ICMPV6, IPV6_LEN, Ipv6Hdr, LinkLayerOpt,
+        NeighMsg, ensure_linear, header, store,
     },
     verdict::{Step, Verdict},
 };
@@ -27,8 +28,16 @@ const ND_OPT_TARGET_LL_ADDR: u8 = 2;
 /// Solicited and Override flags of a Neighbour Advertisement.
 const NA_FLAGS: [u8; 4] = [0x60, 0, 0, 0];
 const NEIGH_OFF: usize = ETH_LEN + IPV6_LEN;
-/// An advertisement with its target link-layer address option.
-const NA_LEN: usize = NEIGH_OFF + size_of::<NeighMsg>() + size_of::<LinkLayerOpt>();
+/// A Neighbour Advertisement frame with its target link-layer address
+/// option, built on the stack and stored over the solicitation at once.
+#[repr(C)]
+struct AdvertFrame {
+    eth: EthHdr,
+    ip: Ipv6Hdr,
+    msg: NeighMsg,
+    opt: LinkLayerOpt,
+}
+const NA_LEN: usize = size_of::<AdvertFrame>();
 const NA_PAYLOAD: u16 = (size_of::<NeighMsg>() + size_of::<LinkLayerOpt>()) as u16;
 
 /// The target of an ICMPv6 Neighbour Solicitation, or `None` for any other
@@ -41,10 +50,10 @@ pub fn solicited_target(ctx: &TcContext) -> Option<Ipv6Be> {
         return None;
     }
     let (ip, msg) = (
-        header_mut::<Ipv6Hdr>(ctx, ETH_LEN)?,
-        header_mut::<NeighMsg>(ctx, NEIGH_OFF)?,
+        header::<Ipv6Hdr>(ctx, ETH_LEN)?,
+        header::<NeighMsg>(ctx, NEIGH_OFF)?,
     );
-    // SAFETY: both bounds-checked by header_mut.
+    // SAFETY: both bounds-checked by header.
     unsafe {
         ((*ip).next_header == IPPROTO_ICMPV6 && (*msg).icmp_type == ND_NEIGHBOR_SOLICIT)
             .then_some((*msg).target)
@@ -53,17 +62,19 @@ pub fn solicited_target(ctx: &TcContext) -> Option<Ipv6Be> {
 
 /// Answers a Neighbour Solicitation for fe80::a9fe:a9fe from a registered
 /// (tap, source) with a Neighbour Advertisement carrying the host device's
-/// MAC, built in place and sent back out of the tap.
+/// MAC, stored over the solicitation and sent back out of the tap.
 #[inline(always)]
 pub fn answer_ns(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) -> Step<Verdict> {
-    let Some(ip) = header_mut::<Ipv6Hdr>(ctx, ETH_LEN) else {
+    let (Some(eth), Some(ip), Some(msg)) = (
+        header::<EthHdr>(ctx, 0),
+        header::<Ipv6Hdr>(ctx, ETH_LEN),
+        header::<NeighMsg>(ctx, NEIGH_OFF),
+    ) else {
         return Err(Verdict::DropMalformed);
     };
-    let Some(msg) = header_mut::<NeighMsg>(ctx, NEIGH_OFF) else {
-        return Err(Verdict::DropMalformed);
-    };
-    // SAFETY: bounds-checked by header_mut; copied out before the resize.
-    let (asker, hop_limit, code) = unsafe { ((*ip).src, (*ip).hop_limit, (*msg).code) };
+    // SAFETY: bounds-checked by header; copied out before the resize.
+    let (asker_mac, asker, hop_limit, code) =
+        unsafe { ((*eth).src, (*ip).src, (*ip).hop_limit, (*msg).code) };
     // RFC 4861 7.1.1: anything else did not come from the link.
     if hop_limit != 255 || code != 0 {
         return Err(Verdict::DropMalformed);
@@ -85,36 +96,18 @@ pub fn answer_ns(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) ->
             return Err(Verdict::DropError);
         }
     }
-    if !ensure_linear(ctx, NA_LEN) {
-        return Err(Verdict::DropError);
-    }
-    let (Some(eth), Some(ip), Some(msg), Some(opt)) = (
-        header_mut::<EthHdr>(ctx, 0),
-        header_mut::<Ipv6Hdr>(ctx, ETH_LEN),
-        header_mut::<NeighMsg>(ctx, NEIGH_OFF),
-        header_mut::<LinkLayerOpt>(ctx, NEIGH_OFF + size_of::<NeighMsg>()),
-    ) else {
-        return Err(Verdict::DropError);
-    };
-    // SAFETY: all bounds-checked just above, after the resize.
-    let (eth, ip, msg, opt) = unsafe { (&mut *eth, &mut *ip, &mut *msg, &mut *opt) };
-    eth.dst = eth.src;
-    eth.src = cfg.host_mac;
-    ip.vtc_flow = [0x60, 0, 0, 0];
-    ip.payload_len = NA_PAYLOAD.to_be_bytes();
-    ip.next_header = IPPROTO_ICMPV6;
-    ip.hop_limit = 255;
-    ip.dst = asker;
-    ip.src = METADATA_V6;
-    msg.icmp_type = ND_NEIGHBOR_ADVERT;
-    msg.code = 0;
-    msg.flags = NA_FLAGS;
-    msg.target = METADATA_V6;
-    opt.opt_type = ND_OPT_TARGET_LL_ADDR;
-    opt.len = 1;
-    opt.addr = cfg.host_mac;
-    // The checksum from scratch, from the values just written: pseudo
-    // header (source, destination, length, next header), then the message.
+    let advert = advertisement(asker_mac, asker, cfg.host_mac);
+    store(ctx, 0, &advert).map_err(|_| Verdict::DropError)?;
+    // SAFETY: bpf_redirect takes plain integers. Out of the tap.
+    let action = unsafe { bpf_redirect(tap.0, 0) };
+    Ok(Verdict::NdpReplied.redirected(action))
+}
+
+/// The advertisement of `host_mac` for fe80::a9fe:a9fe to `asker`.
+#[inline(always)]
+fn advertisement(asker_mac: MacAddr, asker: Ipv6Be, host_mac: MacAddr) -> AdvertFrame {
+    // The checksum from scratch: pseudo header (source, destination,
+    // length, next header), then the message as written below.
     let mut sum = csum::add_words(0, &METADATA_V6.0);
     sum = csum::add_words(sum, &asker.0);
     sum = csum::add_words(sum, &[0, 0, 0, NA_PAYLOAD as u8, 0, 0, 0, IPPROTO_ICMPV6]);
@@ -122,11 +115,34 @@ pub fn answer_ns(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) ->
     sum = csum::add_words(sum, &NA_FLAGS);
     sum = csum::add_words(sum, &METADATA_V6.0);
     sum = csum::add_words(sum, &[ND_OPT_TARGET_LL_ADDR, 1]);
-    sum = csum::add_words(sum, &cfg.host_mac.0);
-    msg.check = csum::finish(sum);
-    // SAFETY: bpf_redirect takes plain integers. Out of the tap.
-    let action = unsafe { bpf_redirect(tap.0, 0) };
-    Ok(Verdict::NdpReplied.redirected(action))
+    sum = csum::add_words(sum, &host_mac.0);
+    AdvertFrame {
+        eth: EthHdr {
+            dst: asker_mac,
+            src: host_mac,
+            ether_type: ETH_P_IPV6,
+        },
+        ip: Ipv6Hdr {
+            vtc_flow: [0x60, 0, 0, 0],
+            payload_len: NA_PAYLOAD.to_be_bytes(),
+            next_header: IPPROTO_ICMPV6,
+            hop_limit: 255,
+            src: METADATA_V6,
+            dst: asker,
+        },
+        msg: NeighMsg {
+            icmp_type: ND_NEIGHBOR_ADVERT,
+            code: 0,
+            check: csum::finish(sum),
+            flags: NA_FLAGS,
+            target: METADATA_V6,
+        },
+        opt: LinkLayerOpt {
+            opt_type: ND_OPT_TARGET_LL_ADDR,
+            len: 1,
+            addr: host_mac,
+        },
+    }
 }
 
 /// Whether `addr` is a metadata next hop the datapath answers for on `tap`.
@@ -143,23 +159,20 @@ const ARPOP_REPLY: [u8; 2] = 2u16.to_be_bytes();
 const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
 
 /// Turns an ARP request for 169.254.169.254 (or for a metadata next hop of
-/// the tap) from a registered (tap, sender address) into the reply, in
-/// place, and sends it back out of the tap.
+/// the tap) from a registered (tap, sender address) into the reply, stored
+/// over the request, and sends it back out of the tap.
 /// ARP that asks for or claims one of the datapath's own addresses is
 /// dropped; other ARP packets pass untouched.
 #[inline(always)]
 pub fn answer_arp(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) -> Step<Verdict> {
-    if !ensure_linear(ctx, ETH_LEN + size_of::<ArpEthIpv4>()) {
+    if !ensure_linear(ctx, size_of::<ArpFrame>()) {
         return Ok(Verdict::Pass);
     }
-    let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+    let Some(frame) = header::<ArpFrame>(ctx, 0) else {
         return Err(Verdict::DropMalformed);
     };
-    let Some(arp) = header_mut::<ArpEthIpv4>(ctx, ETH_LEN) else {
-        return Err(Verdict::DropMalformed);
-    };
-    // SAFETY: both bounds-checked just above; no helper runs before use.
-    let (eth, arp) = unsafe { (&mut *eth, &mut *arp) };
+    // SAFETY: bounds-checked just above; no helper runs before use.
+    let ArpFrame { eth, arp } = unsafe { &*frame };
     if cfg.is_some_and(|cfg| cfg.reserved_v4(arp.tpa) || cfg.reserved_v4(arp.spa)) {
         return Err(Verdict::DropReserved);
     }
@@ -179,18 +192,32 @@ pub fn answer_arp(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) -
     if MDR_PORTS_V4.get_ptr(key).is_none() {
         return Err(Verdict::DropUnregistered);
     }
-    let asker_mac = arp.sha;
-    let asker_ip = arp.spa;
-    let asked = arp.tpa;
-    arp.op = ARPOP_REPLY;
-    arp.tha = asker_mac;
-    arp.tpa = asker_ip;
-    arp.sha = cfg.host_mac;
-    arp.spa = asked;
-    eth.dst = asker_mac;
-    eth.src = cfg.host_mac;
+    let reply = ArpFrame {
+        eth: EthHdr {
+            dst: arp.sha,
+            src: cfg.host_mac,
+            ether_type: eth.ether_type,
+        },
+        arp: ArpEthIpv4 {
+            op: ARPOP_REPLY,
+            sha: cfg.host_mac,
+            spa: arp.tpa,
+            tha: arp.sha,
+            tpa: arp.spa,
+            ..*arp
+        },
+    };
+    store(ctx, 0, &reply).map_err(|_| Verdict::DropError)?;
     // SAFETY: bpf_redirect takes plain integers. Flags 0: out of the tap,
     // towards the guest.
     let action = unsafe { bpf_redirect(tap.0, 0) };
     Ok(Verdict::ArpReplied.redirected(action))
+}
+
+/// An ARP packet in its Ethernet frame: the request, and the reply stored
+/// over it.
+#[repr(C)]
+struct ArpFrame {
+    eth: EthHdr,
+    arp: ArpEthIpv4,
 }
