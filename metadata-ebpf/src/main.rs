@@ -11,9 +11,13 @@
 //! [`Verdict::finish`] counts it and turns it into a tc action.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline assembly on the BPF target, for the load-time values.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod csum;
+#[cfg(target_arch = "bpf")]
+mod load_time;
 #[cfg(target_arch = "bpf")]
 mod log;
 #[cfg(target_arch = "bpf")]
@@ -43,6 +47,7 @@ mod programs {
     };
 
     use crate::{
+        load_time,
         log::{Event, allow},
         maps::{MDR_CONFIG, MDR_PORTS_V4, MDR_PORTS_V6, MDR_SLOTS_V4, MDR_SLOTS_V6},
         nat, neigh,
@@ -77,12 +82,16 @@ mod programs {
     }
 
     /// The verdict for nearly every packet a tap carries, decided in a few
-    /// instructions: IPv4 or IPv6 (not ICMPv6) whose headers are linear,
-    /// neither to the metadata address nor from or to the datapath's own
-    /// addresses. The same tests as in [`try_tap_ingress`], which makes
-    /// every other decision; `false` only means "not settled here".
+    /// instructions that read no map: IPv4 or IPv6 (not ICMPv6) whose
+    /// headers are linear, neither to the metadata address nor from or to
+    /// the datapath's own addresses (fixed at load time). The same tests
+    /// as in [`try_tap_ingress`], which makes every other decision; `false`
+    /// only means "not settled here".
     #[inline(always)]
     fn passes_untouched(ctx: &TcContext) -> bool {
+        if !load_time::fast_path() {
+            return false;
+        }
         let Some(eth) = header::<EthHdr>(ctx, 0) else {
             return false;
         };
@@ -94,8 +103,8 @@ mod programs {
                 };
                 // SAFETY: bounds-checked by header.
                 let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
-                dst != METADATA_V4
-                    && !config().is_some_and(|cfg| cfg.reserved_v4(src) || cfg.reserved_v4(dst))
+                let reserved = load_time::reserved_v4();
+                dst != METADATA_V4 && !reserved.contains(src) && !reserved.contains(dst)
             }
             ETH_P_IPV6 => {
                 let Some(ip) = header::<Ipv6Hdr>(ctx, ETH_LEN) else {
@@ -103,9 +112,11 @@ mod programs {
                 };
                 // SAFETY: bounds-checked by header.
                 let ip = unsafe { &*ip };
+                let nat = load_time::nat_prefix_v6();
                 ip.next_header != IPPROTO_ICMPV6
                     && ip.dst != METADATA_V6
-                    && !config().is_some_and(|cfg| cfg.in_nat_v6(&ip.src) || cfg.in_nat_v6(&ip.dst))
+                    && !nat.contains(&ip.src)
+                    && !nat.contains(&ip.dst)
             }
             _ => false,
         }

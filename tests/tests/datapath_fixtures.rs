@@ -20,7 +20,7 @@ use metadata_tests::packet::{
     ETH_P_IPV6, Ipv4Opts, arp_reply, arp_request, checksum_v6, ethernet, ipv4, ipv6,
     neighbor_advertisement, neighbor_solicitation, tcp_frame, tcp6_frame,
 };
-use metadata_userspace::datapath::EBPF_OBJECT;
+use metadata_userspace::datapath::{EBPF_OBJECT, object};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -66,27 +66,24 @@ impl Fixture {
     /// The programs loaded with fresh maps: configured (proxy on a port
     /// other than 80, so every rewrite is visible) and with the guest
     /// 10.0.0.5 registered on loopback in slot 3.
+    /// As the daemon loads them: with the configuration's load-time values
+    /// in the tap program's fast path, and the configuration in its map.
     fn new() -> Self {
-        let mut fixture = Self::unconfigured();
+        let entry = DatapathConfig {
+            host_ifindex: LO,
+            proxy_v4: Ipv4Be(PROXY),
+            nat_v4_base: Ipv4Be(NAT_BASE),
+            nat_v4_size: 1024,
+            host_mac: MacAddr(HOST_MAC),
+            proxy_port: PortBe::new(PROXY_PORT),
+            proxy_v6: Ipv6Be(PROXY6),
+            nat_v6_base: Ipv6Be(NAT6),
+            nat_v6_size: 1024,
+        };
+        let mut fixture = Self::load(Some(&entry));
         let mut config: Array<&mut MapData, DatapathConfig> =
             Array::try_from(fixture.ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
-        config
-            .set(
-                0,
-                DatapathConfig {
-                    host_ifindex: LO,
-                    proxy_v4: Ipv4Be(PROXY),
-                    nat_v4_base: Ipv4Be(NAT_BASE),
-                    nat_v4_size: 1024,
-                    host_mac: MacAddr(HOST_MAC),
-                    proxy_port: PortBe::new(PROXY_PORT),
-                    proxy_v6: Ipv6Be(PROXY6),
-                    nat_v6_base: Ipv6Be(NAT6),
-                    nat_v6_size: 1024,
-                },
-                0,
-            )
-            .unwrap();
+        config.set(0, entry, 0).unwrap();
         let mut ports: HashMap<&mut MapData, PortKeyV4, PortV4> =
             HashMap::try_from(fixture.ebpf.map_mut(map_names::PORTS_V4).unwrap()).unwrap();
         ports
@@ -154,10 +151,19 @@ impl Fixture {
         fixture
     }
 
-    /// The programs loaded with fresh, empty maps (no daemon config yet).
+    /// The programs loaded with fresh, empty maps and no load-time values
+    /// (no daemon config yet; the tap program's fast path is off).
     fn unconfigured() -> Self {
+        Self::load(None)
+    }
+
+    /// The programs loaded with fresh maps, and `entry`'s load-time values
+    /// if given.
+    fn load(entry: Option<&DatapathConfig>) -> Self {
+        let object = object::with_load_time_values(EBPF_OBJECT, entry)
+            .expect("writing the load-time values");
         let mut ebpf = EbpfLoader::new()
-            .load(EBPF_OBJECT)
+            .load(object.bytes())
             .expect("loading the object");
         for name in ["tap_ingress", "host_egress"] {
             let program: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();

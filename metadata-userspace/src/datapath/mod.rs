@@ -10,7 +10,8 @@
 //! tenant network.
 //!
 //! The module's parts: [`bpffs`] (where pins may live), [`netlink`] (the
-//! host device, device list, link events), [`links`] (TCX links), [`slots`]
+//! host device, device list, link events), [`object`] (the values written
+//! into the programs at load time), [`links`] (TCX links), [`slots`]
 //! and [`family`] (the slot maps), [`logger`], [`status`] (reading and
 //! removing the pins without a daemon). What to change is decided by
 //! `crate::reconcile`; [`Datapath::apply`] carries it out.
@@ -20,6 +21,7 @@ pub mod family;
 pub mod links;
 mod logger;
 pub mod netlink;
+pub mod object;
 pub mod slots;
 pub mod status;
 
@@ -63,6 +65,8 @@ pub enum DatapathError {
     Netlink(#[from] NetlinkError),
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error(transparent)]
+    Object(#[from] object::ObjectError),
     #[error("program {program}: {source}")]
     Program {
         program: &'static str,
@@ -155,9 +159,9 @@ impl Datapath {
         let links_dir = dp.bpffs.join(pins::LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .map_err(io_err(format!("creating {}", links_dir.display())))?;
-        let mut ebpf = load_pinned(&dp.bpffs)?;
-        logger::start(&mut ebpf);
         let entry = entry(config, &host);
+        let mut ebpf = load_pinned(&dp.bpffs, &entry)?;
+        logger::start(&mut ebpf);
         let mut config_map: Array<MapData, DatapathConfig> =
             take_map(&mut ebpf, map_names::CONFIG)?;
         config_map
@@ -355,8 +359,10 @@ fn entry(config: &Config, host: &Link) -> DatapathConfig {
     }
 }
 
-/// Loads the object, reusing the maps pinned under `bpffs`.
-fn load_pinned(bpffs: &std::path::Path) -> Result<Ebpf, DatapathError> {
+/// Loads the object with `entry`'s load-time values, reusing the maps
+/// pinned under `bpffs`.
+fn load_pinned(bpffs: &std::path::Path, entry: &DatapathConfig) -> Result<Ebpf, DatapathError> {
+    let object = object::with_load_time_values(EBPF_OBJECT, Some(entry))?;
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, PathBuf)> = pins::MAPS
         .iter()
@@ -365,7 +371,7 @@ fn load_pinned(bpffs: &std::path::Path) -> Result<Ebpf, DatapathError> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    Ok(loader.load(EBPF_OBJECT)?)
+    Ok(loader.load(object.bytes())?)
 }
 
 /// The attached taps with their slots, for logs and `attached()`.
