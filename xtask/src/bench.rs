@@ -285,7 +285,7 @@ fn wrk_each(
     let mut load = Load::default();
     let (mut requests, mut failed) = (0.0, 0.0);
     let count = children.len() as f64;
-    for child in children {
+    for (child, ns) in children.into_iter().zip(namespaces) {
         let output = child.wait_with_output().context("waiting for wrk")?;
         let text = String::from_utf8_lossy(&output.stdout);
         ensure!(
@@ -296,7 +296,8 @@ fn wrk_each(
         let run = WrkRun::parse(&text)?;
         ensure!(
             !strict || run.failed == 0.0,
-            "wrk saw errors, the figures would be wrong:\n{text}"
+            "wrk in {ns} ({}) saw errors, the figures would be wrong:\n{text}",
+            if close { "new connection per request" } else { "keep-alive" }
         );
         load.rps += run.rps * (1.0 - ratio(run.failed, run.requests));
         load.p50_us += run.p50_us / count;
