@@ -23,6 +23,11 @@ use crate::{
     serve::proxy::SharedRegistry,
 };
 
+/// Quiet time after a link event within a burst before resyncing, to
+/// batch the burst.
+const LINK_SETTLE: Duration = Duration::from_millis(2);
+/// Link events this soon after the previous batch belong to a burst.
+const LINK_BURST: Duration = Duration::from_millis(100);
 /// Delay before retrying a failed sync.
 const SYNC_RETRY: Duration = Duration::from_millis(100);
 /// A full resync now and then, whatever the events said.
@@ -114,7 +119,7 @@ impl ReconcileLoop {
                 _ = resync.tick() => Wake::Sync,
                 _ = watchdog.tick(), if watchdog_period.is_some() => Wake::Watchdog,
                 () = &mut retry, if retry_armed => Wake::Sync,
-                result = self.link_events.next() => {
+                result = self.link_events.next(LINK_SETTLE, LINK_BURST) => {
                     if let Err(err) = result {
                         error!("reading link events ({err}); subscribing again");
                         self.link_events = LinkEvents::subscribe()

@@ -6,7 +6,10 @@
 //! converges on the same state instead of failing on what its predecessor
 //! left.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
 
 use futures_channel::mpsc::UnboundedReceiver;
 use futures_util::{FutureExt as _, StreamExt as _, TryStreamExt as _};
@@ -282,6 +285,8 @@ pub fn peer_name(name: &str) -> String {
 #[derive(Debug)]
 pub struct LinkEvents {
     messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+    /// When the last batch was returned.
+    last_batch: Option<Instant>,
 }
 
 impl LinkEvents {
@@ -290,22 +295,34 @@ impl LinkEvents {
             rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
                 .map_err(NetlinkError::Socket)?;
         tokio::spawn(connection);
-        Ok(Self { messages })
+        Ok(Self {
+            messages,
+            last_batch: None,
+        })
     }
 
-    /// Waits for the next batch of link events: returns as soon as one
-    /// arrived, with everything already queued behind it. A new tap is
-    /// acted on at once (no settle time on the first event: its first
-    /// request waits for it), and what arrives while that sync runs is one
-    /// more sync, so 500 taps created at once still cost a few resyncs,
-    /// not 500. An error means the subscription ended.
-    pub async fn next(&mut self) -> Result<(), NetlinkError> {
+    /// Waits for the next batch of link events. After a quiet spell it
+    /// returns at once with what is queued: a new tap is acted on right
+    /// away, since its first request waits for it. Within `burst` of the
+    /// previous batch it returns only once nothing more came for `settle`:
+    /// each attach holds RTNL for an RCU grace period, so syncing in the
+    /// middle of a burst slows the burst itself down (a 50-tap burst took
+    /// 17 % longer), while waiting for its end attaches it in one sync. An
+    /// error means the subscription ended.
+    pub async fn next(&mut self, settle: Duration, burst: Duration) -> Result<(), NetlinkError> {
         let ended =
             || NetlinkError::Socket(std::io::Error::other("the link event subscription ended"));
         self.messages.next().await.ok_or_else(ended)?;
-        while let Some(message) = self.messages.next().now_or_never() {
-            message.ok_or_else(ended)?;
+        if self.last_batch.is_some_and(|at| at.elapsed() < burst) {
+            while let Ok(message) = tokio::time::timeout(settle, self.messages.next()).await {
+                message.ok_or_else(ended)?;
+            }
+        } else {
+            while let Some(message) = self.messages.next().now_or_never() {
+                message.ok_or_else(ended)?;
+            }
         }
+        self.last_batch = Some(Instant::now());
         Ok(())
     }
 }
