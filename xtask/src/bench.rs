@@ -521,7 +521,11 @@ fn first_request(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     eprintln!("bench: time to first served request");
     report.link_create = Some(kernel_link_create()?);
     for burst in [1, settings.burst_taps] {
-        let (attached, ours) = ours_first_request(burst)?;
+        let (attached, ours) = if burst == 1 {
+            one_tap_first_request()?
+        } else {
+            ours_first_request(burst)?
+        };
         let neutron = if burst == 1 || !settings.quick {
             let count = burst.min(if settings.quick { 10 } else { 100 });
             Some((count, neutron_first_request(count)?))
@@ -591,6 +595,27 @@ fn link_create_once(hv: &Hypervisor) -> anyhow::Result<Duration> {
         super::floor_prog::attach(Floor::Empty, &[ifindex]).map(|_| started.elapsed())
     })??;
     Ok(took)
+}
+
+/// One tap's first request, like the kernel's floor the median of
+/// [`LINK_CREATE_SAMPLES`] trials (each a fresh hypervisor, VM and
+/// daemon): both are mostly one RCU grace period, whose length moves.
+fn one_tap_first_request() -> anyhow::Result<(Duration, Percentiles)> {
+    let mut trials = (0..LINK_CREATE_SAMPLES)
+        .map(|_| ours_first_request(1))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    trials.sort_by_key(|(_, served)| served.p50);
+    let (_, median) = &trials[trials.len() / 2];
+    let mut attached: Vec<Duration> = trials.iter().map(|(a, _)| *a).collect();
+    attached.sort();
+    let served: Vec<Duration> = trials.iter().map(|(_, p)| p.p50).collect();
+    Ok((
+        attached[attached.len() / 2],
+        Percentiles {
+            p50: median.p50,
+            max: *served.last().expect("trials"),
+        },
+    ))
 }
 
 /// Ours: VMs ready, host ends under a name the daemon ignores; then they
@@ -1199,7 +1224,7 @@ impl Report {
         if let Some(link) = self.link_create {
             let _ = writeln!(
                 md,
-                "\nThe kernel's own BPF_LINK_CREATE for the first TCX link on a fresh device (an empty program, timed alone; median of {LINK_CREATE_SAMPLES} devices): {:.1} ms.",
+                "\nThe kernel's own BPF_LINK_CREATE for the first TCX link on a fresh device (an empty program, timed alone; median of {LINK_CREATE_SAMPLES} devices): {:.1} ms. One tap: the median of {LINK_CREATE_SAMPLES} trials (max: the slowest trial).",
                 link.as_secs_f64() * 1e3
             );
         }
@@ -1305,11 +1330,11 @@ impl Report {
         if let (Some(f), Some(link)) = (self.first_request.first(), self.link_create) {
             targets.push((
                 format!(
-                    "one tap's first request served <= the kernel's BPF_LINK_CREATE + 5 ms ({:.1} ms vs {:.1} + 5 ms)",
-                    ms(f.ours.max),
+                    "one tap's first request served <= the kernel's BPF_LINK_CREATE + 5 ms (medians: {:.1} ms vs {:.1} + 5 ms)",
+                    ms(f.ours.p50),
                     ms(link)
                 ),
-                ms(f.ours.max) <= ms(link) + 5.0,
+                ms(f.ours.p50) <= ms(link) + 5.0,
             ));
         }
         let burst = |expedited: bool| {
