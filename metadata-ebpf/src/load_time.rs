@@ -7,8 +7,8 @@ use metadata_common::{Ipv4Be, NatPrefixV6, ReservedV4, load_time};
 /// The value tagged `$tag`: one `ld_imm64` whose upper half is the tag
 /// until the loader replaces it. Inline assembly, so that the compiler can
 /// neither fold the placeholder into the code around it nor load it from
-/// memory. Not `pure`: the compiler would then hoist every value to the
-/// program's entry, where the IPv4 path pays for the IPv6 ones.
+/// memory. Not `pure`, which would let the compiler hoist every value to
+/// the program's entry, ahead of the branch (IPv4 or IPv6) that needs it.
 macro_rules! load_time_value {
     ($tag:expr) => {{
         let value: u64;

@@ -69,8 +69,8 @@ mod programs {
 
     /// Everything [`passes_untouched`] did not settle. A BPF subprogram,
     /// never inlined: its code (most of the program) then stays out of the
-    /// cache lines a passed packet runs through, which measured 10 ns per
-    /// packet on iperf3 traffic.
+    /// cache lines a passed packet runs through (5 ns per passed packet on
+    /// iperf3 traffic, measured against the same tests inline).
     #[inline(never)]
     fn tap_ingress_slow_path(ctx: &TcContext) -> i32 {
         // The tap's ifindex is read only where it is used (a skb->dev
