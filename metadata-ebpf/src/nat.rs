@@ -36,19 +36,19 @@ use crate::{
         Ipv4Hdr, Ipv6Addrs, Ipv6Hdr, TCP_CHECK_OFF, TCP_DEST_OFF, TCP_SOURCE_OFF, TcpHdr, header,
         store,
     },
-    verdict::{Step, Verdict, count_elsewhere},
+    verdict::{Step, Verdict, count_elsewhere, helper_failed},
 };
 
 /// Offset of the TCP header behind an IPv6 header with no extension
 /// headers (the only kind steered).
 pub const TCP6_OFF: usize = ETH_LEN + IPV6_LEN;
 
-/// What a rewrite changes in the IP and TCP headers, before and after;
-/// `port_off` says which port (source or destination) inside the TCP
-/// header.
-struct Rewrite<A> {
-    src: (A, A),
-    dst: (A, A),
+/// What an IPv4 rewrite changes in the IP and TCP headers, before and
+/// after; `port_off` says which port (source or destination) inside the
+/// TCP header.
+struct RewriteV4 {
+    src: (Ipv4Be, Ipv4Be),
+    dst: (Ipv4Be, Ipv4Be),
     port: (PortBe, PortBe),
     port_off: usize,
 }
@@ -78,7 +78,7 @@ pub fn steer_request_v4(
         dst: cfg.host_mac,
         src: old.eth_src,
     };
-    let rewrite = Rewrite {
+    let rewrite = RewriteV4 {
         src: (old.src, slot_addr),
         dst: (old.dst, cfg.proxy_v4),
         port: (old.dport, cfg.proxy_port),
@@ -120,7 +120,7 @@ fn rewrite_reply_v4(
         dst: slot.guest_mac,
         src: reply_source_mac(cfg, slot.router_mac),
     };
-    let rewrite = Rewrite {
+    let rewrite = RewriteV4 {
         src: (old.src, METADATA_V4),
         dst: (old.dst, slot.guest_addr),
         port: (old.sport, METADATA_PORT),
@@ -179,9 +179,9 @@ fn apply_v4(
     l4_off: usize,
     eth: &EthAddrs,
     check: [u8; 2],
-    rewrite: &Rewrite<Ipv4Be>,
+    rewrite: &RewriteV4,
 ) -> Step<()> {
-    let Rewrite {
+    let RewriteV4 {
         src,
         dst,
         port,
@@ -195,9 +195,9 @@ fn apply_v4(
         src: src.1,
         dst: dst.1,
     };
-    store(ctx, 0, eth).map_err(|_| helper_failed(ctx))?;
-    store(ctx, IPV4_CHECK_ADDRS_OFF, &addrs).map_err(|_| helper_failed(ctx))?;
-    store(ctx, l4_off + port_off, &port.1).map_err(|_| helper_failed(ctx))?;
+    store(ctx, 0, eth)?;
+    store(ctx, IPV4_CHECK_ADDRS_OFF, &addrs)?;
+    store(ctx, l4_off + port_off, &port.1)?;
     let check_off = l4_off + TCP_CHECK_OFF;
     let pseudo = u64::from(BPF_F_PSEUDO_HDR);
     for (old, new) in [src, dst] {
@@ -222,14 +222,6 @@ fn replace_port_csum(ctx: &TcContext, check_off: usize, port: &(PortBe, PortBe))
             .map_err(|_| helper_failed(ctx))?;
     }
     Ok(())
-}
-
-#[inline(always)]
-fn helper_failed(ctx: &TcContext) -> Verdict {
-    if crate::log::allow(crate::log::Event::HelperFailed) {
-        aya_log_ebpf::warn!(ctx, "a packet-rewriting helper failed; packet dropped");
-    }
-    Verdict::DropError
 }
 
 /// The fields of an already validated IPv6 packet that a rewrite reads.
@@ -321,9 +313,9 @@ fn apply_v6(
     port: (PortBe, PortBe),
     port_off: usize,
 ) -> Step<()> {
-    store(ctx, 0, eth).map_err(|_| helper_failed(ctx))?;
-    store(ctx, IPV6_ADDRS_OFF, new).map_err(|_| helper_failed(ctx))?;
-    store(ctx, TCP6_OFF + port_off, &port.1).map_err(|_| helper_failed(ctx))?;
+    store(ctx, 0, eth)?;
+    store(ctx, IPV6_ADDRS_OFF, new)?;
+    store(ctx, TCP6_OFF + port_off, &port.1)?;
     let check_off = TCP6_OFF + TCP_CHECK_OFF;
     if old.src != new.src || old.dst != new.dst {
         // Both are 32 bytes of addresses in wire order, as the helper

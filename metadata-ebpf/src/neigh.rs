@@ -97,7 +97,7 @@ pub fn answer_ns(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) ->
         }
     }
     let advert = advertisement(asker_mac, asker, cfg.host_mac);
-    store(ctx, 0, &advert).map_err(|_| Verdict::DropError)?;
+    store(ctx, 0, &advert)?;
     // SAFETY: bpf_redirect takes plain integers. Out of the tap.
     let action = unsafe { bpf_redirect(tap.0, 0) };
     Ok(Verdict::NdpReplied.redirected(action))
@@ -207,7 +207,7 @@ pub fn answer_arp(ctx: &TcContext, tap: Ifindex, cfg: Option<&DatapathConfig>) -
             ..*arp
         },
     };
-    store(ctx, 0, &reply).map_err(|_| Verdict::DropError)?;
+    store(ctx, 0, &reply)?;
     // SAFETY: bpf_redirect takes plain integers. Flags 0: out of the tap,
     // towards the guest.
     let action = unsafe { bpf_redirect(tap.0, 0) };

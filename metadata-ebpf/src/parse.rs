@@ -20,8 +20,10 @@
 
 use core::mem::offset_of;
 
-use aya_ebpf::{cty::c_long, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use metadata_common::{Ipv4Be, Ipv6Be, MacAddr, PortBe};
+
+use crate::verdict::{Step, helper_failed};
 
 pub const ETH_P_IP: [u8; 2] = 0x0800u16.to_be_bytes();
 pub const ETH_P_ARP: [u8; 2] = 0x0806u16.to_be_bytes();
@@ -232,9 +234,10 @@ pub fn header<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
 }
 
 /// Writes `value` at `offset` in the packet through `bpf_skb_store_bytes`
-/// (which unclones the skb first if it must). Every packet pointer taken
-/// before is invalid afterwards: read everything first, then store.
+/// (which unclones the skb first if it must); a failure drops the packet.
+/// Every packet pointer taken before is invalid afterwards: read
+/// everything first, then store.
 #[inline(always)]
-pub fn store<T>(ctx: &TcContext, offset: usize, value: &T) -> Result<(), c_long> {
-    ctx.store(offset, value, 0)
+pub fn store<T>(ctx: &TcContext, offset: usize, value: &T) -> Step<()> {
+    ctx.store(offset, value, 0).map_err(|_| helper_failed(ctx))
 }

@@ -4,7 +4,10 @@
 //! merged by LLVM into register pairs whose unused half may hold anything,
 //! including a packet pointer, which the verifier then rejects.
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    programs::TcContext,
+};
 use metadata_common::{DeviceCounters, Ifindex};
 
 use crate::maps::MDR_COUNTERS;
@@ -150,4 +153,14 @@ impl Verdict {
             Self::DropError
         }
     }
+}
+
+/// The verdict for a packet-rewriting helper that failed mid-rewrite: the
+/// packet is half written, so it is dropped (and logged, rate-limited).
+#[inline(always)]
+pub fn helper_failed(ctx: &TcContext) -> Verdict {
+    if crate::log::allow(crate::log::Event::HelperFailed) {
+        aya_log_ebpf::warn!(ctx, "a packet-rewriting helper failed; packet dropped");
+    }
+    Verdict::DropError
 }

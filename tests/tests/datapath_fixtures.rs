@@ -63,12 +63,17 @@ struct Fixture {
 }
 
 impl Fixture {
-    /// The programs loaded with fresh maps: configured (proxy on a port
-    /// other than 80, so every rewrite is visible) and with the guest
-    /// 10.0.0.5 registered on loopback in slot 3.
-    /// As the daemon loads them: with the configuration's load-time values
-    /// in the tap program's fast path, and the configuration in its map.
+    /// The programs as the daemon loads them: with fresh maps, configured
+    /// (proxy on a port other than 80, so every rewrite is visible), the
+    /// configuration's load-time values in the tap program's fast path, and
+    /// the guest 10.0.0.5 registered on loopback in slot 3.
     fn new() -> Self {
+        Self::configured(true)
+    }
+
+    /// As [`Fixture::new`], with or without the load-time values (without
+    /// them the fast path is off and the full path decides everything).
+    fn configured(load_time_values: bool) -> Self {
         let entry = DatapathConfig {
             host_ifindex: LO,
             proxy_v4: Ipv4Be(PROXY),
@@ -80,7 +85,7 @@ impl Fixture {
             nat_v6_base: Ipv6Be(NAT6),
             nat_v6_size: 1024,
         };
-        let mut fixture = Self::load(Some(&entry));
+        let mut fixture = Self::load(load_time_values.then_some(&entry));
         let mut config: Array<&mut MapData, DatapathConfig> =
             Array::try_from(fixture.ebpf.map_mut(map_names::CONFIG).unwrap()).unwrap();
         config.set(0, entry, 0).unwrap();
@@ -748,7 +753,6 @@ fn tap_ingress_drops_unregistered_malformed_and_fragmented_metadata_traffic() {
 
 #[test]
 fn tap_ingress_drops_guest_traffic_using_the_datapaths_own_addresses() {
-    let fx = Fixture::new();
     let slot_icmp = ethernet(
         ROUTER_MAC,
         GUEST_MAC,
@@ -767,101 +771,103 @@ fn tap_ingress_drops_guest_traffic_using_the_datapaths_own_addresses() {
         ETH_P_IPV6,
         &ipv6(GUEST6, SLOT6_ADDR, 58, 64, &[128, 0, 0, 0, 0, 0, 0, 0]),
     );
-    run_table(
-        &fx,
-        &[
-            Case::tap(
-                "a forged proxy reply to another guest's slot",
-                tcp_frame(
-                    (ROUTER_MAC, GUEST_MAC),
-                    PROXY,
-                    SLOT_ADDR,
-                    (PROXY_PORT, 40000),
-                    b"INJECTED",
-                    Ipv4Opts::default(),
-                ),
-                TC_ACT_SHOT,
-                |c| c.drop_reserved,
+    let cases = [
+        Case::tap(
+            "a forged proxy reply to another guest's slot",
+            tcp_frame(
+                (ROUTER_MAC, GUEST_MAC),
+                PROXY,
+                SLOT_ADDR,
+                (PROXY_PORT, 40000),
+                b"INJECTED",
+                Ipv4Opts::default(),
             ),
-            Case::tap(
-                "a connection straight to the proxy's address",
-                tcp_frame(
-                    (ROUTER_MAC, GUEST_MAC),
-                    GUEST,
-                    PROXY,
-                    (40000, PROXY_PORT),
-                    b"",
-                    Ipv4Opts::default(),
-                ),
-                TC_ACT_SHOT,
-                |c| c.drop_reserved,
+            TC_ACT_SHOT,
+            |c| c.drop_reserved,
+        ),
+        Case::tap(
+            "a connection straight to the proxy's address",
+            tcp_frame(
+                (ROUTER_MAC, GUEST_MAC),
+                GUEST,
+                PROXY,
+                (40000, PROXY_PORT),
+                b"",
+                Ipv4Opts::default(),
             ),
-            Case::tap(
-                "a packet from a slot address",
-                tcp_frame(
-                    (ROUTER_MAC, GUEST_MAC),
-                    SLOT_ADDR,
-                    PROXY,
-                    (40000, PROXY_PORT),
-                    b"",
-                    Ipv4Opts::default(),
-                ),
-                TC_ACT_SHOT,
-                |c| c.drop_reserved,
+            TC_ACT_SHOT,
+            |c| c.drop_reserved,
+        ),
+        Case::tap(
+            "a packet from a slot address",
+            tcp_frame(
+                (ROUTER_MAC, GUEST_MAC),
+                SLOT_ADDR,
+                PROXY,
+                (40000, PROXY_PORT),
+                b"",
+                Ipv4Opts::default(),
             ),
-            Case::tap(
-                "ICMP to a slot address, whatever the protocol",
-                slot_icmp,
-                TC_ACT_SHOT,
-                |c| c.drop_reserved,
+            TC_ACT_SHOT,
+            |c| c.drop_reserved,
+        ),
+        Case::tap(
+            "ICMP to a slot address, whatever the protocol",
+            slot_icmp,
+            TC_ACT_SHOT,
+            |c| c.drop_reserved,
+        ),
+        Case::tap(
+            "ARP for a slot address",
+            arp_request(GUEST_MAC, GUEST, SLOT_ADDR),
+            TC_ACT_SHOT,
+            |c| c.drop_reserved,
+        ),
+        Case::tap(
+            "ARP for the proxy's address",
+            arp_request(GUEST_MAC, GUEST, PROXY),
+            TC_ACT_SHOT,
+            |c| c.drop_reserved,
+        ),
+        Case::tap(
+            "IPv6: the forged reply of the report, proxy to a slot",
+            tcp6_frame(
+                (HOST_MAC, GUEST_MAC),
+                PROXY6,
+                SLOT6_ADDR,
+                (80, 40000),
+                b"INJECTED",
             ),
-            Case::tap(
-                "ARP for a slot address",
-                arp_request(GUEST_MAC, GUEST, SLOT_ADDR),
-                TC_ACT_SHOT,
-                |c| c.drop_reserved,
-            ),
-            Case::tap(
-                "ARP for the proxy's address",
-                arp_request(GUEST_MAC, GUEST, PROXY),
-                TC_ACT_SHOT,
-                |c| c.drop_reserved,
-            ),
-            Case::tap(
-                "IPv6: the forged reply of the report, proxy to a slot",
-                tcp6_frame(
-                    (HOST_MAC, GUEST_MAC),
-                    PROXY6,
-                    SLOT6_ADDR,
-                    (80, 40000),
-                    b"INJECTED",
-                ),
-                TC_ACT_SHOT,
-                |c| c.drop_reserved,
-            ),
-            Case::tap(
-                "IPv6: a connection straight to the proxy",
-                tcp6_frame((HOST_MAC, GUEST_MAC), SLOT6_ADDR, PROXY6, (40000, 80), b""),
-                TC_ACT_SHOT,
-                |c| c.drop_reserved,
-            ),
-            Case::tap("IPv6: ICMPv6 to a slot", slot6_icmp, TC_ACT_SHOT, |c| {
-                c.drop_reserved
-            }),
-            Case::tap(
-                "IPv6: a solicitation for the proxy's address",
-                neighbor_solicitation(GUEST_MAC, GUEST6, PROXY6),
-                TC_ACT_SHOT,
-                |c| c.drop_reserved,
-            ),
-            Case::tap(
-                "IPv6: a solicitation for a slot",
-                neighbor_solicitation(GUEST_MAC, GUEST6, SLOT6_ADDR),
-                TC_ACT_SHOT,
-                |c| c.drop_reserved,
-            ),
-        ],
-    );
+            TC_ACT_SHOT,
+            |c| c.drop_reserved,
+        ),
+        Case::tap(
+            "IPv6: a connection straight to the proxy",
+            tcp6_frame((HOST_MAC, GUEST_MAC), SLOT6_ADDR, PROXY6, (40000, 80), b""),
+            TC_ACT_SHOT,
+            |c| c.drop_reserved,
+        ),
+        Case::tap("IPv6: ICMPv6 to a slot", slot6_icmp, TC_ACT_SHOT, |c| {
+            c.drop_reserved
+        }),
+        Case::tap(
+            "IPv6: a solicitation for the proxy's address",
+            neighbor_solicitation(GUEST_MAC, GUEST6, PROXY6),
+            TC_ACT_SHOT,
+            |c| c.drop_reserved,
+        ),
+        Case::tap(
+            "IPv6: a solicitation for a slot",
+            neighbor_solicitation(GUEST_MAC, GUEST6, SLOT6_ADDR),
+            TC_ACT_SHOT,
+            |c| c.drop_reserved,
+        ),
+    ];
+    // Also with an object loaded without its load-time values: the fast
+    // path must then be off, not pass these with zero ranges.
+    for fx in [Fixture::new(), Fixture::configured(false)] {
+        run_table(&fx, &cases);
+    }
 }
 
 #[test]

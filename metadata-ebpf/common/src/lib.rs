@@ -351,8 +351,11 @@ pub mod load_time {
     /// [`NatPrefixV6`], word by word.
     pub const NAT_V6_PREFIX: [u32; 3] = [0x4d44_5204, 0x4d44_5205, 0x4d44_5206];
 
+    /// How many values there are.
+    pub const COUNT: usize = 7;
+
     /// Every tag with its value.
-    pub fn values(v4: &ReservedV4, v6: &NatPrefixV6) -> [(u32, u32); 7] {
+    pub fn values(v4: &ReservedV4, v6: &NatPrefixV6) -> [(u32, u32); COUNT] {
         let ReservedV4 {
             nat_base,
             nat_size,

@@ -7,7 +7,10 @@
 //! `ld_imm64` whose upper immediate is its tag, found by scanning the
 //! program sections.
 
-use metadata_common::{DatapathConfig, load_time};
+use metadata_common::{
+    DatapathConfig,
+    load_time::{self, COUNT},
+};
 use object::{Object as _, ObjectSection as _, SectionKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +80,7 @@ pub fn with_load_time_values(
     };
     let values = load_time::values(&entry.reserved_v4_addrs(), &entry.nat_prefix_v6());
     let texts = program_sections(aligned.bytes())?;
-    let mut found = [0usize; 7];
+    let mut found = [0usize; COUNT];
     for range in texts {
         patch(&mut aligned.bytes_mut()[range], &values, &mut found);
     }
@@ -104,7 +107,7 @@ const INSN_LEN: usize = 8;
 
 /// Writes each tagged placeholder's value in `text` (instructions,
 /// little-endian), counting them per value in `found`.
-fn patch(text: &mut [u8], values: &[(u32, u32); 7], found: &mut [usize; 7]) {
+fn patch(text: &mut [u8], values: &[(u32, u32); COUNT], found: &mut [usize; COUNT]) {
     let mut at = 0;
     while at + 2 * INSN_LEN <= text.len() {
         let insn = &text[at..at + 2 * INSN_LEN];
@@ -150,15 +153,15 @@ mod tests {
         }
     }
 
-    fn values() -> [(u32, u32); 7] {
+    fn values() -> [(u32, u32); COUNT] {
         let entry = entry();
         load_time::values(&entry.reserved_v4_addrs(), &entry.nat_prefix_v6())
     }
 
     /// Counts of each of `values`' tags still in the object's code.
-    fn tags_left(object: &[u8], values: &[(u32, u32); 7]) -> [usize; 7] {
+    fn tags_left(object: &[u8], values: &[(u32, u32); COUNT]) -> [usize; COUNT] {
         let mut copy = AlignedObject::copy_of(object);
-        let mut found = [0; 7];
+        let mut found = [0; COUNT];
         for range in program_sections(copy.bytes()).unwrap() {
             patch(&mut copy.bytes_mut()[range], values, &mut found);
         }
@@ -173,7 +176,7 @@ mod tests {
             "the built object carries every tag"
         );
         let patched = with_load_time_values(EBPF_OBJECT, Some(&entry())).unwrap();
-        assert_eq!(tags_left(patched.bytes(), &values), [0; 7]);
+        assert_eq!(tags_left(patched.bytes(), &values), [0; COUNT]);
         assert_eq!(patched.bytes().len(), EBPF_OBJECT.len());
     }
 
@@ -186,7 +189,7 @@ mod tests {
         text[16] = 0x95; // exit
         let mut values = values();
         values[2] = (tag, 0xdead_beef);
-        let mut found = [0; 7];
+        let mut found = [0; COUNT];
         patch(&mut text, &values, &mut found);
         assert_eq!(imm(&text, 4), 0xdead_beef);
         assert_eq!(imm(&text, 12), 0);
@@ -206,9 +209,9 @@ mod tests {
         let values = values();
         for mut text in [map_ref, constant] {
             let before = text;
-            let mut found = [0; 7];
+            let mut found = [0; COUNT];
             patch(&mut text, &values, &mut found);
-            assert_eq!((text, found), (before, [0; 7]));
+            assert_eq!((text, found), (before, [0; COUNT]));
         }
     }
 
