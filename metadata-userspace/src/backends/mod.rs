@@ -55,10 +55,15 @@ impl Reply {
     }
 
     pub fn json(value: &serde_json::Value) -> Self {
+        Self::json_bytes(value.to_string())
+    }
+
+    /// A JSON document rendered already.
+    pub fn json_bytes(body: impl Into<Bytes>) -> Self {
         Self {
             status: StatusCode::OK,
             content_type: HeaderValue::from_static("application/json"),
-            body: Bytes::from(value.to_string()),
+            body: body.into(),
             headers: http::HeaderMap::new(),
         }
     }
