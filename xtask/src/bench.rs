@@ -16,14 +16,17 @@ use std::{
     fmt::Write as _,
     fs,
     net::Ipv4Addr,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use metadata_common::{map_names, pins, program_names};
 
-use super::floor_prog::Floor;
+use super::{
+    bench_wrk::{Strictness, Wrk},
+    floor_prog::Floor,
+};
 use anyhow::{Context as _, bail, ensure};
 use metadata_tests::{Hypervisor, InstanceSpec, METADATA, Vm, neutron::NeutronNetwork};
 use serde_json::{Value, json};
@@ -39,10 +42,15 @@ struct Settings {
     iperf_s: u32,
     /// Rounds of iperf3 without and with programs, alternating.
     iperf_rounds: usize,
+    /// Rounds of each throughput row (every path once per round); each
+    /// figure is the median over them.
+    rounds: usize,
+    /// wrk's Lua hook that prints each client's latency quantiles.
+    wrk_script: PathBuf,
 }
 
 impl Settings {
-    fn new(quick: bool) -> Self {
+    fn new(quick: bool, wrk_script: PathBuf) -> Self {
         if quick {
             Self {
                 quick,
@@ -53,6 +61,8 @@ impl Settings {
                 burst_taps: 50,
                 iperf_s: 2,
                 iperf_rounds: 3,
+                rounds: 1,
+                wrk_script,
             }
         } else {
             Self {
@@ -64,6 +74,8 @@ impl Settings {
                 burst_taps: 500,
                 iperf_s: 5,
                 iperf_rounds: 5,
+                rounds: 3,
+                wrk_script,
             }
         }
     }
@@ -99,10 +111,10 @@ pub enum Section {
 }
 
 pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
-    let settings = Settings::new(quick);
     let started = Instant::now();
     let out_dir = super::root().join("target/bench");
     fs::create_dir_all(&out_dir).context("creating target/bench")?;
+    let settings = Settings::new(quick, super::bench_wrk::quantiles_script(&out_dir)?);
     let mut report = Report::new(&settings);
     let wanted = |section| only.is_empty() || only.contains(&section);
 
@@ -119,7 +131,11 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
         other_traffic(&settings, &mut report)?;
     }
     if wanted(Section::Neutron) {
-        report.nova = super::bench_neutron::run(&settings.concurrency, settings.duration_s)?;
+        report.nova = super::bench_neutron::run(
+            &settings.concurrency,
+            settings.duration_s,
+            &settings.wrk_script,
+        )?;
     }
     if wanted(Section::Storm) {
         let vms = if settings.quick { 50 } else { 500 };
@@ -238,172 +254,88 @@ pub(crate) fn wait_served<'a>(vms: impl Iterator<Item = &'a Vm>) -> anyhow::Resu
     Ok(())
 }
 
-/// Runs wrk in each namespace at once; sums requests/s, averages p50 and
-/// takes the worst p99. Any failed request fails the run.
-pub(crate) fn wrk_all(
-    namespaces: &[&str],
-    url: &str,
-    close: bool,
-    seconds: u32,
-) -> anyhow::Result<Load> {
-    wrk_each(namespaces, url, close, seconds, true)
-}
-
-/// [`wrk_all`] for a path that fails some requests by design (a baseline
-/// that answers 503 under load): counts only the 2xx answers and reports
-/// the share that failed.
-pub(crate) fn wrk_counting_errors(
-    namespaces: &[&str],
-    url: &str,
-    close: bool,
-    seconds: u32,
-) -> anyhow::Result<Load> {
-    wrk_each(namespaces, url, close, seconds, false)
-}
-
-fn wrk_each(
-    namespaces: &[&str],
-    url: &str,
-    close: bool,
-    seconds: u32,
-    strict: bool,
-) -> anyhow::Result<Load> {
-    let mut children = Vec::new();
-    for ns in namespaces {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", ns, "wrk", "-t1", "-c1", "--latency"]);
-        command.arg(format!("-d{seconds}s"));
-        if close {
-            command.args(["-H", "Connection: close"]);
-        }
-        command
-            .arg(url)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        children.push(command.spawn().context("starting wrk")?);
-    }
-    let mut load = Load::default();
-    let (mut requests, mut failed) = (0.0, 0.0);
-    let count = children.len() as f64;
-    for (child, ns) in children.into_iter().zip(namespaces) {
-        let output = child.wait_with_output().context("waiting for wrk")?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        ensure!(
-            output.status.success(),
-            "wrk failed: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let run = WrkRun::parse(&text)?;
-        ensure!(
-            !strict || run.failed == 0.0,
-            "wrk in {ns} ({}) saw errors, the figures would be wrong:\n{text}",
-            if close {
-                "new connection per request"
-            } else {
-                "keep-alive"
-            }
-        );
-        load.rps += run.rps * (1.0 - ratio(run.failed, run.requests));
-        load.p50_us += run.p50_us / count;
-        load.p99_us = load.p99_us.max(run.p99_us);
-        requests += run.requests;
-        failed += run.failed;
-    }
-    load.error_share = ratio(failed, requests);
-    Ok(load)
-}
-
-/// One wrk client's report.
-struct WrkRun {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    requests: f64,
-    /// Non-2xx answers and socket errors.
-    failed: f64,
-}
-
-impl WrkRun {
-    fn parse(text: &str) -> anyhow::Result<Self> {
-        let requests = text
-            .lines()
-            .find_map(|l| l.trim().split_once(" requests in "))
-            .and_then(|(n, _)| n.trim().parse::<f64>().ok())
-            .context("wrk: request count")?;
-        let non_2xx = field(text, "Non-2xx or 3xx responses:").unwrap_or(0.0);
-        let socket_errors: f64 = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Socket errors:"))
-            .map_or(0.0, |errors| {
-                errors
-                    .split(',')
-                    .filter_map(|e| e.split_whitespace().last()?.parse::<f64>().ok())
-                    .sum()
-            });
-        Ok(Self {
-            rps: field(text, "Requests/sec:").context("wrk: Requests/sec")?,
-            p50_us: latency(text, "50%").context("wrk: p50")?,
-            p99_us: latency(text, "99%").context("wrk: p99")?,
-            requests,
-            failed: non_2xx + socket_errors,
-        })
-    }
-}
-
-pub(crate) fn field(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(name))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// A latency percentile from wrk's distribution, in microseconds.
-pub(crate) fn latency(text: &str, percentile: &str) -> Option<f64> {
-    let value = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(percentile))?
-        .trim();
-    let (number, factor) = if let Some(v) = value.strip_suffix("us") {
-        (v, 1.0)
-    } else if let Some(v) = value.strip_suffix("ms") {
-        (v, 1e3)
-    } else if let Some(v) = value.strip_suffix('s') {
-        (v, 1e6)
-    } else {
-        return None;
-    };
-    number.trim().parse::<f64>().ok().map(|n| n * factor)
-}
-
 fn throughput(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
     for &n in &settings.concurrency {
         eprintln!("bench: throughput with {n} VM(s) per path");
         let bench = Bench::new(n, true, 64)?;
-        let ours: Vec<&str> = bench.ours.iter().map(|vm| vm.ns.name()).collect();
-        let neutron: Vec<&str> = bench.neutron.iter().map(|(vm, _)| vm.ns.name()).collect();
-        let limit: Vec<&str> = vec![bench.limit.ns.name(); n];
         for (body, path) in [("meta_data.json", SMALL), ("64 KB user_data", LARGE)] {
             for close in [false, true] {
-                let url = format!("http://169.254.169.254{path}");
-                let nginx_url = format!(
-                    "http://169.254.169.254:{}{path}",
-                    super::bench_limit::NGINX_PORT
-                );
-                let d = settings.duration_s;
-                let daemon = [daemon_pid(&bench.hv)?];
-                let nginx = bench.limit.nginx_pids()?;
+                let rounds = (0..settings.rounds)
+                    .map(|_| bench.throughput_round(settings, path, close))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let median = |pick: fn(&Round) -> Load| {
+                    median_load(&rounds.iter().map(pick).collect::<Vec<_>>())
+                };
                 report.throughput.push(Throughput {
                     vms: n,
                     body,
                     new_connection: close,
-                    ours: with_server_cpu(&daemon, || wrk_all(&ours, &url, close, d))?,
-                    neutron: wrk_all(&neutron, &url, close, d)?,
-                    limit: with_server_cpu(&daemon, || wrk_all(&limit, &url, close, d))?,
-                    nginx: with_server_cpu(&nginx, || wrk_all(&limit, &nginx_url, close, d))?,
+                    ours: median(|r| r.ours),
+                    neutron: median(|r| r.neutron),
+                    limit: median(|r| r.limit),
+                    nginx: median(|r| r.nginx),
                 });
             }
         }
     }
     Ok(())
+}
+
+/// One measurement of each path, one after the other.
+struct Round {
+    ours: Load,
+    neutron: Load,
+    limit: Load,
+    nginx: Load,
+}
+
+impl Bench {
+    fn throughput_round(
+        &self,
+        settings: &Settings,
+        path: &str,
+        close: bool,
+    ) -> anyhow::Result<Round> {
+        let ours: Vec<&str> = self.ours.iter().map(|vm| vm.ns.name()).collect();
+        let neutron: Vec<&str> = self.neutron.iter().map(|(vm, _)| vm.ns.name()).collect();
+        let limit: Vec<&str> = vec![self.limit.ns.name(); ours.len()];
+        let url = format!("http://169.254.169.254{path}");
+        let nginx_url = format!(
+            "http://169.254.169.254:{}{path}",
+            super::bench_limit::NGINX_PORT
+        );
+        let wrk = |url| Wrk {
+            script: &settings.wrk_script,
+            url,
+            close,
+            seconds: settings.duration_s,
+        };
+        let daemon = [daemon_pid(&self.hv)?];
+        let nginx = self.limit.nginx_pids()?;
+        let strict = Strictness::EveryRequest;
+        Ok(Round {
+            ours: with_server_cpu(&daemon, || wrk(&url).run(&ours, strict))?,
+            neutron: wrk(&url).run(&neutron, strict)?,
+            limit: with_server_cpu(&daemon, || wrk(&url).run(&limit, strict))?,
+            nginx: with_server_cpu(&nginx, || wrk(&nginx_url).run(&limit, strict))?,
+        })
+    }
+}
+
+/// Each figure's median over `rounds` (the upper one of an even count).
+pub(crate) fn median_load(rounds: &[Load]) -> Load {
+    let median = |pick: fn(&Load) -> f64| {
+        let mut values: Vec<f64> = rounds.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(0.0)
+    };
+    Load {
+        rps: median(|l| l.rps),
+        p50_us: median(|l| l.p50_us),
+        p99_us: median(|l| l.p99_us),
+        error_share: median(|l| l.error_share),
+        server_cpu_us: median(|l| l.server_cpu_us),
+    }
 }
 
 struct Throughput {
@@ -1026,6 +958,8 @@ struct OtherTraffic {
 
 struct Report {
     quick: bool,
+    /// Rounds of each throughput row.
+    rounds: usize,
     machine: String,
     command: String,
     elapsed: Duration,
@@ -1071,6 +1005,7 @@ impl Report {
         let cores = std::thread::available_parallelism().map_or(0, usize::from);
         Self {
             quick: settings.quick,
+            rounds: settings.rounds,
             machine: format!("{cores} cores ({cpu}), {mem} GiB, Linux {}", kernel.trim()),
             command: if settings.quick {
                 "cargo xtask bench --quick".into()
@@ -1127,7 +1062,8 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "- load: one `wrk -t1 -c1` per VM namespace, all at once; requests/s summed, p50 averaged, p99 the worst client\n"
+            "- load: one `wrk -t1 -c1` per VM namespace, all at once; requests/s summed; p50 and p99 over all the clients' requests (pooled from each client's quantiles); each figure the median of {} round(s), each round measuring every path once, one after the other\n",
+            self.rounds
         );
     }
 
@@ -1139,16 +1075,16 @@ impl Report {
         let _ = writeln!(md, "## Requests per second and latency (local backend)\n");
         let _ = writeln!(
             md,
-            "| VMs | body | connections | ours req/s | agent mode req/s | limit req/s | nginx req/s | ours/limit | ours/nginx | ours p50 µs | limit p50 µs | ours p99 µs | agent mode p99 µs | limit p99 µs | nginx p99 µs | p99 ours/limit | daemon CPU µs/req (ours) | daemon CPU µs/req (limit) | nginx CPU µs/req |"
+            "| VMs | body | connections | ours req/s | agent mode req/s | limit req/s | nginx req/s | ours/limit | ours/nginx | ours p50 µs | limit p50 µs | ours p99 µs | agent mode p99 µs | limit p99 µs | nginx p99 µs | p99 ours/limit | p99 nginx/limit | daemon CPU µs/req (ours) | daemon CPU µs/req (limit) | nginx CPU µs/req |"
         );
         let _ = writeln!(
             md,
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for t in &self.throughput {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |",
                 t.vms,
                 t.body,
                 if t.new_connection {
@@ -1169,6 +1105,7 @@ impl Report {
                 t.limit.p99_us,
                 t.nginx.p99_us,
                 ratio(t.ours.p99_us, t.limit.p99_us),
+                ratio(t.nginx.p99_us, t.limit.p99_us),
                 t.ours.server_cpu_us,
                 t.limit.server_cpu_us,
                 t.nginx.server_cpu_us,

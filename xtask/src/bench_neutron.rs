@@ -32,9 +32,8 @@ use metadata_tests::{
     uuid_like,
 };
 
-use super::bench::{
-    KillOnDrop, Load, SMALL, field, latency, wait_served, wrk_all, wrk_counting_errors,
-};
+use super::bench::{KillOnDrop, Load, SMALL, wait_served};
+use super::bench_wrk::{Strictness, Wrk, field, latency};
 
 const SECRET: &str = "benchmark shared secret";
 const CHASSIS: &str = "bench-chassis";
@@ -117,14 +116,14 @@ pub struct NovaRow {
 }
 
 /// Both paths at each concurrency, then the realistic Nova at 10 VMs.
-pub fn run(concurrency: &[usize], seconds: u32) -> anyhow::Result<Vec<NovaRow>> {
+pub fn run(concurrency: &[usize], seconds: u32, script: &Path) -> anyhow::Result<Vec<NovaRow>> {
     let python = super::setup::neutron_python()?;
     let mut rows = Vec::new();
     for &n in concurrency {
         eprintln!("bench: ours vs neutron's OVN metadata agent, {n} VM(s) per path");
         let paths = Paths::new(n, Service::default(), &python, 0)?;
         for close in [false, true] {
-            rows.push(paths.measure(close, seconds, true)?);
+            rows.push(paths.measure(close, seconds, script, true)?);
         }
     }
     let (time, workers) = REALISTIC;
@@ -136,7 +135,7 @@ pub fn run(concurrency: &[usize], seconds: u32) -> anyhow::Result<Vec<NovaRow>> 
         record: false,
     };
     let paths = Paths::new(n, service, &python, 0)?;
-    rows.push(paths.measure(false, seconds.max(4), false)?);
+    rows.push(paths.measure(false, seconds.max(4), script, false)?);
     Ok(rows)
 }
 
@@ -203,20 +202,34 @@ impl Paths {
         })
     }
 
-    fn measure(&self, close: bool, seconds: u32, with_peer: bool) -> anyhow::Result<NovaRow> {
+    fn measure(
+        &self,
+        close: bool,
+        seconds: u32,
+        script: &Path,
+        with_peer: bool,
+    ) -> anyhow::Result<NovaRow> {
         let url = format!("http://169.254.169.254{SMALL}");
         let ours: Vec<&str> = self.ours.iter().map(|vm| vm.ns.name()).collect();
         let neutron: Vec<&str> = self.neutron.iter().map(|(vm, _)| vm.ns.name()).collect();
-        let o = wrk_all(&ours, &url, close, seconds)?;
-        let q = wrk_counting_errors(&neutron, &url, close, seconds).with_context(|| {
-            let log = fs::read_to_string(self.hv.dir().join("neutron-agent.log"));
-            let log = log.unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            format!(
-                "neutron's agent log ends:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-        })?;
+        let wrk = Wrk {
+            script,
+            url: &url,
+            close,
+            seconds,
+        };
+        let o = wrk.run(&ours, Strictness::EveryRequest)?;
+        let q = wrk
+            .run(&neutron, Strictness::CountFailures)
+            .with_context(|| {
+                let log = fs::read_to_string(self.hv.dir().join("neutron-agent.log"));
+                let log = log.unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                format!(
+                    "neutron's agent log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })?;
         let peer = if with_peer {
             Some(self.peer_alone(close, seconds)?)
         } else {

@@ -4,6 +4,7 @@ mod bench;
 mod bench_limit;
 mod bench_neutron;
 mod bench_ovn;
+mod bench_wrk;
 mod demo;
 mod floor_prog;
 mod fuzz;
