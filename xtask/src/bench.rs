@@ -43,8 +43,13 @@ struct Settings {
     /// Rounds of iperf3 without and with programs, alternating.
     iperf_rounds: usize,
     /// Rounds of each throughput row (every path once per round); each
-    /// figure is the median over them.
+    /// figure is the median over them. Several short rounds, because this
+    /// VM's vCPUs stall for milliseconds a few times a second (the stall
+    /// probe's section): one long run's p99 is set by whether a stall fell
+    /// into it.
     rounds: usize,
+    /// Length of one path's run in a round.
+    round_s: u32,
     /// wrk's Lua hook that prints each client's latency quantiles.
     wrk_script: PathBuf,
 }
@@ -62,6 +67,7 @@ impl Settings {
                 iperf_s: 2,
                 iperf_rounds: 3,
                 rounds: 1,
+                round_s: 1,
                 wrk_script,
             }
         } else {
@@ -73,8 +79,9 @@ impl Settings {
                 memory_taps_only: vec![5_000],
                 burst_taps: 500,
                 iperf_s: 5,
-                iperf_rounds: 5,
-                rounds: 3,
+                iperf_rounds: 9,
+                rounds: 5,
+                round_s: 2,
                 wrk_script,
             }
         }
@@ -116,6 +123,9 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
     fs::create_dir_all(&out_dir).context("creating target/bench")?;
     let settings = Settings::new(quick, super::bench_wrk::quantiles_script(&out_dir)?);
     let mut report = Report::new(&settings);
+    eprintln!("bench: the machine's own stalls");
+    let probe_for = Duration::from_secs(if quick { 2 } else { 5 });
+    report.stalls = super::bench_stalls::measure(probe_for)?;
     let wanted = |section| only.is_empty() || only.contains(&section);
 
     if wanted(Section::Throughput) {
@@ -308,7 +318,7 @@ impl Bench {
             script: &settings.wrk_script,
             url,
             close,
-            seconds: settings.duration_s,
+            seconds: settings.round_s,
         };
         let daemon = [daemon_pid(&self.hv)?];
         let nginx = self.limit.nginx_pids()?;
@@ -958,8 +968,9 @@ struct OtherTraffic {
 
 struct Report {
     quick: bool,
-    /// Rounds of each throughput row.
+    /// Rounds of each throughput row, and their length.
     rounds: usize,
+    round_s: u32,
     machine: String,
     command: String,
     elapsed: Duration,
@@ -972,6 +983,7 @@ struct Report {
     storm: Option<super::bench_neutron::Storm>,
     /// The kernel's BPF_LINK_CREATE for a first TCX link, alone.
     link_create: Option<Duration>,
+    stalls: Vec<super::bench_stalls::CpuStalls>,
 }
 
 pub(crate) fn ratio(a: f64, b: f64) -> f64 {
@@ -1006,6 +1018,7 @@ impl Report {
         Self {
             quick: settings.quick,
             rounds: settings.rounds,
+            round_s: settings.round_s,
             machine: format!("{cores} cores ({cpu}), {mem} GiB, Linux {}", kernel.trim()),
             command: if settings.quick {
                 "cargo xtask bench --quick".into()
@@ -1021,12 +1034,14 @@ impl Report {
             nova: Vec::new(),
             storm: None,
             link_create: None,
+            stalls: Vec::new(),
         }
     }
 
     fn markdown(&self) -> String {
         let mut md = String::new();
         self.write_header(&mut md);
+        md.push_str(&super::bench_stalls::markdown(&self.stalls));
         self.write_throughput(&mut md);
         md.push_str(&super::bench_neutron::markdown(&self.nova));
         md.push_str(&super::bench_neutron::storm_markdown(self.storm.as_ref()));
@@ -1062,8 +1077,8 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "- load: one `wrk -t1 -c1` per VM namespace, all at once; requests/s summed; p50 and p99 over all the clients' requests (pooled from each client's quantiles); each figure the median of {} round(s), each round measuring every path once, one after the other\n",
-            self.rounds
+            "- load: one `wrk -t1 -c1` per VM namespace, all at once; requests/s summed; p50 and p99 over all the clients' requests (pooled from each client's quantiles); each figure the median of {} round(s) of {} s, each round measuring every path once, one after the other\n",
+            self.rounds, self.round_s
         );
     }
 
@@ -1169,6 +1184,9 @@ impl Report {
 
     /// Memory of the metadata path, ours against neutron's.
     fn write_memory(&self, md: &mut String) {
+        if self.memory.is_empty() {
+            return;
+        }
         let _ = writeln!(md, "\n## Memory of everything the metadata path runs\n");
         let _ = writeln!(
             md,
@@ -1341,6 +1359,7 @@ impl Report {
             "command": self.command,
             "quick": self.quick,
             "elapsed_s": self.elapsed.as_secs_f64(),
+            "stalls": super::bench_stalls::json(&self.stalls),
             "throughput": self.throughput.iter().map(|t| json!({
                 "vms": t.vms, "body": t.body, "new_connection": t.new_connection,
                 "ours": load(&t.ours), "agent_mode": load(&t.neutron), "limit": load(&t.limit),

@@ -4,6 +4,7 @@ mod bench;
 mod bench_limit;
 mod bench_neutron;
 mod bench_ovn;
+mod bench_stalls;
 mod bench_wrk;
 mod demo;
 mod floor_prog;
