@@ -54,8 +54,8 @@ impl CpuStalls {
 
 /// Runs the probe on every CPU this process may use, all at once.
 pub(crate) fn measure(run_for: Duration) -> anyhow::Result<Vec<CpuStalls>> {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let probes: Vec<_> = (0..cpus)
+    let probes: Vec<_> = allowed_cpus()?
+        .into_iter()
         .map(|cpu| {
             std::thread::Builder::new()
                 .name(format!("stall-probe-{cpu}"))
@@ -98,6 +98,22 @@ fn probe(cpu: usize, run_for: Duration) -> anyhow::Result<CpuStalls> {
         (last, last_switches) = (now, switches);
     }
     Ok(stalls)
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is the empty set, which
+    // sched_getaffinity fills for this process (0).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+    }
+    let size = usize::try_from(libc::CPU_SETSIZE).unwrap_or(0);
+    // SAFETY: CPU_ISSET reads within the set for indices below its size.
+    Ok((0..size)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
 }
 
 fn pin_to(cpu: usize) -> anyhow::Result<()> {
