@@ -3,11 +3,16 @@
 //! ratio against the path measured beside it.
 //!
 //! - ours: VM namespace -> tap -> eBPF -> the daemon (local backend);
-//! - neutron: VM namespace -> per-network namespace with Debian's haproxy
+//! - agent mode: VM namespace -> per-network namespace with Debian's haproxy
 //!   and Neutron's configuration -> unix socket -> the same daemon in agent
 //!   mode, which identifies the VM as neutron-metadata-agent does;
-//! - limit: wrk on the host straight to the daemon's proxy over loopback
-//!   (no namespace hop, no eBPF): the ceiling for "ours".
+//! - limit: a VM namespace with the same MTU on a plain routed veth with
+//!   no programs, to the same daemon (bench_limit.rs): the eBPF path's
+//!   ceiling; and nginx serving the same bytes over that veth;
+//! - the real neutron OVN agent against a Nova peer (bench_neutron.rs).
+//!
+//! The load is wrk (bench_wrk.rs); a stall probe (bench_stalls.rs) first
+//! measures how much the machine itself stands still.
 //!
 //! Results go to target/bench/results.md and target/bench/results.json.
 
