@@ -47,6 +47,8 @@ struct Settings {
     iperf_s: u32,
     /// Rounds of iperf3 without and with programs, alternating.
     iperf_rounds: usize,
+    /// iperf3 runs that time the programs against the floors.
+    timing_rounds: usize,
     /// Rounds of each throughput row (every path once per round); each
     /// figure is the median over them. Several short rounds, because this
     /// VM's vCPUs stall for milliseconds a few times a second (the stall
@@ -71,6 +73,7 @@ impl Settings {
                 burst_taps: 50,
                 iperf_s: 2,
                 iperf_rounds: 3,
+                timing_rounds: 1,
                 rounds: 1,
                 round_s: 1,
                 wrk_script,
@@ -85,6 +88,7 @@ impl Settings {
                 burst_taps: 500,
                 iperf_s: 5,
                 iperf_rounds: 9,
+                timing_rounds: 3,
                 rounds: 5,
                 round_s: 2,
                 wrk_script,
@@ -806,15 +810,19 @@ fn other_traffic(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     hv.plug(&b.tap, &bridge)?;
     let _server = start_iperf_server(&b)?;
     // Alternate without and with programs and compare the medians: single
-    // iperf3 runs on veths vary by a few percent. Program stats are summed
-    // over the rounds.
+    // iperf3 runs on veths vary by a few percent. The rate with programs is
+    // measured with the daemon's programs alone and statistics off; the
+    // per-packet times come from separate runs with the floors in front
+    // and statistics on (their clock reads cost more than the programs).
     let mut without = Vec::new();
     let mut with = Vec::new();
-    let mut stats = [(0.0, 0.0); 3];
     for _ in 0..settings.iperf_rounds {
         without.push(iperf_bps(&a, &b, settings.iperf_s)?);
-        let (bps, round) = with_programs(&mut hv, &a, &b, settings.iperf_s)?;
-        with.push(bps);
+        with.push(with_programs(&mut hv, &a, &b, settings.iperf_s, Timing::Off)?.0);
+    }
+    let mut stats = [(0.0, 0.0); 3];
+    for _ in 0..settings.timing_rounds {
+        let (_, round) = with_programs(&mut hv, &a, &b, settings.iperf_s, Timing::On)?;
         for (total, (time, count)) in stats.iter_mut().zip(round) {
             *total = (total.0 + time, total.1 + count);
         }
@@ -844,24 +852,51 @@ fn other_traffic(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     Ok(())
 }
 
-/// One iperf3 run from `a` to `b` with the daemon's programs on their taps
-/// and, in front of them, the floors (the empty and the peeking program,
-/// on the same packets: data one way, ACKs the other). Returns the rate
-/// and (run time, run count) of tap_ingress, the empty and the peeking
-/// program.
+/// Whether a run with programs also times them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// The daemon's programs alone, statistics off: the rate other
+    /// traffic gets.
+    Off,
+    /// The floors (the empty and the peeking program) in front of them on
+    /// the same packets (data one way, ACKs the other), statistics on.
+    On,
+}
+
+/// One iperf3 run from `a` to `b` with the daemon's programs on their taps.
+/// Returns the rate and, when timed, (run time, run count) of tap_ingress,
+/// the empty and the peeking program (zeros otherwise).
 fn with_programs(
     hv: &mut Hypervisor,
     a: &Vm,
     b: &Vm,
     seconds: u32,
+    timing: Timing,
 ) -> anyhow::Result<(f64, [(f64, f64); 3])> {
     hv.set_instances(vec![
         InstanceSpec::for_vm(a, "a"),
         InstanceSpec::for_vm(b, "b"),
     ])?;
     hv.start_daemon()?;
+    let measured = if timing == Timing::On {
+        timed_iperf(hv, a, b, seconds)
+    } else {
+        iperf_bps(a, b, seconds).map(|bps| (bps, [(0.0, 0.0); 3]))
+    };
+    hv.stop_daemon()?;
+    hv.daemon_command(&["teardown"])?;
+    measured
+}
+
+/// An iperf3 run with the floors attached and statistics on.
+fn timed_iperf(
+    hv: &Hypervisor,
+    a: &Vm,
+    b: &Vm,
+    seconds: u32,
+) -> anyhow::Result<(f64, [(f64, f64); 3])> {
     let taps = [hv.ifindex_of(&a.tap)?, hv.ifindex_of(&b.tap)?];
-    let floors = hv.ns().run(|| {
+    let _floors = hv.ns().run(|| {
         anyhow::Ok([
             super::floor_prog::attach(Floor::Empty, &taps)?,
             super::floor_prog::attach(Floor::Peek, &taps)?,
@@ -876,9 +911,6 @@ fn with_programs(
         run_stats(Floor::Peek.name()),
     ];
     sysctl("kernel.bpf_stats_enabled", Some(&previous))?;
-    drop(floors);
-    hv.stop_daemon()?;
-    hv.daemon_command(&["teardown"])?;
     let [ours, empty, peek] = stats;
     Ok((measured?, [ours?, empty?, peek?]))
 }
@@ -1231,7 +1263,7 @@ impl Report {
             );
             let _ = writeln!(
                 md,
-                "| without programs Gbit/s | with programs Gbit/s | with/without | tap_ingress ns per packet | empty program ns per packet (same packets) | peeking program ns per packet (same packets) | ours above empty | ours above peeking | packets measured |"
+                "| without programs Gbit/s | with the daemon's programs Gbit/s | with/without | tap_ingress ns per packet | empty program ns per packet (same packets) | peeking program ns per packet (same packets) | ours above empty | ours above peeking | packets measured |"
             );
             let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
             let _ = writeln!(
@@ -1246,6 +1278,10 @@ impl Report {
                 o.ns_per_packet - o.empty_ns_per_packet,
                 o.ns_per_packet - o.peek_ns_per_packet,
                 o.packets
+            );
+            let _ = writeln!(
+                md,
+                "\nRates: medians of alternating rounds, the daemon's programs alone and BPF statistics off. Per-packet times: separate runs with the empty and the peeking program attached in front of `tap_ingress` and statistics on."
             );
         }
     }
