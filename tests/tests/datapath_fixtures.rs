@@ -771,98 +771,64 @@ fn tap_ingress_drops_guest_traffic_using_the_datapaths_own_addresses() {
         ETH_P_IPV6,
         &ipv6(GUEST6, SLOT6_ADDR, 58, 64, &[128, 0, 0, 0, 0, 0, 0, 0]),
     );
-    let cases = [
-        Case::tap(
+    let guest_tcp = |src, dst, ports, payload: &[u8]| {
+        tcp_frame(
+            (ROUTER_MAC, GUEST_MAC),
+            src,
+            dst,
+            ports,
+            payload,
+            Ipv4Opts::default(),
+        )
+    };
+    let guest_tcp6 = |src, dst, ports, payload: &[u8]| {
+        tcp6_frame((HOST_MAC, GUEST_MAC), src, dst, ports, payload)
+    };
+    // Every one of these is dropped and counted as reserved.
+    let reserved = [
+        (
             "a forged proxy reply to another guest's slot",
-            tcp_frame(
-                (ROUTER_MAC, GUEST_MAC),
-                PROXY,
-                SLOT_ADDR,
-                (PROXY_PORT, 40000),
-                b"INJECTED",
-                Ipv4Opts::default(),
-            ),
-            TC_ACT_SHOT,
-            |c| c.drop_reserved,
+            guest_tcp(PROXY, SLOT_ADDR, (PROXY_PORT, 40000), b"INJECTED"),
         ),
-        Case::tap(
+        (
             "a connection straight to the proxy's address",
-            tcp_frame(
-                (ROUTER_MAC, GUEST_MAC),
-                GUEST,
-                PROXY,
-                (40000, PROXY_PORT),
-                b"",
-                Ipv4Opts::default(),
-            ),
-            TC_ACT_SHOT,
-            |c| c.drop_reserved,
+            guest_tcp(GUEST, PROXY, (40000, PROXY_PORT), b""),
         ),
-        Case::tap(
+        (
             "a packet from a slot address",
-            tcp_frame(
-                (ROUTER_MAC, GUEST_MAC),
-                SLOT_ADDR,
-                PROXY,
-                (40000, PROXY_PORT),
-                b"",
-                Ipv4Opts::default(),
-            ),
-            TC_ACT_SHOT,
-            |c| c.drop_reserved,
+            guest_tcp(SLOT_ADDR, PROXY, (40000, PROXY_PORT), b""),
         ),
-        Case::tap(
-            "ICMP to a slot address, whatever the protocol",
-            slot_icmp,
-            TC_ACT_SHOT,
-            |c| c.drop_reserved,
-        ),
-        Case::tap(
+        ("ICMP to a slot address, whatever the protocol", slot_icmp),
+        (
             "ARP for a slot address",
             arp_request(GUEST_MAC, GUEST, SLOT_ADDR),
-            TC_ACT_SHOT,
-            |c| c.drop_reserved,
         ),
-        Case::tap(
+        (
             "ARP for the proxy's address",
             arp_request(GUEST_MAC, GUEST, PROXY),
-            TC_ACT_SHOT,
-            |c| c.drop_reserved,
         ),
-        Case::tap(
+        (
             "IPv6: the forged reply of the report, proxy to a slot",
-            tcp6_frame(
-                (HOST_MAC, GUEST_MAC),
-                PROXY6,
-                SLOT6_ADDR,
-                (80, 40000),
-                b"INJECTED",
-            ),
-            TC_ACT_SHOT,
-            |c| c.drop_reserved,
+            guest_tcp6(PROXY6, SLOT6_ADDR, (80, 40000), b"INJECTED"),
         ),
-        Case::tap(
+        (
             "IPv6: a connection straight to the proxy",
-            tcp6_frame((HOST_MAC, GUEST_MAC), SLOT6_ADDR, PROXY6, (40000, 80), b""),
-            TC_ACT_SHOT,
-            |c| c.drop_reserved,
+            guest_tcp6(SLOT6_ADDR, PROXY6, (40000, 80), b""),
         ),
-        Case::tap("IPv6: ICMPv6 to a slot", slot6_icmp, TC_ACT_SHOT, |c| {
-            c.drop_reserved
-        }),
-        Case::tap(
+        ("IPv6: ICMPv6 to a slot", slot6_icmp),
+        (
             "IPv6: a solicitation for the proxy's address",
             neighbor_solicitation(GUEST_MAC, GUEST6, PROXY6),
-            TC_ACT_SHOT,
-            |c| c.drop_reserved,
         ),
-        Case::tap(
+        (
             "IPv6: a solicitation for a slot",
             neighbor_solicitation(GUEST_MAC, GUEST6, SLOT6_ADDR),
-            TC_ACT_SHOT,
-            |c| c.drop_reserved,
         ),
     ];
+    let cases: Vec<Case> = reserved
+        .into_iter()
+        .map(|(why, frame)| Case::tap(why, frame, TC_ACT_SHOT, |c| c.drop_reserved))
+        .collect();
     // Also with an object loaded without its load-time values: the fast
     // path must then be off, not pass these with zero ranges.
     for fx in [Fixture::new(), Fixture::configured(false)] {
