@@ -11,6 +11,8 @@ mod floor_prog;
 mod fuzz;
 mod package;
 mod setup;
+#[cfg(test)]
+mod setup_audit;
 mod vm;
 
 use std::{

@@ -70,42 +70,65 @@ pub const PYTHON_MODULES: &[Program] = &[
     program("cloudinit", "cloud-init"),
     program("ovs.db.idl", "python3-openvswitch"),
     program("botocore.utils", "python3-botocore"),
-    // The benchmark's virtualenv for PyPI's neutron needs pip bootstrapped.
+    // The metrics test parses the exposition with the reference parser.
+    program(
+        "prometheus_client.openmetrics.parser",
+        "python3-prometheus-client",
+    ),
+    // The virtualenv for PyPI's packages needs pip bootstrapped.
     program("ensurepip", "python3-venv"),
 ];
 
-/// Where the benchmark keeps PyPI's neutron (outside the work tree, so a
-/// fresh clone does not download it again).
-pub const NEUTRON_VENV: &str = "/opt/metadata-redirector-bench/neutron";
+/// Where the virtualenv of PyPI's packages lives (outside the work tree,
+/// so a fresh clone does not download it again).
+pub const VENV: &str = "/opt/metadata-redirector-bench/neutron";
 /// The neutron release the benchmark runs (2026.1).
 pub const NEUTRON_VERSION: &str = "29.0.0";
 
-/// The python of a virtualenv holding PyPI's neutron, created and filled
-/// on first use (a few minutes: neutron and its oslo libraries).
+/// What the virtualenv installs from PyPI, pinned.
+const PYPI_REQUIREMENTS: &[&str] = &["neutron==29.0.0"];
+
+/// Python modules the benchmark imports with the virtualenv's python, and
+/// the PyPI requirement that brings each (oslo.config comes with neutron).
+pub const PYPI_MODULES: &[Program] = &[
+    program(
+        "neutron.agent.ovn.metadata.server_socket",
+        "neutron==29.0.0",
+    ),
+    program("oslo_config.cfg", "neutron==29.0.0"),
+];
+
+/// The virtualenv's python, with every module of [`PYPI_MODULES`]
+/// importable: created and filled from [`PYPI_REQUIREMENTS`] when not (a
+/// few minutes: neutron and its oslo libraries).
 pub fn neutron_python() -> anyhow::Result<PathBuf> {
-    let python = Path::new(NEUTRON_VENV).join("bin/python");
-    let has_neutron = || {
-        Command::new(&python)
-            .args(["-c", "import neutron.agent.ovn.metadata.server_socket"])
-            .output()
-            .is_ok_and(|o| o.status.success())
+    let python = Path::new(VENV).join("bin/python");
+    let missing = || -> Vec<&str> {
+        PYPI_MODULES
+            .iter()
+            .filter(|m| !importable_by(&python, m.name))
+            .map(|m| m.name)
+            .collect()
     };
-    if has_neutron() {
+    if missing().is_empty() {
         return Ok(python);
     }
     eprintln!(
-        "xtask: installing neutron {NEUTRON_VERSION} from PyPI into {NEUTRON_VENV} (a few minutes, once)"
+        "xtask setup: installing {} from PyPI into {VENV} (a few minutes, once)",
+        PYPI_REQUIREMENTS.join(" ")
     );
-    run("/usr/bin/python3", &["-m", "venv", NEUTRON_VENV])?;
-    let pip = Path::new(NEUTRON_VENV).join("bin/pip");
-    run(
-        &pip.display().to_string(),
-        &["install", "-q", &format!("neutron=={NEUTRON_VERSION}")],
-    )?;
-    if !has_neutron() {
+    run("/usr/bin/python3", &["-m", "venv", VENV])?;
+    let pip = Path::new(VENV).join("bin/pip");
+    let mut args = vec!["install", "-q"];
+    args.extend_from_slice(PYPI_REQUIREMENTS);
+    run(&pip.display().to_string(), &args)?;
+    let still = missing();
+    if !still.is_empty() {
         bail!(
-            "{} cannot import neutron's OVN metadata proxy after installing it",
-            python.display()
+            "{} cannot import {} after installing {}",
+            python.display(),
+            still.join(", "),
+            PYPI_REQUIREMENTS.join(" ")
         );
     }
     Ok(python)
@@ -123,7 +146,8 @@ pub fn all() -> anyhow::Result<()> {
     toolchain()?;
     packages()?;
     check_programs(PROGRAMS)?;
-    check_python_modules(PYTHON_MODULES)
+    check_python_modules(PYTHON_MODULES)?;
+    neutron_python().map(drop)
 }
 
 /// The nightly toolchain with rust-src, and bpf-linker.
@@ -295,7 +319,11 @@ fn on_path(program: &str) -> bool {
 
 /// Whether Debian's python3 can import `module`.
 fn importable(module: &str) -> bool {
-    Command::new("/usr/bin/python3")
+    importable_by(Path::new("/usr/bin/python3"), module)
+}
+
+fn importable_by(python: &Path, module: &str) -> bool {
+    Command::new(python)
         .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|out| out.status.success())
@@ -385,6 +413,10 @@ mod tests {
         for p in PROGRAMS {
             assert!(!p.name.is_empty() && !p.package.is_empty());
         }
+        for requirement in PYPI_MODULES.iter().map(|m| m.package) {
+            assert!(PYPI_REQUIREMENTS.contains(&requirement), "{requirement}");
+        }
+        assert!(PYPI_REQUIREMENTS.contains(&format!("neutron=={NEUTRON_VERSION}").as_str()));
         for package in SAME_RELEASE {
             assert!(PROGRAMS.iter().any(|p| p.package == *package), "{package}");
         }

@@ -136,10 +136,18 @@ fn bpffs(config: &Config) -> Check {
             "bpffs",
             format!("{} is on the host's bpffs", path.display()),
         ),
-        Ok(Found::WillMount) => check(
+        Ok(Found::WillMount { proven: true }) => check(
             Outcome::Warn,
             "bpffs",
             "none mounted yet: `run` will mount one on /sys/fs/bpf",
+        ),
+        Ok(Found::WillMount { proven: false }) => check(
+            Outcome::Warn,
+            "bpffs",
+            format!(
+                "none mounted yet: `run` will mount one on /sys/fs/bpf; {}",
+                bpffs::UNPROVEN
+            ),
         ),
         Err(err) => check(Outcome::Fail, "bpffs", err.to_string()),
     }

@@ -4,6 +4,8 @@
 //! the process. This module finds out which one a path is on.
 
 use std::{
+    collections::BTreeSet,
+    fs::File,
     io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -37,7 +39,12 @@ pub enum BpffsError {
 pub fn ensure_shared(path: &Path) -> Result<(), BpffsError> {
     match check(path)? {
         Found::Shared => Ok(()),
-        Found::WillMount => mount_standard_root(),
+        Found::WillMount { proven } => {
+            if !proven {
+                tracing::warn!("{UNPROVEN}");
+            }
+            mount_standard_root()
+        }
     }
 }
 
@@ -46,9 +53,18 @@ pub fn ensure_shared(path: &Path) -> Result<(), BpffsError> {
 pub enum Found {
     /// A bpffs the host shares.
     Shared,
-    /// No bpffs yet; the daemon will mount one at the standard place.
-    WillMount,
+    /// No bpffs yet; the daemon will mount one at the standard place, in a
+    /// mount namespace shown to be the host's (`proven`) or taken to be
+    /// ([`MountNamespace::Unproven`]).
+    WillMount { proven: bool },
 }
+
+/// The one warning line of a mount whose namespace could not be proven to
+/// be the host's.
+pub const UNPROVEN: &str = "/proc/1/ns/mnt cannot be read, so this may not be the host's mount \
+     namespace; /sys was not remounted for this network namespace (as `ip netns exec` does), \
+     so taking it to be the host's and mounting bpffs on /sys/fs/bpf. If this process runs in \
+     a private mount namespace after all, the pinned programs die with it (no fail-closed)";
 
 /// Checks `path` as `ensure_shared` does, without mounting.
 pub fn check(path: &Path) -> Result<Found, BpffsError> {
@@ -62,21 +78,132 @@ pub fn check(path: &Path) -> Result<Found, BpffsError> {
     if !path.starts_with(STANDARD_ROOT) {
         return Err(BpffsError::NotBpffs { path: path.into() });
     }
-    match in_host_mount_namespace() {
-        Some(true) => Ok(Found::WillMount),
-        _ => Err(BpffsError::Private { path: path.into() }),
+    match mount_namespace() {
+        MountNamespace::Private => Err(BpffsError::Private { path: path.into() }),
+        MountNamespace::Host => Ok(Found::WillMount { proven: true }),
+        MountNamespace::Unproven => Ok(Found::WillMount { proven: false }),
     }
 }
 
 /// Why `status` or `teardown` finds nothing at `path`, when the reason is
-/// that this process cannot see the host's bpffs.
+/// that this process cannot see the host's bpffs. The same rule as
+/// [`check`]: where `run` would mount, nothing is hidden.
 pub fn explain_missing(path: &Path) -> Option<BpffsError> {
     match on_bpffs(path) {
         Ok(true) if shared_with_host(path) => None,
-        Ok(_) if in_host_mount_namespace() == Some(true) => None,
+        Ok(_) if mount_namespace() != MountNamespace::Private => None,
         Ok(_) => Some(BpffsError::Private { path: path.into() }),
         Err(err) => Some(err),
     }
+}
+
+/// What this process can tell about its mount namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountNamespace {
+    /// PID 1's: a bpffs mounted here is the host's.
+    Host,
+    /// PID 1 cannot be inspected (a sandbox's init, or no CAP_SYS_PTRACE),
+    /// and nothing shows a namespace of its own: taken as the host's.
+    Unproven,
+    /// Not PID 1's, or the one `ip netns exec` makes.
+    Private,
+}
+
+/// What the judgement of the mount namespace rests on.
+#[derive(Debug, Clone, Copy)]
+struct Evidence {
+    /// Whether /proc/self/ns/mnt is PID 1's; `None` when unreadable.
+    same_as_pid1: Option<bool>,
+    /// Whether /sys lists this process's network namespace's devices.
+    sys_shows_own_netns: bool,
+    /// Whether this process's network namespace is one of /run/netns.
+    netns_is_named: bool,
+}
+
+impl Evidence {
+    /// `ip netns exec NAME` enters a named network namespace in a new mount
+    /// namespace and remounts /sys there for it, so its sysfs lists that
+    /// namespace's devices. A process entered with `nsenter --net` keeps
+    /// the host's /sys, which lists the host's. Only PID 1's namespace,
+    /// when readable, says more.
+    fn judge(self) -> MountNamespace {
+        match self.same_as_pid1 {
+            Some(true) => MountNamespace::Host,
+            Some(false) => MountNamespace::Private,
+            None if self.sys_shows_own_netns && self.netns_is_named => MountNamespace::Private,
+            None => MountNamespace::Unproven,
+        }
+    }
+}
+
+fn mount_namespace() -> MountNamespace {
+    let same_as_pid1 = same_namespace("/proc/self/ns/mnt", "/proc/1/ns/mnt");
+    if let Some(same) = same_as_pid1 {
+        return if same {
+            MountNamespace::Host
+        } else {
+            MountNamespace::Private
+        };
+    }
+    Evidence {
+        same_as_pid1,
+        sys_shows_own_netns: sys_shows_own_netns(),
+        netns_is_named: netns_is_named(),
+    }
+    .judge()
+}
+
+/// Whether two namespace files name the same namespace; `None` when
+/// either cannot be read.
+fn same_namespace(a: impl AsRef<Path>, b: impl AsRef<Path>) -> Option<bool> {
+    let a = std::fs::metadata(a).ok()?;
+    let b = std::fs::metadata(b).ok()?;
+    Some(a.ino() == b.ino() && a.dev() == b.dev())
+}
+
+/// Whether /sys/class/net lists the devices /proc/self/net/dev lists (the
+/// network namespace this process is in). Devices come and go while a
+/// hypervisor runs, so a mismatch is read three times before it counts.
+fn sys_shows_own_netns() -> bool {
+    (0..3).any(|_| {
+        let sys = sys_devices();
+        sys.is_some() && sys == proc_devices()
+    })
+}
+
+fn sys_devices() -> Option<BTreeSet<String>> {
+    let entries = std::fs::read_dir("/sys/class/net").ok()?;
+    Some(
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+    )
+}
+
+fn proc_devices() -> Option<BTreeSet<String>> {
+    let text = std::fs::read_to_string("/proc/self/net/dev").ok()?;
+    Some(parse_proc_net_dev(&text))
+}
+
+/// Device names from /proc/net/dev: two header lines, then `name: counters`.
+fn parse_proc_net_dev(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, _)| name.trim().to_owned())
+        .collect()
+}
+
+/// Whether this process's network namespace is bound under /run/netns
+/// (made by `ip netns add`, the kind `ip netns exec` enters).
+fn netns_is_named() -> bool {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return false;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .any(|e| same_namespace("/proc/self/ns/net", e.path()) == Some(true))
 }
 
 /// Whether the nearest existing folder of `path` is on a bpffs.
@@ -127,15 +254,26 @@ fn shared_with_host(path: &Path) -> bool {
     }
 }
 
-/// Whether this process shares the mount namespace of PID 1; `None` when
-/// that cannot be read.
-fn in_host_mount_namespace() -> Option<bool> {
-    let ours = std::fs::metadata("/proc/self/ns/mnt").ok()?;
-    let init = std::fs::metadata("/proc/1/ns/mnt").ok()?;
-    Some(ours.ino() == init.ino() && ours.dev() == init.dev())
-}
-
+/// Mounts bpffs on /sys/fs/bpf unless another process did meanwhile.
+/// Daemons starting together (tests, a host's first boot with several
+/// configurations) would otherwise stack mounts, each hiding the pins made
+/// on the one below it; an exclusive lock on /sys/fs (the same folder for
+/// every process of this mount namespace) orders them.
 fn mount_standard_root() -> Result<(), BpffsError> {
+    let parent = Path::new(STANDARD_ROOT)
+        .parent()
+        .expect("the standard root has a parent");
+    let lock = File::open(parent).map_err(|source| BpffsError::Io {
+        what: format!("opening {} to lock it", parent.display()),
+        source,
+    })?;
+    lock.lock().map_err(|source| BpffsError::Io {
+        what: format!("locking {}", parent.display()),
+        source,
+    })?;
+    if on_bpffs(Path::new(STANDARD_ROOT))? {
+        return Ok(());
+    }
     let fstype = c"bpf";
     let target = c"/sys/fs/bpf";
     // SAFETY: valid C strings; no data argument.
@@ -155,4 +293,57 @@ fn mount_standard_root() -> Result<(), BpffsError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judge(
+        same_as_pid1: Option<bool>,
+        sys_shows_own_netns: bool,
+        netns_is_named: bool,
+    ) -> MountNamespace {
+        Evidence {
+            same_as_pid1,
+            sys_shows_own_netns,
+            netns_is_named,
+        }
+        .judge()
+    }
+
+    #[test]
+    fn pid1_when_readable_decides() {
+        for sys in [false, true] {
+            for named in [false, true] {
+                assert_eq!(judge(Some(true), sys, named), MountNamespace::Host);
+                assert_eq!(judge(Some(false), sys, named), MountNamespace::Private);
+            }
+        }
+    }
+
+    #[test]
+    fn ip_netns_exec_is_recognised_without_pid1() {
+        // A named network namespace whose devices /sys lists: /sys was
+        // remounted for it, as `ip netns exec` does.
+        assert_eq!(judge(None, true, true), MountNamespace::Private);
+    }
+
+    #[test]
+    fn nsenter_and_the_hosts_own_namespace_are_taken_as_the_host() {
+        // `nsenter --net`: a named namespace, the host's /sys.
+        assert_eq!(judge(None, false, true), MountNamespace::Unproven);
+        // The host's network namespace (never named) and its /sys.
+        assert_eq!(judge(None, true, false), MountNamespace::Unproven);
+    }
+
+    #[test]
+    fn proc_net_dev_names_every_device() {
+        let text = "Inter-|   Receive                            |  Transmit\n \
+                    face |bytes    packets errs drop fifo frame compressed multicast|bytes\n    \
+                    lo:       0       0    0    0    0     0          0         0        0\n\
+                    tap-a_b1:  12      1    0    0    0     0          0         0        0\n";
+        let names: Vec<_> = parse_proc_net_dev(text).into_iter().collect();
+        assert_eq!(names, ["lo", "tap-a_b1"]);
+    }
 }
