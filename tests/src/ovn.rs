@@ -16,6 +16,8 @@ use crate::{Hypervisor, Netns, wait_for};
 
 const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 const SB_SCHEMA: &str = "/usr/share/ovn/ovn-sb.ovsschema";
+const NB_SCHEMA: &str = "/usr/share/ovn/ovn-nb.ovsschema";
+const NB_CLIENT_PORT: u16 = 6631;
 const SB_CLIENT_PORT: u16 = 6641;
 const SB_RAFT_PORT: u16 = 6651;
 const SB_SSL_PORT: u16 = 6645;
@@ -334,6 +336,217 @@ impl Southbound {
         args.extend(extra.iter().map(|e| (*e).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.sbctl(&args)
+    }
+}
+
+/// The OVN Northbound written as neutron's ML2/OVN driver writes it, and a
+/// real `ovn-northd` computing the Southbound from it; both stopped on
+/// drop. Bindings are claimed as ovn-controller claims them (the chassis
+/// column), since there is no ovn-controller here.
+#[derive(Debug)]
+pub struct Northbound {
+    ns: String,
+    server: OvsdbServer,
+    northd: Option<Child>,
+    /// Each network's DHCP_Options row, which its ports point at.
+    dhcp: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// A Neutron port as the ML2/OVN driver writes its Logical_Switch_Port.
+#[derive(Debug, Clone)]
+pub struct NeutronPort<'a> {
+    pub id: &'a str,
+    /// The network's id (the switch is `neutron-<id>`).
+    pub network: &'a str,
+    /// Address entries: "MAC IP ..." for the port, "MAC" or "MAC IP" for
+    /// each allowed-address-pair with a MAC of its own.
+    pub addresses: Vec<String>,
+    pub device_id: &'a str,
+    pub device_owner: &'a str,
+    pub project_id: &'a str,
+    /// The host name for options:requested-chassis.
+    pub host: &'a str,
+}
+
+impl Northbound {
+    /// A Northbound database on tcp:127.0.0.1:6631 and ovn-northd between
+    /// it and `sb`.
+    pub fn start(hv: &Hypervisor, sb: &Southbound) -> anyhow::Result<Self> {
+        let db = hv.dir().join("nb.db");
+        tool(&["create", &db.display().to_string(), NB_SCHEMA])?;
+        let remote = format!("ptcp:{NB_CLIENT_PORT}:127.0.0.1");
+        let server = OvsdbServer::start(hv.ns(), hv.dir(), "nb", db, &remote)?;
+        let file = |ext: &str| hv.dir().join(format!("northd.{ext}"));
+        let northd = std::process::Command::new("ip")
+            .args(["netns", "exec", hv.ns().name(), "ovn-northd"])
+            .arg(format!("--ovnnb-db={}", Self::remote()))
+            .arg(format!("--ovnsb-db={}", sb.remotes()))
+            .arg(format!("--pidfile={}", file("pid").display()))
+            .arg(format!("--unixctl={}", file("ctl").display()))
+            .arg(format!("--log-file={}", file("log").display()))
+            .arg("--no-chdir")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ovn-northd")?;
+        let nb = Self {
+            ns: hv.ns().name().to_owned(),
+            server,
+            northd: Some(northd),
+            dhcp: std::sync::Mutex::default(),
+        };
+        wait_for("the Northbound to answer", Duration::from_secs(20), || {
+            nb.nbctl(&["show"]).ok()
+        })?;
+        Ok(nb)
+    }
+
+    pub fn remote() -> String {
+        format!("tcp:127.0.0.1:{NB_CLIENT_PORT}")
+    }
+
+    pub fn nbctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let db = format!("--db={}", Self::remote());
+        let mut full = vec![
+            "netns",
+            "exec",
+            self.ns.as_str(),
+            "ovn-nbctl",
+            "--timeout=10",
+        ];
+        full.push(db.as_str());
+        full.extend_from_slice(args);
+        Ok(crate::run("ip", &full)?.trim().to_owned())
+    }
+
+    /// A Neutron network with a /24 `cidr` ("10.0.0"): its Logical_Switch,
+    /// its metadata localport at .2 (device_owner network:distributed, as
+    /// the metadata namespace's port) and DHCP_Options with the classless
+    /// route to 169.254.169.254 through it. Returns the network id.
+    pub fn add_network(&self, cidr: &str, host: &str) -> anyhow::Result<String> {
+        let network = crate::uuid_like();
+        let switch = format!("neutron-{network}");
+        self.nbctl(&[
+            "ls-add",
+            &switch,
+            "--",
+            "set",
+            "Logical_Switch",
+            &switch,
+            &format!("external_ids:neutron\\:network_name=net-{}", &network[..8]),
+        ])?;
+        let metadata = NeutronPort {
+            id: &crate::uuid_like(),
+            network: &network,
+            addresses: vec![format!("fa:16:3e:00:00:02 {cidr}.2")],
+            device_id: &format!("ovnmeta-{network}"),
+            device_owner: "network:distributed",
+            project_id: "admin",
+            host,
+        };
+        self.add_port(&metadata)?;
+        self.nbctl(&["lsp-set-type", metadata.id, "localport"])?;
+        // As the driver writes a subnet's options (the classless route
+        // sends 169.254.169.254 to the metadata port).
+        let route = format!("{{169.254.169.254/32,{cidr}.2, 0.0.0.0/0,{cidr}.1}}");
+        let options = self.nbctl(&[
+            "create",
+            "DHCP_Options",
+            &format!("cidr=\"{cidr}.0/24\""),
+            &format!("external_ids:subnet_id={}", crate::uuid_like()),
+            "options:lease_time=43200",
+            "options:mtu=1442",
+            &format!("options:router={cidr}.1"),
+            &format!("options:server_id={cidr}.1"),
+            "options:server_mac=\"fa:16:3e:00:00:01\"",
+            &format!("options:classless_static_route=\"{route}\""),
+        ])?;
+        self.dhcp
+            .lock()
+            .expect("not poisoned")
+            .insert(network.clone(), options);
+        Ok(network)
+    }
+
+    /// A port as the driver writes it: addresses, port_security, the
+    /// neutron:* external_ids and options:requested-chassis.
+    pub fn add_port(&self, port: &NeutronPort<'_>) -> anyhow::Result<()> {
+        let switch = format!("neutron-{}", port.network);
+        let mut args: Vec<String> = vec!["lsp-add".into(), switch, port.id.into()];
+        args.extend(["--", "lsp-set-addresses", port.id].map(String::from));
+        args.extend(port.addresses.iter().cloned());
+        args.extend(["--", "lsp-set-port-security", port.id].map(String::from));
+        args.extend(port.addresses.iter().cloned());
+        args.extend(["--", "set", "Logical_Switch_Port", port.id].map(String::from));
+        args.push(format!(
+            "external_ids:neutron\\:device_id={}",
+            port.device_id
+        ));
+        args.push(format!(
+            "external_ids:\"neutron:device_owner\"=\"{}\"",
+            port.device_owner
+        ));
+        args.push(format!(
+            "external_ids:neutron\\:project_id={}",
+            port.project_id
+        ));
+        args.push(format!(
+            "external_ids:neutron\\:network_name=neutron-{}",
+            port.network
+        ));
+        args.push(format!("options:requested-chassis={}", port.host));
+        let dhcp = self
+            .dhcp
+            .lock()
+            .expect("not poisoned")
+            .get(port.network)
+            .cloned();
+        if let Some(options) = dhcp {
+            args.push(format!("dhcpv4_options={options}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.nbctl(&args).map(drop)
+    }
+
+    /// Waits for northd to write `port`'s Port_Binding, then claims it for
+    /// `chassis` as ovn-controller does. Returns the binding's uuid.
+    pub fn claim(&self, sb: &Southbound, port: &str, chassis: &str) -> anyhow::Result<String> {
+        let binding = wait_for(
+            "northd to write the binding",
+            Duration::from_secs(20),
+            || {
+                sb.sbctl(&[
+                    "--bare",
+                    "--columns=_uuid",
+                    "find",
+                    "Port_Binding",
+                    &format!("logical_port={port}"),
+                ])
+                .ok()
+                .filter(|uuid| !uuid.is_empty())
+            },
+        )?;
+        sb.sbctl(&[
+            "set",
+            "Port_Binding",
+            &binding,
+            &format!("chassis={chassis}"),
+        ])?;
+        Ok(binding)
+    }
+
+    pub fn server(&mut self) -> &mut OvsdbServer {
+        &mut self.server
+    }
+}
+
+impl Drop for Northbound {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.northd.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
     }
 }
 

@@ -1,7 +1,10 @@
-//! The "ovn" port source against real ovsdb-server processes: the local
-//! Open_vSwitch database written with ovs-vsctl, the OVN Southbound with
-//! ovn-sbctl (standalone and as a 3-member Raft cluster), the Nova backend
-//! answered by the Nova test peer, which checks Neutron's signed headers.
+//! The "ovn" port source against a real OVN control plane: the local
+//! Open_vSwitch database written with ovs-vsctl as os-vif writes it, the
+//! OVN Northbound written with ovn-nbctl as neutron's ML2/OVN driver writes
+//! it, a real ovn-northd computing the Southbound (standalone, SSL, or a
+//! 3-member Raft cluster), bindings claimed as ovn-controller claims them,
+//! and the Nova backend answered by the Nova test peer, which checks
+//! Neutron's signed headers.
 
 use std::{
     net::{Ipv4Addr, TcpListener},
@@ -11,7 +14,7 @@ use std::{
 use metadata_tests::{
     Hypervisor, METADATA, Vm,
     nova_peer::{NovaInstance, NovaPeer},
-    ovn::{Binding, LocalOvs, Southbound, SslFiles},
+    ovn::{LocalOvs, NeutronPort, Northbound, Southbound, SslFiles},
     uuid_like, wait_for,
 };
 
@@ -29,18 +32,6 @@ struct Guest {
 }
 
 impl Guest {
-    /// This guest's Port_Binding row on `datapath` for `vm`'s MAC and IP.
-    fn binding<'a>(&'a self, vm: &Vm, datapath: &'a str, key: u32) -> Binding<'a> {
-        Binding {
-            port: &self.port,
-            datapath,
-            key,
-            mac_column: format!("{} {}", vm.mac, vm.ip),
-            device_id: &self.instance,
-            project_id: &self.project,
-        }
-    }
-
     fn new() -> Self {
         Self {
             port: uuid_like(),
@@ -50,11 +41,12 @@ impl Guest {
     }
 }
 
-/// The hypervisor with OVS, a Southbound, the Nova peer and the daemon
-/// configured for source = "ovn".
+/// The hypervisor with OVS, a Southbound computed by ovn-northd from a
+/// Northbound, the Nova peer and the daemon configured for source = "ovn".
 struct Site {
     hv: Hypervisor,
     ovs: LocalOvs,
+    nb: Northbound,
     sb: Southbound,
     chassis: String,
     nova: NovaPeer,
@@ -65,6 +57,7 @@ impl Site {
         let mut hv = Hypervisor::new().unwrap();
         let ovs = LocalOvs::start(&hv, CHASSIS).unwrap();
         let sb = sb(&hv).unwrap();
+        let nb = Northbound::start(&hv, &sb).unwrap();
         let chassis = sb.add_chassis(CHASSIS, "192.0.2.1").unwrap();
         let listener = hv
             .ns()
@@ -93,45 +86,47 @@ impl Site {
         Self {
             hv,
             ovs,
+            nb,
             sb,
             chassis,
             nova,
         }
     }
 
-    /// A network with its metadata localport (10.0.0.2); returns the
-    /// datapath uuid.
-    fn network(&self, key: u32) -> String {
-        let datapath = self.sb.add_network(&uuid_like(), key).unwrap();
-        let localport = Binding {
-            port: &uuid_like(),
-            datapath: &datapath,
-            key: 1,
-            mac_column: "fa:16:3e:00:00:02 10.0.0.2".into(),
-            device_id: "ovnmeta-x",
-            project_id: "admin",
-        };
-        self.sb
-            .bind(
-                &localport,
-                &[
-                    "type=localport",
-                    "external_ids:neutron\\:device_owner=\"network:distributed\"",
-                ],
-            )
-            .unwrap();
-        datapath
+    /// A network with its metadata localport (10.0.0.2) and DHCP options;
+    /// returns the network id.
+    fn network(&self) -> String {
+        self.nb.add_network("10.0.0", CHASSIS).unwrap()
     }
 
-    /// Plugs `vm` as `guest` (OVS) and binds it here (Southbound).
-    fn plug(&self, vm: &Vm, guest: &Guest, datapath: &str, key: u32) -> String {
+    /// The Neutron port of `guest` on `network`, with `vm`'s MAC and IP
+    /// and further address entries (allowed-address-pairs with a MAC of
+    /// their own).
+    fn add_port(&self, vm: &Vm, guest: &Guest, network: &str, pairs: &[&str]) {
+        let mut addresses = vec![format!("{} {}", vm.mac, vm.ip)];
+        addresses.extend(pairs.iter().map(|p| (*p).to_owned()));
+        self.nb
+            .add_port(&NeutronPort {
+                id: &guest.port,
+                network,
+                addresses,
+                device_id: &guest.instance,
+                device_owner: "compute:nova",
+                project_id: &guest.project,
+                host: CHASSIS,
+            })
+            .unwrap();
+    }
+
+    /// Plugs `vm` as `guest` (OVS, as os-vif does), creates its port
+    /// (Northbound) and claims the binding northd made for it here;
+    /// returns the binding's uuid.
+    fn plug(&self, vm: &Vm, guest: &Guest, network: &str) -> String {
         self.ovs
             .plug(&vm.tap, &guest.port, &vm.mac, &guest.instance)
             .unwrap();
-        let binding = guest.binding(vm, datapath, key);
-        self.sb
-            .bind(&binding, &[&format!("chassis={}", self.chassis)])
-            .unwrap()
+        self.add_port(vm, guest, network, &[]);
+        self.nb.claim(&self.sb, &guest.port, &self.chassis).unwrap()
     }
 }
 
@@ -174,9 +169,9 @@ fn two_vms_with_the_same_ip_on_different_networks_are_served_with_their_own_iden
     let mut site = Site::new(Southbound::standalone, &[&a, &b]);
     let vm_a = site.hv.add_vm(SAME_IP).unwrap();
     let vm_b = site.hv.add_vm(SAME_IP).unwrap();
-    let (net_a, net_b) = (site.network(10), site.network(11));
-    site.plug(&vm_a, &a, &net_a, 2);
-    site.plug(&vm_b, &b, &net_b, 2);
+    let (net_a, net_b) = (site.network(), site.network());
+    site.plug(&vm_a, &a, &net_a);
+    site.plug(&vm_b, &b, &net_b);
     site.hv.start_daemon().unwrap();
     for (vm, guest) in [(&vm_a, &a), (&vm_b, &b)] {
         served_within(vm, Some(guest), Duration::from_secs(10));
@@ -209,8 +204,8 @@ fn a_guest_routing_via_its_networks_metadata_port_gets_arp_from_the_program() {
     vm.ns
         .ip(&["route", "replace", "169.254.169.254/32", "via", "10.0.0.2"])
         .unwrap();
-    let net = site.network(20);
-    site.plug(&vm, &guest, &net, 2);
+    let net = site.network();
+    site.plug(&vm, &guest, &net);
     site.hv.start_daemon().unwrap();
     let served = wait_for("the guest to be served", Duration::from_secs(10), || {
         (served_uuid(&vm).as_deref() == Some(guest.instance.as_str())).then_some(())
@@ -236,17 +231,17 @@ fn ip_changes_deletions_and_chassis_moves_apply_within_a_second() {
     let guest = Guest::new();
     let mut site = Site::new(Southbound::standalone, &[&guest]);
     let vm = site.hv.add_vm(SAME_IP).unwrap();
-    let net = site.network(30);
-    let binding = site.plug(&vm, &guest, &net, 2);
+    let net = site.network();
+    let binding = site.plug(&vm, &guest, &net);
     site.hv.start_daemon().unwrap();
     served_within(&vm, Some(&guest), Duration::from_secs(10));
     let second = Duration::from_secs(1);
     let mut took = Vec::new();
 
     // The port's IP changes (and the guest follows).
-    let mac_column = format!("mac=\"{} 10.0.0.7\"", vm.mac);
-    site.sb
-        .sbctl(&["set", "Port_Binding", &binding, &mac_column])
+    let addresses = format!("{} 10.0.0.7", vm.mac);
+    site.nb
+        .nbctl(&["lsp-set-addresses", &guest.port, &addresses])
         .unwrap();
     // (The old address first: deleting a primary takes its secondaries.)
     vm.ns
@@ -277,10 +272,8 @@ fn ip_changes_deletions_and_chassis_moves_apply_within_a_second() {
         served_within(&vm, Some(&guest), second),
     ));
 
-    // The port is deleted.
-    site.sb
-        .sbctl(&["destroy", "Port_Binding", &binding])
-        .unwrap();
+    // The port is deleted (northd removes its binding).
+    site.nb.nbctl(&["lsp-del", &guest.port]).unwrap();
     took.push(("deleted", served_within(&vm, None, second)));
     println!("took: {took:?}");
 }
@@ -291,13 +284,11 @@ fn with_the_whole_southbound_down_the_last_state_serves_and_changes_apply_on_ret
     let mut site = Site::new(Southbound::standalone, &[&a, &b]);
     let vm_a = site.hv.add_vm(SAME_IP).unwrap();
     let vm_b = site.hv.add_vm(Ipv4Addr::new(10, 0, 0, 6)).unwrap();
-    let net = site.network(40);
-    site.plug(&vm_a, &a, &net, 2);
+    let net = site.network();
+    site.plug(&vm_a, &a, &net);
     // b's binding exists, but its tap is not plugged into OVS yet.
-    let binding = b.binding(&vm_b, &net, 3);
-    site.sb
-        .bind(&binding, &[&format!("chassis={}", site.chassis)])
-        .unwrap();
+    site.add_port(&vm_b, &b, &net, &[]);
+    site.nb.claim(&site.sb, &b.port, &site.chassis).unwrap();
     site.hv.start_daemon().unwrap();
     served_within(&vm_a, Some(&a), Duration::from_secs(10));
 
@@ -346,8 +337,8 @@ fn a_clustered_southbound_survives_the_loss_of_the_member_in_use() {
     let mut site = Site::new(|hv| Southbound::cluster(hv, 3), &[&a, &b]);
     let vm_a = site.hv.add_vm(SAME_IP).unwrap();
     let vm_b = site.hv.add_vm(Ipv4Addr::new(10, 0, 0, 6)).unwrap();
-    let net = site.network(50);
-    site.plug(&vm_a, &a, &net, 2);
+    let net = site.network();
+    site.plug(&vm_a, &a, &net);
     site.hv.start_daemon().unwrap();
     served_within(&vm_a, Some(&a), Duration::from_secs(10));
 
@@ -363,12 +354,11 @@ fn a_clustered_southbound_survives_the_loss_of_the_member_in_use() {
     site.ovs
         .plug(&vm_b.tap, &b.port, &vm_b.mac, &b.instance)
         .unwrap();
-    let binding = b.binding(&vm_b, &net, 3);
-    let chassis = format!("chassis={}", site.chassis);
+    site.add_port(&vm_b, &b, &net, &[]);
     wait_for(
         "a leader among the survivors",
         Duration::from_secs(10),
-        || site.sb.bind(&binding, &[&chassis]).ok(),
+        || site.nb.claim(&site.sb, &b.port, &site.chassis).ok(),
     )
     .unwrap();
     served_within(&vm_b, Some(&b), Duration::from_secs(10));
@@ -416,8 +406,8 @@ fn neutrons_agent_ini_runs_the_daemon_and_a_broken_one_names_file_line_and_key()
     let guest = Guest::new();
     let mut site = Site::new(Southbound::standalone, &[&guest]);
     let vm = site.hv.add_vm(SAME_IP).unwrap();
-    let net = site.network(60);
-    site.plug(&vm, &guest, &net, 2);
+    let net = site.network();
+    site.plug(&vm, &guest, &net);
     let ini = site.hv.dir().join("neutron_ovn_metadata_agent.ini");
     std::fs::write(&ini, agent_ini(&site, site.nova.addr.port())).unwrap();
     // Only the daemon's own settings in its file: ports and Nova come
@@ -481,8 +471,8 @@ fn an_ssl_southbound_with_client_certificates_is_followed() {
         pki.ca.display()
     ));
     let vm = site.hv.add_vm(SAME_IP).unwrap();
-    let net = site.network(70);
-    site.plug(&vm, &guest, &net, 2);
+    let net = site.network();
+    site.plug(&vm, &guest, &net);
     site.hv.start_daemon().unwrap();
     served_within(&vm, Some(&guest), Duration::from_secs(10));
     assert!(
@@ -517,8 +507,8 @@ fn with_the_southbound_down_at_start_the_daemon_starts_and_says_so() {
     let guest = Guest::new();
     let mut site = Site::new(Southbound::standalone, &[&guest]);
     let vm = site.hv.add_vm(SAME_IP).unwrap();
-    let net = site.network(80);
-    site.plug(&vm, &guest, &net, 2);
+    let net = site.network();
+    site.plug(&vm, &guest, &net);
     site.sb.members[0].kill();
     site.hv.start_daemon().unwrap();
     let status = site.hv.daemon_command(&["status"]).unwrap();
@@ -535,4 +525,71 @@ fn with_the_southbound_down_at_start_the_daemon_starts_and_says_so() {
     site.sb.members[0].restart().unwrap();
     served_within(&vm, Some(&guest), Duration::from_secs(15));
     assert_eq!(connected_gauge(&site.hv, "southbound"), Some(1));
+}
+
+/// The instance uuid `vm` is served within `within`, with what went wrong
+/// (status and log) when not.
+fn assert_served(site: &Site, vm: &Vm, guest: &Guest, when: &str) {
+    let served = wait_for("the guest to be served", Duration::from_secs(10), || {
+        (served_uuid(vm).as_deref() == Some(guest.instance.as_str())).then_some(())
+    });
+    assert!(
+        served.is_ok(),
+        "{} not served {when}; status {}\nlog {}",
+        vm.tap,
+        site.hv.daemon_command(&["status"]).unwrap_or_default(),
+        site.hv.log()
+    );
+}
+
+#[test]
+fn a_port_with_an_allowed_address_pair_of_its_own_mac_is_served_across_sighup_and_restart() {
+    // Neutron writes such a pair as a second address entry; northd copies
+    // the entries into Port_Binding.mac, which OVSDB keeps sorted, so the
+    // pair's entry comes first when its MAC sorts first (a VRRP MAC) and
+    // last otherwise.
+    let (first, last) = (Guest::new(), Guest::new());
+    let mut site = Site::new(Southbound::standalone, &[&first, &last]);
+    let network = site.network();
+    let vm_first = site.hv.add_vm(SAME_IP).unwrap();
+    let vm_last = site.hv.add_vm(Ipv4Addr::new(10, 0, 0, 6)).unwrap();
+    let pairs = [
+        (&vm_first, &first, "00:00:5e:00:01:01 10.0.0.100"),
+        (&vm_last, &last, "fe:ff:ff:00:00:01"),
+    ];
+    for (vm, guest, pair) in pairs {
+        site.ovs
+            .plug(&vm.tap, &guest.port, &vm.mac, &guest.instance)
+            .unwrap();
+        site.add_port(vm, guest, &network, &[pair]);
+        let binding = site.nb.claim(&site.sb, &guest.port, &site.chassis).unwrap();
+        let mac = site
+            .sb
+            .sbctl(&["get", "Port_Binding", &binding, "mac"])
+            .unwrap();
+        let own = format!("\"{} {}\"", vm.mac, vm.ip);
+        let (own_at, pair_at) = (mac.find(&own).unwrap(), mac.find(pair).unwrap());
+        assert_eq!(pair_at < own_at, pair.starts_with("00:"), "{mac}");
+    }
+    site.hv.start_daemon().unwrap();
+    for when in [
+        "at start",
+        "after SIGHUP (a full resync)",
+        "after a restart",
+    ] {
+        match when {
+            "after SIGHUP (a full resync)" => site.hv.reload().unwrap(),
+            "after a restart" => {
+                site.hv.kill_daemon().unwrap();
+                site.hv.start_daemon().unwrap();
+            }
+            _ => {}
+        }
+        for (vm, guest, _) in pairs {
+            assert_served(&site, vm, guest, when);
+        }
+    }
+    // The pair's addresses are not the instance's: not registered.
+    let status = site.hv.daemon_command(&["status"]).unwrap();
+    assert!(!status.contains("10.0.0.100"), "{status}");
 }

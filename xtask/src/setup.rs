@@ -55,7 +55,8 @@ pub const PROGRAMS: &[Program] = &[
     program("ovs-appctl", "openvswitch-common"),
     program("ovs-vsctl", "openvswitch-switch"),
     program("ovn-sbctl", "ovn-common"),
-    // ovn-central ships the Southbound schema the tests create databases from.
+    program("ovn-nbctl", "ovn-common"),
+    // ovn-central ships ovn-northd and the schemas the tests create databases from.
     program("ovn-northd", "ovn-central"),
     program("iptables", "iptables"),
     program("gzip", "gzip"),

@@ -175,7 +175,7 @@ fn sys_devices() -> Option<BTreeSet<String>> {
     let entries = std::fs::read_dir("/sys/class/net").ok()?;
     Some(
         entries
-            .filter_map(|e| e.ok())
+            .filter_map(Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect(),
     )
@@ -202,7 +202,7 @@ fn netns_is_named() -> bool {
         return false;
     };
     entries
-        .filter_map(|e| e.ok())
+        .filter_map(Result::ok)
         .any(|e| same_namespace("/proc/self/ns/net", e.path()) == Some(true))
 }
 

@@ -18,7 +18,7 @@ use log::{info, warn};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, watch};
 
-use self::view::Candidate;
+use self::view::{Candidate, Skipped};
 use super::{
     PortSource, Snapshot,
     ovsdb::{
@@ -70,6 +70,9 @@ pub struct OvnSource {
     next_sb: usize,
     /// The candidates the Southbound monitor's conditions name.
     monitored: BTreeSet<Candidate>,
+    /// Bindings already logged as unusable, so each is logged once while
+    /// it stays so.
+    reported: BTreeSet<Skipped>,
 }
 
 impl OvnSource {
@@ -87,6 +90,7 @@ impl OvnSource {
             last_txn: None,
             next_sb: 0,
             monitored: BTreeSet::new(),
+            reported: BTreeSet::new(),
         };
         let first = tokio::time::timeout(STARTUP, async {
             source.ovs = source
@@ -167,8 +171,9 @@ impl OvnSource {
     }
 
     /// The inventory as the replicas stand.
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(&mut self) -> Snapshot {
         let inventory = view::inventory(&self.ovs_rows, &self.sb_rows);
+        self.report_skipped(&inventory.skipped);
         log::debug!(
             "OVN inventory: {} taps served, {} waiting",
             inventory.index.device_count(),
@@ -194,6 +199,21 @@ impl OvnSource {
             warn!("writing {}: {err}", self.settings.state_file.display());
         }
         Arc::new(inventory.index)
+    }
+}
+
+impl OvnSource {
+    /// Logs each binding the view cannot use once, and forgets those that
+    /// became usable or went away (so a relapse is logged again).
+    fn report_skipped(&mut self, skipped: &[Skipped]) {
+        let now: BTreeSet<Skipped> = skipped.iter().cloned().collect();
+        for new in now.difference(&self.reported) {
+            warn!(
+                "not serving Port_Binding {} ({}): {}",
+                new.uuid, new.logical_port, new.reason
+            );
+        }
+        self.reported = now;
     }
 }
 

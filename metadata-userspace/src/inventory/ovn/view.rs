@@ -7,7 +7,6 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use log::warn;
 use metadata_common::MacAddr;
 use serde_json::{Value, json};
 
@@ -27,6 +26,9 @@ pub struct Candidate {
     pub iface_id: String,
     /// The Interface's name: the tap.
     pub device: String,
+    /// external_ids:attached-mac (os-vif sets it): the port's own MAC,
+    /// which tells its address entry from an allowed-address-pair's.
+    pub attached_mac: Option<MacAddr>,
 }
 
 /// This chassis's name: the Open_vSwitch row's external_ids:system-id.
@@ -39,9 +41,15 @@ pub fn system_id(ovs: &Replica) -> Option<String> {
 pub fn candidates(ovs: &Replica) -> BTreeSet<Candidate> {
     ovs.table("Interface")
         .filter_map(|(_, row)| {
-            let iface_id = string_map(column(row, "external_ids")).remove("iface-id")?;
+            let mut ids = string_map(column(row, "external_ids"));
+            let iface_id = ids.remove("iface-id")?;
             let device = column(row, "name").as_str()?.to_owned();
-            Some(Candidate { iface_id, device })
+            let attached_mac = ids.remove("attached-mac").and_then(|m| m.parse().ok());
+            Some(Candidate {
+                iface_id,
+                device,
+                attached_mac,
+            })
         })
         .collect()
 }
@@ -91,6 +99,16 @@ pub struct Inventory {
     pub index: PortIndex,
     /// Local candidates with no binding served here (yet).
     pub waiting: Vec<Candidate>,
+    /// Bindings bound here that the view cannot use, with why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A Port_Binding bound here that is not served.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Skipped {
+    pub uuid: String,
+    pub logical_port: String,
+    pub reason: String,
 }
 
 /// The instances served on this chassis.
@@ -111,6 +129,7 @@ pub fn inventory(ovs: &Replica, sb: &Replica) -> Inventory {
         .collect();
     let mut ports: BTreeMap<(String, String), Vec<Port>> = BTreeMap::new();
     let mut waiting = Vec::new();
+    let mut skipped = Vec::new();
     for candidate in candidates(ovs) {
         let served = bindings
             .get(candidate.iface_id.as_str())
@@ -121,10 +140,11 @@ pub fn inventory(ovs: &Replica, sb: &Replica) -> Inventory {
         };
         match port(sb, &candidate, row) {
             Ok((owner, port)) => ports.entry(owner).or_default().push(port),
-            Err(reason) => warn!(
-                "skipping Port_Binding {uuid} ({}): {reason}",
-                candidate.iface_id
-            ),
+            Err(reason) => skipped.push(Skipped {
+                uuid: (*uuid).clone(),
+                logical_port: candidate.iface_id.clone(),
+                reason,
+            }),
         }
     }
     let instances = ports
@@ -134,6 +154,7 @@ pub fn inventory(ovs: &Replica, sb: &Replica) -> Inventory {
     Inventory {
         index: PortIndex::from_instances(instances),
         waiting,
+        skipped,
     }
 }
 
@@ -156,7 +177,7 @@ fn port(
     let instance = ids.get("neutron:device_id").filter(|id| !id.is_empty());
     let instance = instance.ok_or("no neutron:device_id")?.clone();
     let project = ids.get("neutron:project_id").cloned().unwrap_or_default();
-    let (mac, addrs) = mac_column(column(row, "mac"))?;
+    let (mac, addrs) = port_addresses(column(row, "mac"), candidate.attached_mac)?;
     let datapath = uuid_of(column(row, "datapath")).ok_or("no datapath")?;
     let device = candidate
         .device
@@ -182,22 +203,89 @@ fn port(
     Ok(((instance, project), port))
 }
 
-/// The mac column's first entry: "MAC IP1 IP2 ...".
-pub fn mac_column(value: &Value) -> Result<(MacAddr, Vec<IpAddr>), String> {
-    let entry = set_atoms(value);
-    let text = entry
-        .first()
-        .and_then(Value::as_str)
-        .ok_or("an empty mac column")?;
-    let mut words = text.split_whitespace();
-    let mac: MacAddr = words.next().ok_or("an empty mac column")?.parse()?;
-    let addrs = words
-        .map(|w| {
-            w.parse::<IpAddr>()
-                .map_err(|_| format!("`{w}` in the mac column is not an address"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((mac, addrs))
+/// One entry of the mac column: "MAC IP1 IP2 ...".
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AddressEntry {
+    mac: MacAddr,
+    ips: Vec<IpAddr>,
+}
+
+/// Words OVN allows in place of an entry's MAC; they name no address of
+/// the port's own.
+const MAC_KEYWORDS: [&str; 3] = ["unknown", "dynamic", "router"];
+
+/// Every entry of the mac column but OVN's keywords.
+fn address_entries(value: &Value) -> Result<Vec<AddressEntry>, String> {
+    let mut entries = Vec::new();
+    for atom in set_atoms(value) {
+        let text = atom.as_str().ok_or("a mac entry that is not a string")?;
+        let mut words = text.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if MAC_KEYWORDS.contains(&first) {
+            continue;
+        }
+        let mac: MacAddr = first.parse()?;
+        let ips = words
+            .map(|w| {
+                w.parse::<IpAddr>()
+                    .map_err(|_| format!("`{w}` in the mac column is not an address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.push(AddressEntry { mac, ips });
+    }
+    Ok(entries)
+}
+
+/// The port's own MAC and the IPs of every entry with that MAC.
+///
+/// Neutron writes an allowed-address-pair with a MAC of its own as a
+/// second entry, and OVSDB sorts the set, so the port's entry is not
+/// always first. The port's entry is the one with the Interface's
+/// attached-mac; without one, the one MAC whose entries carry IPs.
+/// Allowed-address-pair entries of another MAC are not this instance's:
+/// such an address (a VIP moving between instances) is not registered, as
+/// neutron's ML2/OVS agent, which looks up fixed IPs only, does not serve
+/// it either.
+pub fn port_addresses(
+    value: &Value,
+    attached_mac: Option<MacAddr>,
+) -> Result<(MacAddr, Vec<IpAddr>), String> {
+    let entries = address_entries(value)?;
+    let own = match attached_mac {
+        Some(mac) if entries.iter().any(|e| e.mac == mac) => mac,
+        Some(mac) => return Err(format!("no mac entry has the attached-mac {mac}")),
+        None => sole_mac(&entries)?,
+    };
+    let ips = entries
+        .iter()
+        .filter(|e| e.mac == own)
+        .flat_map(|e| e.ips.iter().copied())
+        .collect();
+    Ok((own, ips))
+}
+
+/// Without attached-mac: the MAC of the entries with IPs, or of the only
+/// entry.
+fn sole_mac(entries: &[AddressEntry]) -> Result<MacAddr, String> {
+    let with_ips: BTreeSet<MacAddr> = entries
+        .iter()
+        .filter(|e| !e.ips.is_empty())
+        .map(|e| e.mac)
+        .collect();
+    match (with_ips.len(), entries) {
+        (1, _) => Ok(*with_ips.first().expect("one element")),
+        (0, [only]) => Ok(only.mac),
+        (0, []) => Err("an empty mac column".into()),
+        (0, _) => Err("several MAC-only entries and no attached-mac to choose".into()),
+        _ => Err(format!(
+            "entries with addresses for several MACs ({}) and no attached-mac to choose",
+            with_ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 /// The Neutron network of a datapath: its external_ids name "neutron-<id>".
@@ -227,7 +315,7 @@ fn metadata_nexthop(sb: &Replica, datapath: &str) -> Option<Ipv4Addr> {
                 == Some("network:distributed")
         })
         .find_map(|(_, row)| {
-            let (_, addrs) = mac_column(column(row, "mac")).ok()?;
+            let (_, addrs) = port_addresses(column(row, "mac"), None).ok()?;
             addrs.into_iter().find_map(|a| match a {
                 IpAddr::V4(v4) => Some(v4),
                 IpAddr::V6(_) => None,
@@ -384,11 +472,77 @@ mod tests {
 
     #[test]
     fn the_mac_column_reads_as_neutron_writes_it() {
-        let (mac, addrs) = mac_column(&json!("fa:16:3e:11:22:33 10.0.0.5 2001:db8::5")).unwrap();
+        let (mac, addrs) =
+            port_addresses(&json!("fa:16:3e:11:22:33 10.0.0.5 2001:db8::5"), None).unwrap();
         assert_eq!(mac.to_string(), "fa:16:3e:11:22:33");
         assert_eq!(addrs.len(), 2);
-        assert!(mac_column(&json!(["set", []])).is_err());
-        assert!(mac_column(&json!("fa:16:3e:11:22:33 10.0.0.500")).is_err());
-        assert!(mac_column(&json!("router")).is_err());
+        assert!(port_addresses(&json!(["set", []]), None).is_err());
+        assert!(port_addresses(&json!("fa:16:3e:11:22:33 10.0.0.500"), None).is_err());
+        assert!(
+            port_addresses(&json!("router"), None).is_err(),
+            "keywords only"
+        );
+    }
+
+    #[test]
+    fn an_allowed_address_pair_entry_is_not_the_port_in_either_order() {
+        let own: MacAddr = "fa:16:3e:0e:0a:4a".parse().unwrap();
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        for entries in [
+            json!(["set", ["fa:16:3e:00:00:01", "fa:16:3e:0e:0a:4a 10.0.0.5"]]),
+            json!(["set", ["fa:16:3e:0e:0a:4a 10.0.0.5", "fa:16:3e:00:00:01"]]),
+            json!([
+                "set",
+                [
+                    "fa:16:3e:0e:0a:4a 10.0.0.5",
+                    "unknown",
+                    "fa:16:3e:ff:00:01 10.0.0.99"
+                ]
+            ]),
+        ] {
+            assert_eq!(
+                port_addresses(&entries, Some(own)).unwrap(),
+                (own, vec![ip]),
+                "{entries}"
+            );
+        }
+        // Without attached-mac: the only MAC with addresses.
+        let both = json!([
+            "set",
+            ["fa:16:3e:00:00:01", "fa:16:3e:0e:0a:4a 10.0.0.5", "dynamic"]
+        ]);
+        assert_eq!(port_addresses(&both, None).unwrap(), (own, vec![ip]));
+        // Two MACs with addresses and nothing to choose: refused, said why.
+        let two = json!([
+            "set",
+            ["fa:16:3e:00:00:01 10.0.0.7", "fa:16:3e:0e:0a:4a 10.0.0.5"]
+        ]);
+        let err = port_addresses(&two, None).unwrap_err();
+        assert!(err.contains("several MACs"), "{err}");
+        let wrong = "fa:16:3e:99:99:99".parse().unwrap();
+        assert!(
+            port_addresses(&both, Some(wrong))
+                .unwrap_err()
+                .contains("attached-mac")
+        );
+    }
+
+    #[test]
+    fn a_binding_that_cannot_be_used_is_reported_with_its_uuid_and_reason() {
+        let sb = sb(json!({"b9": binding(
+            "p2",
+            "fa:16:3e:00:00:07 10.0.0.7",
+            json!(["uuid", "c1"]),
+            json!({"mac": ["set", ["fa:16:3e:00:00:07 10.0.0.7", "fa:16:3e:00:00:08 10.0.0.8"]]}),
+        )}));
+        let inventory = inventory(&ovs(), &sb);
+        assert!(inventory.index.by_device("tap2").is_none());
+        assert_eq!(inventory.skipped.len(), 1);
+        let skipped = &inventory.skipped[0];
+        assert_eq!(
+            (skipped.uuid.as_str(), skipped.logical_port.as_str()),
+            ("b9", "p2")
+        );
+        assert!(skipped.reason.contains("several MACs"), "{skipped:?}");
     }
 }

@@ -140,7 +140,11 @@ fn apply_row(
     let (op, value) = update.as_object()?.iter().next()?;
     match op.as_str() {
         "initial" | "insert" => {
-            rows.insert(uuid.to_owned(), value.as_object()?.clone());
+            let mut row = value.as_object()?.clone();
+            for (column, value) in &mut row {
+                *value = canonical(schema.kind(table, column), value);
+            }
+            rows.insert(uuid.to_owned(), row);
             Some(op == "insert")
         }
         "delete" => {
@@ -151,16 +155,39 @@ fn apply_row(
             let row = rows.entry(uuid.to_owned()).or_default();
             for (column, diff) in value.as_object()? {
                 let old = row.remove(column).unwrap_or(Value::Null);
-                let new = match schema.kind(table, column) {
+                let kind = schema.kind(table, column);
+                let new = match kind {
                     ColumnKind::Scalar => diff.clone(),
                     ColumnKind::Set => toggle_set(&old, diff),
                     ColumnKind::Map => toggle_map(&old, diff),
                 };
-                row.insert(column.clone(), new);
+                row.insert(column.clone(), canonical(kind, &new));
             }
             Some(false)
         }
         _ => None,
+    }
+}
+
+/// A column value in one form whatever order its elements arrived in: a
+/// set's atoms and a map's pairs sorted. A snapshot comes in the server's
+/// order, a `modify` appends what it adds; without this, a row read after
+/// a resync could iterate differently from the same row kept by diffs.
+fn canonical(kind: ColumnKind, value: &Value) -> Value {
+    let sort_key = |v: &Value| v.to_string();
+    match kind {
+        ColumnKind::Scalar => value.clone(),
+        ColumnKind::Set => {
+            let mut atoms = set_atoms(value);
+            atoms.sort_by_cached_key(sort_key);
+            json!(["set", atoms])
+        }
+        ColumnKind::Map => {
+            let mut pairs = map_pairs(value);
+            pairs.sort_by_cached_key(|(k, _)| sort_key(k));
+            let pairs: Vec<Value> = pairs.into_iter().map(|(k, v)| json!([k, v])).collect();
+            json!(["map", pairs])
+        }
     }
 }
 
@@ -319,6 +346,28 @@ mod tests {
         let delete = json!({"Port_Binding": {"u1": {"delete": null}}});
         replica.apply(&schema, &delete).unwrap();
         assert!(replica.tables["Port_Binding"].is_empty());
+    }
+
+    #[test]
+    fn a_set_reads_the_same_from_a_snapshot_and_from_diffs() {
+        let schema = schema();
+        let entries = ["fa:16:3e:0e:0a:4a 10.0.0.5", "fa:16:3e:00:00:01"];
+        // Kept by diffs: the port's entry first, the pair's added later.
+        let mut by_diffs = Replica::default();
+        let insert = json!({"Port_Binding": {"u": {"insert": {"mac": entries[0]}}}});
+        by_diffs.apply(&schema, &insert).unwrap();
+        let add = json!({"Port_Binding": {"u": {"modify": {"mac": entries[1]}}}});
+        by_diffs.apply(&schema, &add).unwrap();
+        // Read again after a resync: the server's (sorted) order.
+        let mut by_snapshot = Replica::default();
+        let initial =
+            json!({"Port_Binding": {"u": {"initial": {"mac": ["set", [entries[1], entries[0]]]}}}});
+        by_snapshot.apply(&schema, &initial).unwrap();
+        assert_eq!(by_diffs.tables, by_snapshot.tables);
+        assert_eq!(
+            set_atoms(&by_snapshot.tables["Port_Binding"]["u"]["mac"]),
+            [json!(entries[1]), json!(entries[0])]
+        );
     }
 
     #[test]
