@@ -12,7 +12,8 @@ use metadata_common::{
     Ifindex, Ipv4Be, Ipv6Be, MacAddr, PortKeyV4, PortKeyV6, PortV4, PortV6, Slot, SlotV4, SlotV6,
 };
 
-use super::{DatapathError, map_err, slots::SlotPlan};
+use super::{DatapathError, map_err};
+use crate::reconcile::slots::SlotPlan;
 
 /// What differs between the IPv4 and IPv6 maps.
 pub trait Family {

@@ -11,9 +11,9 @@
 //!
 //! The module's parts: [`bpffs`] (where pins may live), [`netlink`] (the
 //! host device, device list, link events), [`object`] (the values written
-//! into the programs at load time), [`links`] (TCX links), [`slots`]
-//! and [`family`] (the slot maps), [`logger`], [`status`] (reading and
-//! removing the pins without a daemon). What to change is decided by
+//! into the programs at load time), [`links`] (TCX links), [`family`]
+//! (the slot maps), [`logger`], [`status`] (reading and removing the pins
+//! without a daemon). What to change, slots included, is decided by
 //! `crate::reconcile`; [`Datapath::apply`] carries it out.
 
 pub mod bpffs;
@@ -22,7 +22,7 @@ pub mod links;
 mod logger;
 pub mod netlink;
 pub mod object;
-pub mod slots;
+
 pub mod status;
 
 use std::{
@@ -90,7 +90,7 @@ pub enum DatapathError {
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error(transparent)]
-    Slots(#[from] slots::SlotsExhausted),
+    Slots(#[from] reconcile::slots::SlotsExhausted),
     #[error(transparent)]
     Bpffs(#[from] bpffs::BpffsError),
 }

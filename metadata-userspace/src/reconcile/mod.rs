@@ -4,8 +4,11 @@
 //! (links a previous daemon pinned, given this daemon's program) and to
 //! detach, counters to create and remove. It touches nothing, so every
 //! case (name reuse, an ifindex change, late records, slot reuse, a full
-//! map) is unit-tested without root. `Datapath::apply` carries a plan out
-//! and reports what failed item by item.
+//! map) is unit-tested without root; [`slots`] is its slot planner.
+//! `Datapath::apply` carries a plan out and reports what failed item by
+//! item.
+
+pub mod slots;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -17,9 +20,9 @@ use metadata_common::{
     DatapathConfig, Ifindex, Ipv4Be, Ipv6Be, MacAddr, PortKeyV4, PortKeyV6, Slot,
 };
 
+use self::slots::{SlotPlan, SlotsExhausted};
 use crate::{
     config::GlobPattern,
-    datapath::slots::{self, SlotPlan, SlotsExhausted},
     inventory::{Identity, Instance, PortIndex, Registry},
 };
 
@@ -106,8 +109,8 @@ pub fn plan(
         want.difference(have).copied().collect()
     };
     Ok(Plan {
-        slots_v4: slots::plan(&current.ports_v4, &desired.v4, scope.capacity_v4)?,
-        slots_v6: slots::plan(&current.ports_v6, &desired.v6, scope.capacity_v6)?,
+        slots_v4: slots::plan(&current.ports_v4, &desired.v4, scope.capacity_v4, "datapath.nat_v4")?,
+        slots_v6: slots::plan(&current.ports_v6, &desired.v6, scope.capacity_v6, "datapath.nat_v6")?,
         add_counters: new_only(&with_counters, &current.counters),
         attach: new_only(&wanted, &current.pinned),
         adopt: wanted
@@ -432,7 +435,13 @@ mod tests {
             (7, "tape"),
         ]);
         let err = plan(&inv, &devs, &Current::default(), &scope(&patterns)).unwrap_err();
-        assert_eq!(err, SlotsExhausted { capacity: 4 });
+        assert_eq!(
+            err,
+            SlotsExhausted {
+                capacity: 4,
+                range: "datapath.nat_v4"
+            }
+        );
     }
 
     #[test]

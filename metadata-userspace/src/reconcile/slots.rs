@@ -23,9 +23,11 @@ pub struct SlotPlan<K> {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("all {capacity} NAT slots are in use; widen datapath.nat_v4")]
+#[error("all {capacity} NAT slots are in use; widen {range}")]
 pub struct SlotsExhausted {
     pub capacity: u32,
+    /// The configuration key of the range: datapath.nat_v4 or nat_v6.
+    pub range: &'static str,
 }
 
 /// Plans slots for `desired` given the `current` assignment, with slots
@@ -34,6 +36,7 @@ pub fn plan<K: Copy + Eq + Hash>(
     current: &[(K, Slot)],
     desired: &[K],
     capacity: u32,
+    range: &'static str,
 ) -> Result<SlotPlan<K>, SlotsExhausted> {
     let wanted: HashSet<K> = desired.iter().copied().collect();
     let mut kept: HashMap<K, Slot> = HashMap::new();
@@ -63,7 +66,7 @@ pub fn plan<K: Copy + Eq + Hash>(
                     next_free += 1;
                 }
                 if next_free >= capacity {
-                    return Err(SlotsExhausted { capacity });
+                    return Err(SlotsExhausted { capacity, range });
                 }
                 used.insert(next_free);
                 Slot(next_free)
@@ -89,7 +92,7 @@ mod tests {
 
     #[test]
     fn same_address_on_two_taps_gets_two_slots() {
-        let plan = plan(&[], &[key(5, 5), key(6, 5)], 16).unwrap();
+        let plan = plan(&[], &[key(5, 5), key(6, 5)], 16, "datapath.nat_v4").unwrap();
         assert_eq!(plan.assigned, [(key(5, 5), Slot(0)), (key(6, 5), Slot(1))]);
         assert!(plan.removed.is_empty());
     }
@@ -97,7 +100,7 @@ mod tests {
     #[test]
     fn existing_pairs_keep_their_slots_and_gone_ones_free_theirs() {
         let current = [(key(5, 5), Slot(3)), (key(7, 9), Slot(0))];
-        let plan = plan(&current, &[key(6, 5), key(5, 5)], 16).unwrap();
+        let plan = plan(&current, &[key(6, 5), key(5, 5)], 16, "datapath.nat_v4").unwrap();
         assert_eq!(plan.assigned, [(key(6, 5), Slot(0)), (key(5, 5), Slot(3))]);
         assert_eq!(plan.removed, [(key(7, 9), Slot(0))]);
     }
@@ -109,7 +112,7 @@ mod tests {
             (key(6, 5), Slot(1)),
             (key(7, 5), Slot(1)),
         ];
-        let plan = plan(&current, &[key(5, 5), key(6, 5), key(7, 5)], 4).unwrap();
+        let plan = plan(&current, &[key(5, 5), key(6, 5), key(7, 5)], 4, "datapath.nat_v4").unwrap();
         assert_eq!(
             plan.assigned,
             [
@@ -124,8 +127,11 @@ mod tests {
     #[test]
     fn running_out_of_slots_is_an_error() {
         assert_eq!(
-            plan(&[], &[key(1, 1), key(2, 1), key(3, 1)], 2).unwrap_err(),
-            SlotsExhausted { capacity: 2 }
+            plan(&[], &[key(1, 1), key(2, 1), key(3, 1)], 2, "datapath.nat_v4").unwrap_err(),
+            SlotsExhausted {
+                capacity: 2,
+                range: "datapath.nat_v4"
+            }
         );
     }
 }
