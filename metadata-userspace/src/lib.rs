@@ -13,7 +13,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod fuzzing;
 pub mod inventory;
-pub mod metrics;
 pub mod neutron_ini;
 pub mod reconcile;
 pub mod serve;
+pub mod throttled_log;

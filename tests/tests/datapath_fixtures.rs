@@ -261,10 +261,17 @@ impl Fixture {
             counter(&before) + 1,
             "{why}: counter {after:?}"
         );
+        let moved: Vec<_> = after
+            .fields()
+            .into_iter()
+            .zip(before.fields())
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((name, a), (_, b))| format!("{name} {b} -> {a}"))
+            .collect();
         assert_eq!(
-            after.total(),
-            before.total() + 1,
-            "{why}: exactly one counter moved"
+            moved.len(),
+            1,
+            "{why}: exactly one counter moved: {moved:?}"
         );
     }
 }

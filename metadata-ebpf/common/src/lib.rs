@@ -539,25 +539,88 @@ impl DeviceCounters {
         self.drop_forged += drop_forged;
     }
 
+    /// Every counter with its name (the field's), in declaration order:
+    /// what `status` prints, the metrics label and the fixtures report.
+    /// Destructured, so that a new counter cannot be left out.
+    pub fn fields(&self) -> [(&'static str, u64); 12] {
+        let Self {
+            passed,
+            steered,
+            replied,
+            arp_replied,
+            ndp_replied,
+            drop_unregistered,
+            drop_malformed,
+            drop_fragment,
+            drop_no_slot,
+            drop_error,
+            drop_reserved,
+            drop_forged,
+        } = *self;
+        [
+            ("passed", passed),
+            ("steered", steered),
+            ("replied", replied),
+            ("arp_replied", arp_replied),
+            ("ndp_replied", ndp_replied),
+            ("drop_unregistered", drop_unregistered),
+            ("drop_malformed", drop_malformed),
+            ("drop_fragment", drop_fragment),
+            ("drop_no_slot", drop_no_slot),
+            ("drop_error", drop_error),
+            ("drop_reserved", drop_reserved),
+            ("drop_forged", drop_forged),
+        ]
+    }
+
     /// Total dropped packets, whatever the reason.
     pub fn dropped(&self) -> u64 {
-        self.drop_unregistered
-            + self.drop_malformed
-            + self.drop_fragment
-            + self.drop_no_slot
-            + self.drop_error
-            + self.drop_reserved
-            + self.drop_forged
+        self.fields()
+            .iter()
+            .filter(|(name, _)| name.starts_with("drop_"))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Every packet counted, whatever the verdict.
     pub fn total(&self) -> u64 {
-        self.passed
-            + self.steered
-            + self.replied
-            + self.arp_replied
-            + self.ndp_replied
-            + self.dropped()
+        self.fields().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Packets `tap_ingress` passed on a tap that received `received`
+    /// packets: those less what the program counted there on ingress. The
+    /// programs do not count passes (see [`Self::passed`]); the tap's own
+    /// counter also holds the few packets it received before it was
+    /// attached (a guest's first DHCP and router solicitations), so this
+    /// is an upper bound by that much.
+    pub fn passed_on_tap(&self, received: u64) -> u64 {
+        let Self {
+            passed: _,
+            steered,
+            // A reply is counted on the tap it returns to, but it is sent
+            // on the tap, not received.
+            replied: _,
+            arp_replied,
+            ndp_replied,
+            drop_unregistered,
+            drop_malformed,
+            drop_fragment,
+            // Charged to the tap by host_egress, for packets that came in
+            // on it and that tap_ingress had passed.
+            drop_no_slot: _,
+            drop_error,
+            drop_reserved,
+            drop_forged: _,
+        } = *self;
+        let verdicts = steered
+            + arp_replied
+            + ndp_replied
+            + drop_unregistered
+            + drop_malformed
+            + drop_fragment
+            + drop_error
+            + drop_reserved;
+        received.saturating_sub(verdicts)
     }
 }
 

@@ -2,15 +2,17 @@
 
 pub mod cache;
 pub mod local;
+pub mod metrics;
 pub mod nova;
 pub mod password;
 
-use std::{path::Path, sync::Arc};
+use std::path::Path;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header, request::Parts};
 
-use crate::{config::BackendConfig, inventory::Identity, metrics::Metrics};
+use self::metrics::UpstreamMetrics;
+use crate::{config::BackendConfig, inventory::Identity};
 
 /// A complete answer: status, content type and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +116,7 @@ impl Backend {
     pub fn new(
         config: &BackendConfig,
         state_dir: &Path,
-        metrics: Arc<Metrics>,
+        metrics: UpstreamMetrics,
     ) -> Result<Self, nova::NovaError> {
         Ok(match config {
             BackendConfig::Local(local) => Self::Local(local::LocalBackend::new(local, state_dir)),

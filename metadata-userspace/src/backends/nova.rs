@@ -22,12 +22,12 @@ use hyper_util::{
 use log::{error, warn};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
-use super::{Reply, cache::ResponseCache};
-use crate::{
-    config::NovaBackendConfig,
-    inventory::Identity,
-    metrics::{Metrics, Upstream},
+use super::{
+    Reply,
+    cache::ResponseCache,
+    metrics::{Upstream, UpstreamMetrics},
 };
+use crate::{config::NovaBackendConfig, inventory::Identity};
 
 /// A Nova backend that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -67,14 +67,14 @@ pub struct NovaBackend {
     /// slow Nova queues behind its own limit, not everyone's.
     upstream: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     cache: ResponseCache,
-    metrics: Arc<Metrics>,
+    metrics: UpstreamMetrics,
 }
 
 /// Requests one instance may have at Nova at once.
 const MAX_UPSTREAM_PER_INSTANCE: usize = 8;
 
 impl NovaBackend {
-    pub fn new(config: &NovaBackendConfig, metrics: Arc<Metrics>) -> Result<Self, NovaError> {
+    pub fn new(config: &NovaBackendConfig, metrics: UpstreamMetrics) -> Result<Self, NovaError> {
         let secret = match (&config.shared_secret, &config.shared_secret_file) {
             (Some(secret), _) => secret.as_bytes().to_vec(),
             (None, Some(path)) => {

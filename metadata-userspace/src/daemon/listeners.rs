@@ -11,11 +11,11 @@ use crate::{
     backends::Backend,
     config::Config,
     inventory::Snapshot,
-    metrics::{Listener, Metrics},
     serve::{
         self, ConnectionCounts, Limits, Server, activation,
         agent::{self, AgentPolicy},
-        proxy::{ProxyPolicy, SharedRegistry},
+        metrics::{Listener, ServeMetrics},
+        proxy::{ProxyPolicy, SharedSlotOwners},
         rate_limit::RateLimiter,
         tokens::Tokens,
     },
@@ -24,13 +24,13 @@ use crate::{
 /// What every server shares.
 #[derive(Debug)]
 pub struct Servers {
-    pub registry: SharedRegistry,
+    pub slot_owners: SharedSlotOwners,
     pub inventory: watch::Receiver<Snapshot>,
     pub backend: Arc<Backend>,
     pub limits: Arc<Limits>,
     pub tokens: Arc<Tokens>,
     pub rate_limit: Option<Arc<RateLimiter>>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: ServeMetrics,
     /// Turns true when the servers are to drain and stop.
     pub stop: watch::Receiver<bool>,
 }
@@ -41,12 +41,12 @@ impl Servers {
     pub async fn start(self, config: &Config) -> anyhow::Result<Vec<JoinHandle<()>>> {
         let mut tasks = Vec::new();
         let proxy = Server {
-            policy: Arc::new(ProxyPolicy::new(Arc::clone(&self.registry))),
+            policy: Arc::new(ProxyPolicy::new(Arc::clone(&self.slot_owners))),
             backend: Arc::clone(&self.backend),
             limits: Arc::clone(&self.limits),
             tokens: Some(Arc::clone(&self.tokens)),
             rate_limit: self.rate_limit.clone(),
-            metrics: Arc::clone(&self.metrics),
+            metrics: self.metrics.clone(),
             listener: Listener::Proxy,
             connections: ConnectionCounts::default(),
         };
@@ -72,7 +72,7 @@ impl Servers {
                 limits: Arc::clone(&self.limits),
                 tokens: None,
                 rate_limit: self.rate_limit.clone(),
-                metrics: Arc::clone(&self.metrics),
+                metrics: self.metrics.clone(),
                 listener: Listener::Agent,
                 connections: ConnectionCounts::default(),
             };

@@ -2,6 +2,7 @@
 //! loop and the servers together; `status` and `teardown` inspect and
 //! remove what it left pinned.
 
+mod admin;
 mod doctor;
 mod inspect;
 mod limits;
@@ -27,67 +28,107 @@ pub use self::{
     inspect::{status, teardown},
 };
 
-/// The file under the state folder where a live port source (ovn) lists
-/// the taps it serves, with their instance, and those it knows but cannot
-/// serve yet, for `status`.
-pub const PORTS_STATE_FILE: &str = "ports-state.json";
+use prometheus_client::registry::Registry;
+
+use self::{admin::Readiness, reconcile_loop::ReconcileMetrics};
 use crate::{
-    backends::Backend,
+    backends::{Backend, metrics::UpstreamMetrics},
     config::Config,
     config::PortSourceKind,
-    datapath::{Datapath, netlink::LinkEvents},
+    datapath::{Datapath, metrics::PacketCollector, netlink::LinkEvents},
     inventory::{
         PortSource, Snapshot,
         file::FileSource,
+        metrics::SourceMetrics,
         ovn::{OvnSettings, OvnSource},
         ovsdb::remote::{self, TlsFiles},
+        state::PortsState,
     },
-    metrics::Metrics,
-    serve::{Limits, proxy::SharedRegistry, rate_limit::RateLimiter, tokens::Tokens},
+    serve::{
+        Limits, metrics::ServeMetrics, proxy::SharedSlotOwners, rate_limit::RateLimiter,
+        tokens::Tokens,
+    },
 };
+
+/// Every component's series, registered in one root registry that the
+/// admin listener exposes.
+struct Metrics {
+    root: Registry,
+    serve: ServeMetrics,
+    upstream: UpstreamMetrics,
+    reconcile: ReconcileMetrics,
+    source: SourceMetrics,
+}
+
+impl Metrics {
+    fn register(config: &Config) -> Self {
+        let mut root = Registry::with_prefix("metadata");
+        let serve = ServeMetrics::register(&mut root);
+        let reconcile = ReconcileMetrics::register(&mut root);
+        let upstream = UpstreamMetrics::register(&mut root);
+        let source = SourceMetrics::register(&mut root);
+        PacketCollector::register(
+            &mut root,
+            config.datapath.bpffs.clone(),
+            config.datapath.host_device.0.clone(),
+        );
+        Self {
+            root,
+            serve,
+            upstream,
+            reconcile,
+            source,
+        }
+    }
+}
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::Result<()> {
     let config = Arc::new(load_config(config_path, neutron_config)?);
     limits::raise_open_files_limit()?;
-    let metrics = Arc::new(Metrics::default());
-    start_metrics(&config, &metrics).await?;
+    let Metrics {
+        root,
+        serve,
+        upstream,
+        reconcile,
+        source,
+    } = Metrics::register(&config);
+    let (stop, stopped) = watch::channel(false);
+    let limits = Arc::new(Limits::new(&config.proxy));
+    let readiness = Readiness::default();
+    let admin = start_admin(&config, root, &readiness, &limits, &stopped).await?;
     let reload = Arc::new(Notify::new());
-    let (source_task, inventory) = start_port_source(&config, Arc::clone(&reload)).await?;
+    let (source_task, inventory) = start_port_source(&config, Arc::clone(&reload), source).await?;
     let snapshot = Arc::clone(&inventory.borrow());
     // Subscribe before the first sync, so no tap appearing in between is missed.
     let link_events = LinkEvents::subscribe().context("subscribing to rtnetlink link events")?;
     let mut datapath = Datapath::start(&config)
         .await
         .context("starting the datapath")?;
-    let registry = datapath
+    let slot_owners = datapath
         .sync(&snapshot)
         .await
         .context("attaching to taps")?;
     reconcile_loop::log_attached(&datapath);
-    let registry: SharedRegistry = Arc::new(RwLock::new(Arc::new(registry)));
-    let (stop, stopped) = watch::channel(false);
+    let slot_owners: SharedSlotOwners = Arc::new(RwLock::new(Arc::new(slot_owners)));
     let servers = listeners::Servers {
-        registry: Arc::clone(&registry),
+        slot_owners: Arc::clone(&slot_owners),
         inventory: inventory.clone(),
         backend: Arc::new(
-            Backend::new(
-                &config.backend,
-                &config.daemon.state_dir,
-                Arc::clone(&metrics),
-            )
-            .context("setting up the backend")?,
+            Backend::new(&config.backend, &config.daemon.state_dir, upstream)
+                .context("setting up the backend")?,
         ),
-        limits: Arc::new(Limits::new(&config.proxy)),
+        limits,
         tokens: Arc::new(
             Tokens::load(&config.tokens, &config.daemon.state_dir)
                 .context("the session token key")?,
         ),
         rate_limit: RateLimiter::new(&config.rate_limit).map(Arc::new),
-        metrics: Arc::clone(&metrics),
+        metrics: serve,
         stop: stopped,
     };
-    let servers = servers.start(&config).await?;
+    let mut servers = servers.start(&config).await?;
+    servers.extend(admin);
     info!(
         "serving metadata on {}:{} via {}",
         config.proxy.address, config.proxy.port, config.datapath.host_device
@@ -95,11 +136,16 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
     println!("ready");
     std::io::stdout().flush().context("writing to stdout")?;
     notify::ready(datapath.attached().len());
-    metrics.set_taps(datapath.attached().len());
-    metrics.set_ready();
+    reconcile.set_taps(datapath.attached().len());
+    readiness.set_ready();
 
-    let mut resync =
-        reconcile_loop::ReconcileLoop::new(datapath, inventory, registry, link_events, metrics);
+    let mut resync = reconcile_loop::ReconcileLoop::new(
+        datapath,
+        inventory,
+        slot_owners,
+        link_events,
+        reconcile,
+    );
     resync.run(&reload).await?;
     shutdown(&stop, servers).await;
     source_task.abort();
@@ -120,21 +166,31 @@ async fn shutdown(stop: &watch::Sender<bool>, servers: Vec<JoinHandle<()>>) {
     info!("stopped; programs stay attached until `metadata-redirector teardown`");
 }
 
-/// The metrics listener, when configured; a taken address is an error.
-async fn start_metrics(config: &Arc<Config>, metrics: &Arc<Metrics>) -> anyhow::Result<()> {
+/// The admin listener, when configured; a taken address is an error.
+async fn start_admin(
+    config: &Config,
+    registry: Registry,
+    readiness: &Readiness,
+    limits: &Arc<Limits>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
     let Some(addr) = config.metrics.listen else {
-        return Ok(());
+        return Ok(None);
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening for metrics on {addr} ([metrics] listen)"))?;
     info!("metrics on http://{addr}/metrics (and /healthz, /readyz)");
-    tokio::spawn(crate::metrics::serve(
+    let mut stop = stop.clone();
+    Ok(Some(tokio::spawn(admin::serve(
         listener,
-        Arc::clone(metrics),
-        Arc::clone(config),
-    ));
-    Ok(())
+        Arc::new(registry),
+        readiness.clone(),
+        Arc::clone(limits),
+        async move {
+            stop.wait_for(|stop| *stop).await.ok();
+        },
+    ))))
 }
 
 /// The daemon's configuration: its own file, with neutron's agent file
@@ -165,6 +221,7 @@ fn load_config(path: &Path, neutron_config: Option<&Path>) -> anyhow::Result<Con
 async fn start_port_source(
     config: &Config,
     reload: Arc<Notify>,
+    metrics: SourceMetrics,
 ) -> anyhow::Result<(JoinHandle<()>, watch::Receiver<Snapshot>)> {
     match config.ports.source {
         PortSourceKind::File => {
@@ -172,14 +229,14 @@ async fn start_port_source(
             Ok(spawn_source(source, first, reload))
         }
         PortSourceKind::Ovn => {
-            let settings = ovn_settings(config)?;
+            let settings = ovn_settings(config, metrics)?;
             let (source, first) = OvnSource::open(settings).await;
             Ok(spawn_source(source, first, reload))
         }
     }
 }
 
-fn ovn_settings(config: &Config) -> anyhow::Result<OvnSettings> {
+fn ovn_settings(config: &Config, metrics: SourceMetrics) -> anyhow::Result<OvnSettings> {
     let ports = &config.ports;
     let sb = ports.ovn_sb.as_deref().unwrap_or_default();
     std::fs::create_dir_all(&config.daemon.state_dir)
@@ -192,7 +249,8 @@ fn ovn_settings(config: &Config) -> anyhow::Result<OvnSettings> {
             certificate: ports.ovn_sb_certificate.clone(),
             ca_cert: ports.ovn_sb_ca_cert.clone(),
         },
-        state_file: config.daemon.state_dir.join(PORTS_STATE_FILE),
+        state_file: PortsState::path(&config.daemon.state_dir),
+        metrics,
     })
 }
 

@@ -15,12 +15,16 @@ use tokio::{
     sync::{Notify, watch},
 };
 
+use prometheus_client::{
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
+
 use crate::{
     datapath::{Datapath, netlink::LinkEvents},
     inventory::Snapshot,
-    metrics::Metrics,
-    serve::ThrottledLog,
-    serve::proxy::SharedRegistry,
+    serve::proxy::SharedSlotOwners,
+    throttled_log::ThrottledLog,
 };
 
 /// Quiet time after a link event within a burst before resyncing, to
@@ -33,13 +37,42 @@ const SYNC_RETRY: Duration = Duration::from_millis(100);
 /// A full resync now and then, whatever the events said.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The loop's series: taps attached, and syncs that failed as a whole.
+#[derive(Debug, Clone, Default)]
+pub struct ReconcileMetrics {
+    taps: Gauge,
+    sync_failures: Counter,
+}
+
+impl ReconcileMetrics {
+    /// Registers the series in `registry` and returns their handles.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "taps_attached",
+            "Taps carrying the program",
+            metrics.taps.clone(),
+        );
+        registry.register(
+            "sync_failures",
+            "Datapath updates that failed as a whole (a full slot range, a netlink error) and were retried",
+            metrics.sync_failures.clone(),
+        );
+        metrics
+    }
+
+    pub fn set_taps(&self, taps: usize) {
+        self.taps.set(i64::try_from(taps).unwrap_or(i64::MAX));
+    }
+}
+
 #[derive(Debug)]
 pub struct ReconcileLoop {
     datapath: Datapath,
     inventory: watch::Receiver<Snapshot>,
-    registry: SharedRegistry,
+    slot_owners: SharedSlotOwners,
     link_events: LinkEvents,
-    metrics: Arc<Metrics>,
+    metrics: ReconcileMetrics,
     /// A sync that keeps failing (a full slot range, say) is retried every
     /// 100 ms: one log line per 10 s says so, with a count.
     sync_errors: ThrottledLog,
@@ -74,14 +107,14 @@ impl ReconcileLoop {
     pub fn new(
         datapath: Datapath,
         inventory: watch::Receiver<Snapshot>,
-        registry: SharedRegistry,
+        slot_owners: SharedSlotOwners,
         link_events: LinkEvents,
-        metrics: Arc<Metrics>,
+        metrics: ReconcileMetrics,
     ) -> Self {
         Self {
             datapath,
             inventory,
-            registry,
+            slot_owners,
             link_events,
             metrics,
             sync_errors: ThrottledLog::every(
@@ -155,11 +188,11 @@ impl ReconcileLoop {
             started.elapsed().as_secs_f64() * 1e3
         );
         match synced {
-            Ok(registry) => {
+            Ok(owners) => {
                 *self
-                    .registry
+                    .slot_owners
                     .write()
-                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(registry);
+                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(owners);
                 super::notify::status(self.datapath.attached().len());
                 self.metrics.set_taps(self.datapath.attached().len());
                 release_freed_memory();
@@ -169,7 +202,7 @@ impl ReconcileLoop {
                 // Existing guests keep what they have: a failed plan
                 // changes nothing.
                 self.sync_errors.report(&err);
-                self.metrics.sync_failed();
+                self.metrics.sync_failures.inc();
                 false
             }
         }

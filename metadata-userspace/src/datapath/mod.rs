@@ -20,8 +20,10 @@ pub mod bpffs;
 pub mod family;
 pub mod links;
 mod logger;
+pub mod metrics;
 pub mod netlink;
 pub mod object;
+mod proc_net_dev;
 
 pub mod status;
 
@@ -49,7 +51,7 @@ use self::{
 };
 use crate::{
     config::{Config, GlobPattern},
-    inventory::{PortIndex, Registry},
+    inventory::{PortIndex, SlotOwners},
     reconcile::{self, Current, Device, Plan, Scope},
 };
 
@@ -208,10 +210,10 @@ impl Datapath {
     }
 
     /// Makes the datapath match `inventory` and the devices present: plans
-    /// with `reconcile::plan`, applies, and returns the registry the proxy
+    /// with `reconcile::plan`, applies, and returns the slot owners the proxy
     /// identifies peers with. Failures of single items are logged and
     /// retried at the next sync; the error is for what stops the plan.
-    pub async fn sync(&mut self, inventory: &PortIndex) -> Result<Registry, DatapathError> {
+    pub async fn sync(&mut self, inventory: &PortIndex) -> Result<SlotOwners, DatapathError> {
         let devices: Vec<Device> = self
             .netlink
             .links()
@@ -234,9 +236,9 @@ impl Datapath {
         for failure in &failures {
             warn!("{failure} (retried at the next sync)");
         }
-        let registry = reconcile::registry(&plan, &self.adopted, &self.entry);
+        let owners = reconcile::slot_owners(&plan, &self.adopted, &self.entry);
         self.attached = attached_taps(&plan, &self.adopted, &self.entry);
-        Ok(registry)
+        Ok(owners)
     }
 
     /// What the maps and pins hold now.

@@ -97,7 +97,7 @@ impl Pinned {
     }
 }
 
-fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(
+pub(super) fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(
     bpffs: &Path,
     name: &'static str,
 ) -> Result<T, DatapathError> {
@@ -119,41 +119,6 @@ pub fn sum_counters(
     Some(total)
 }
 
-/// Packets tap_ingress passed on `tap`: what the tap received less what
-/// the program counted there on ingress. The programs do not count passes
-/// (see `DeviceCounters::passed`); the tap's own counter also holds the few
-/// packets it received before it was attached (a guest's first DHCP and
-/// router solicitations), so this is an upper bound by that much.
-fn passed_on_tap(tap: &Link, counted: &DeviceCounters) -> u64 {
-    let DeviceCounters {
-        passed: _,
-        steered,
-        // A reply is counted on the tap it returns to, but it is sent on
-        // the tap, not received: not part of the tap's received packets.
-        replied: _,
-        arp_replied,
-        ndp_replied,
-        drop_unregistered,
-        drop_malformed,
-        drop_fragment,
-        // Charged to the tap by host_egress, for packets that came in on
-        // it and that tap_ingress had passed.
-        drop_no_slot: _,
-        drop_error,
-        drop_reserved,
-        drop_forged: _,
-    } = *counted;
-    let verdicts = steered
-        + arp_replied
-        + ndp_replied
-        + drop_unregistered
-        + drop_malformed
-        + drop_fragment
-        + drop_error
-        + drop_reserved;
-    tap.packets.0.saturating_sub(verdicts)
-}
-
 /// Reads the pinned maps and links of a (possibly running) daemon.
 pub async fn read_status(config: &Config, index: &PortIndex) -> Result<Status, DatapathError> {
     let bpffs = &config.datapath.bpffs;
@@ -173,7 +138,7 @@ pub async fn read_status(config: &Config, index: &PortIndex) -> Result<Status, D
             let link = links.get(&ifindex);
             let device = link.map_or_else(|| "(gone)".into(), |l| l.name.clone());
             let mut counters = sum_counters(&pinned.counters, ifindex).unwrap_or_default();
-            counters.passed = link.map_or(0, |l| passed_on_tap(l, &counters));
+            counters.passed = link.map_or(0, |l| counters.passed_on_tap(l.packets.0));
             let instance = index.by_device(&device).map(|(instance, _)| instance);
             let status = TapStatus {
                 ifindex: ifindex.0,

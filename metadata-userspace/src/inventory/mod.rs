@@ -4,9 +4,11 @@
 //! look identities up in them. Nothing here needs a loaded datapath.
 
 pub mod file;
+pub mod metrics;
 pub mod ovn;
 pub mod ovsdb;
 pub mod ports;
+pub mod state;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
@@ -28,7 +30,7 @@ pub struct Identity {
 }
 
 /// Slot address -> identity, as the proxy sees its peers.
-pub type Registry = HashMap<IpAddr, Identity>;
+pub type SlotOwners = HashMap<IpAddr, Identity>;
 
 /// A snapshot of every port record this host serves.
 pub type Snapshot = Arc<PortIndex>;

@@ -23,7 +23,7 @@ use metadata_common::{
 use self::slots::{SlotPlan, SlotsExhausted};
 use crate::{
     config::GlobPattern,
-    inventory::{Identity, Instance, PortIndex, Registry},
+    inventory::{Identity, Instance, PortIndex, SlotOwners},
 };
 
 /// A device present in the network namespace.
@@ -109,8 +109,18 @@ pub fn plan(
         want.difference(have).copied().collect()
     };
     Ok(Plan {
-        slots_v4: slots::plan(&current.ports_v4, &desired.v4, scope.capacity_v4, "datapath.nat_v4")?,
-        slots_v6: slots::plan(&current.ports_v6, &desired.v6, scope.capacity_v6, "datapath.nat_v6")?,
+        slots_v4: slots::plan(
+            &current.ports_v4,
+            &desired.v4,
+            scope.capacity_v4,
+            "datapath.nat_v4",
+        )?,
+        slots_v6: slots::plan(
+            &current.ports_v6,
+            &desired.v6,
+            scope.capacity_v6,
+            "datapath.nat_v6",
+        )?,
         add_counters: new_only(&with_counters, &current.counters),
         attach: new_only(&wanted, &current.pinned),
         adopt: wanted
@@ -191,7 +201,7 @@ fn wanted_taps(inventory: &PortIndex, devices: &[Device], scope: &Scope<'_>) -> 
 /// Who the proxy will see behind each slot address once `plan` is applied:
 /// the slots of the taps in `attached` (a tap whose attach failed gets no
 /// identity, so nothing is served on its behalf).
-pub fn registry(plan: &Plan, attached: &BTreeSet<Ifindex>, cfg: &DatapathConfig) -> Registry {
+pub fn slot_owners(plan: &Plan, attached: &BTreeSet<Ifindex>, cfg: &DatapathConfig) -> SlotOwners {
     let taps: BTreeMap<Ifindex, &Tap> = plan.taps.iter().map(|t| (t.ifindex, t)).collect();
     let v4 = plan.slots_v4.assigned.iter().map(|(key, slot)| {
         let nat = IpAddr::from(cfg.slot_addr_v4(*slot).0);
@@ -445,7 +455,7 @@ mod tests {
     }
 
     #[test]
-    fn the_registry_holds_only_attached_taps_by_slot_address() {
+    fn slot_owners_are_only_attached_taps_by_slot_address() {
         let inv = inventory(&[("tapa", "10.0.0.5"), ("tapb", "10.0.0.5")]);
         let patterns = taps();
         let plan = plan(
@@ -464,13 +474,13 @@ mod tests {
             nat_v6_size: 16,
             ..DatapathConfig::default()
         };
-        let registry = registry(&plan, &set(&[8]), &cfg);
+        let owners = slot_owners(&plan, &set(&[8]), &cfg);
         assert_eq!(
-            registry.len(),
+            owners.len(),
             2,
-            "tapb's IPv4 and IPv6 slots only: {registry:?}"
+            "tapb's IPv4 and IPv6 slots only: {owners:?}"
         );
-        let who = &registry[&"100.64.0.1".parse::<IpAddr>().unwrap()];
+        let who = &owners[&"100.64.0.1".parse::<IpAddr>().unwrap()];
         assert_eq!(
             (who.device.as_str(), who.instance.id.as_str()),
             ("tapb", "i1")

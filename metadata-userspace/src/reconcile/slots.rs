@@ -112,7 +112,13 @@ mod tests {
             (key(6, 5), Slot(1)),
             (key(7, 5), Slot(1)),
         ];
-        let plan = plan(&current, &[key(5, 5), key(6, 5), key(7, 5)], 4, "datapath.nat_v4").unwrap();
+        let plan = plan(
+            &current,
+            &[key(5, 5), key(6, 5), key(7, 5)],
+            4,
+            "datapath.nat_v4",
+        )
+        .unwrap();
         assert_eq!(
             plan.assigned,
             [
@@ -127,7 +133,13 @@ mod tests {
     #[test]
     fn running_out_of_slots_is_an_error() {
         assert_eq!(
-            plan(&[], &[key(1, 1), key(2, 1), key(3, 1)], 2, "datapath.nat_v4").unwrap_err(),
+            plan(
+                &[],
+                &[key(1, 1), key(2, 1), key(3, 1)],
+                2,
+                "datapath.nat_v4"
+            )
+            .unwrap_err(),
             SlotsExhausted {
                 capacity: 2,
                 range: "datapath.nat_v4"

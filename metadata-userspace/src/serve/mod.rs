@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod agent;
+pub mod metrics;
 pub mod proxy;
 pub mod rate_limit;
 pub mod request_rules;
@@ -27,7 +28,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, warn};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::throttled_log::ThrottledLog;
+
 use self::{
+    metrics::{Listener, PathClass, Rejection, ServeMetrics},
     rate_limit::RateLimiter,
     tokens::{Decision, Tokens},
 };
@@ -35,7 +39,6 @@ use crate::{
     backends::{Backend, Reply},
     config::ProxyConfig,
     inventory::Identity,
-    metrics::{Listener, Metrics, PathClass, Rejection},
 };
 
 /// Every limit of the serving core, defined once for both listeners.
@@ -134,7 +137,7 @@ pub struct Server<P> {
     pub tokens: Option<Arc<Tokens>>,
     /// Per-instance rate limits, shared by every listener.
     pub rate_limit: Option<Arc<RateLimiter>>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: ServeMetrics,
     /// This listener's label in the metrics.
     pub listener: Listener,
     /// Shared by its clones, so that the cap holds across all of them.
@@ -149,7 +152,7 @@ impl<P> Clone for Server<P> {
             limits: Arc::clone(&self.limits),
             tokens: self.tokens.clone(),
             rate_limit: self.rate_limit.clone(),
-            metrics: Arc::clone(&self.metrics),
+            metrics: self.metrics.clone(),
             listener: self.listener,
             connections: self.connections.clone(),
         }
@@ -199,6 +202,67 @@ where
     drain(graceful, &server.limits).await;
 }
 
+/// HTTP/1.1 with the core's limits, for every listener of the daemon.
+fn http1(limits: &Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // Also how long an idle keep-alive connection may wait for its
+        // next request: the timer runs while a request head is awaited.
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
+    builder
+}
+
+/// Serves `answer` on every connection `acceptor` accepts, with the core's
+/// HTTP limits and drain, until `stop` resolves: for listeners without
+/// guests (the admin endpoints), which need no policy, cap or backend.
+pub async fn serve_plain<A, F, R>(
+    acceptor: A,
+    limits: Arc<Limits>,
+    stop: impl Future<Output = ()>,
+    answer: F,
+) where
+    A: Acceptor,
+    F: Fn(Request<Incoming>) -> R + Clone + Send + Sync + 'static,
+    R: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut accept_errors = ThrottledLog::new("accept failed");
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut stop => break,
+            accepted = acceptor.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                accept_errors.report(&err);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let answer = answer.clone();
+        let service = service_fn(move |request| {
+            let reply = answer(request);
+            async move { Ok::<_, Infallible>(reply.await) }
+        });
+        let watched =
+            graceful.watch(http1(&limits).serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(err) = watched.await {
+                debug!("connection: {err}");
+            }
+        });
+    }
+    drop(acceptor);
+    drain(graceful, &limits).await;
+}
+
 /// A connection accepted just before the stop may not have sent its
 /// request yet, and a graceful shutdown closes connections that have no
 /// request in progress: give such clients a moment, then let the requests
@@ -221,7 +285,7 @@ async fn drain(graceful: hyper_util::server::graceful::GracefulShutdown, limits:
 #[derive(Debug)]
 struct Admission {
     limits: Arc<Limits>,
-    metrics: Arc<Metrics>,
+    metrics: ServeMetrics,
     connections: ConnectionCounts,
     accept_errors: ThrottledLog,
     over_cap: ThrottledLog,
@@ -231,7 +295,7 @@ impl Admission {
     fn new<P>(server: &Server<P>) -> Self {
         Self {
             limits: Arc::clone(&server.limits),
-            metrics: Arc::clone(&server.metrics),
+            metrics: server.metrics.clone(),
             connections: server.connections.clone(),
             accept_errors: ThrottledLog::new("accept failed"),
             over_cap: ThrottledLog::new("closed a connection over its instance's cap"),
@@ -305,15 +369,7 @@ impl<P: Policy> Connection<P> {
             let connection = self.clone();
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
         });
-        http1::Builder::new()
-            .timer(TokioTimer::new())
-            // Also how long an idle keep-alive connection may wait for its
-            // next request: the timer runs while a request head is awaited.
-            .header_read_timeout(limits.header_read_timeout)
-            .max_headers(limits.max_headers)
-            .max_header_size(limits.max_header_bytes)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service)
+        http1(&limits).serve_connection(TokioIo::new(stream), service)
     }
 
     /// One request, counted and timed.
@@ -454,50 +510,6 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// A log line for a recurring error at most once per interval, with the
-/// number of occurrences it stands for.
-#[derive(Debug)]
-pub struct ThrottledLog {
-    what: &'static str,
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl ThrottledLog {
-    pub fn new(what: &'static str) -> Self {
-        Self::every(what, Duration::from_secs(1))
-    }
-
-    /// At most one line per `interval`.
-    pub fn every(what: &'static str, interval: Duration) -> Self {
-        Self {
-            what,
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    pub fn report(&mut self, err: &dyn fmt::Display) {
-        let now = Instant::now();
-        if self.last.is_some_and(|last| now - last < self.interval) {
-            self.suppressed += 1;
-            return;
-        }
-        if self.suppressed > 0 {
-            warn!(
-                "{}: {err} ({} more since the last report)",
-                self.what, self.suppressed
-            );
-        } else {
-            warn!("{}: {err}", self.what);
-        }
-        self.last = Some(now);
-        self.suppressed = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,15 +532,5 @@ mod tests {
             counts.0.lock().unwrap().len() <= 1,
             "no entries left behind"
         );
-    }
-
-    #[test]
-    fn throttled_log_counts_what_it_suppresses() {
-        let mut log = ThrottledLog::new("test");
-        let err = io::Error::other("boom");
-        for _ in 0..100 {
-            log.report(&err);
-        }
-        assert_eq!(log.suppressed, 99);
     }
 }

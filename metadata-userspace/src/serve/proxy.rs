@@ -11,25 +11,28 @@ use http::{HeaderMap, StatusCode};
 use log::warn;
 
 use super::Policy;
-use crate::inventory::{Identity, Registry};
+use crate::inventory::{Identity, SlotOwners};
 
-/// The registry shared between the reconcile loop and the proxy.
-pub type SharedRegistry = Arc<RwLock<Arc<Registry>>>;
+/// The slot owners, shared between the reconcile loop and the proxy.
+pub type SharedSlotOwners = Arc<RwLock<Arc<SlotOwners>>>;
 
 /// Identifies TCP peers by their slot address.
 #[derive(Debug)]
 pub struct ProxyPolicy {
-    registry: SharedRegistry,
+    slot_owners: SharedSlotOwners,
 }
 
 impl ProxyPolicy {
-    pub fn new(registry: SharedRegistry) -> Self {
-        Self { registry }
+    pub fn new(slot_owners: SharedSlotOwners) -> Self {
+        Self { slot_owners }
     }
 
     fn lookup(&self, peer: &SocketAddr) -> Option<Identity> {
-        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
-        registry.get(&canonical(peer.ip())).cloned()
+        let owners = self
+            .slot_owners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        owners.get(&canonical(peer.ip())).cloned()
     }
 }
 
@@ -37,8 +40,11 @@ impl Policy for ProxyPolicy {
     type Peer = SocketAddr;
 
     fn connection_owner(&self, peer: &SocketAddr) -> Option<Arc<str>> {
-        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
-        registry
+        let owners = self
+            .slot_owners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        owners
             .get(&canonical(peer.ip()))
             .map(|identity| Arc::from(identity.instance.id.as_str()))
     }

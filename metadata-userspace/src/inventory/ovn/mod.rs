@@ -15,18 +15,20 @@ pub mod view;
 use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 use log::{info, warn};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{Notify, mpsc, watch};
 
 use self::view::{Candidate, Skipped};
 use super::{
     PortSource, Snapshot,
+    metrics::SourceMetrics,
     ovsdb::{
         OvsdbError,
         client::{Client, Notification},
         remote::{Remote, TlsFiles},
         replica::{Replica, Schema},
     },
+    state::{PortsState, WaitingTap},
 };
 
 /// How long `open` waits for the first full view before starting empty.
@@ -45,6 +47,8 @@ pub struct OvnSettings {
     /// Where the taps served and those still waiting for a binding are
     /// written, for `status` (which runs without the databases).
     pub state_file: PathBuf,
+    /// Whether each database is connected, for the metrics.
+    pub metrics: SourceMetrics,
 }
 
 /// One monitored connection.
@@ -179,24 +183,31 @@ impl OvnSource {
             inventory.index.device_count(),
             inventory.waiting.len()
         );
-        let waiting: Vec<Value> = inventory
-            .waiting
-            .iter()
-            .map(|c| json!({"device": c.device, "iface_id": c.iface_id}))
-            .collect();
-        let served: serde_json::Map<String, Value> = inventory
-            .index
-            .devices()
-            .map(|(device, instance)| (device.to_owned(), json!(instance.id)))
-            .collect();
-        let connected = json!({"ovs": self.ovs.is_some(), "southbound": self.sb.is_some()});
-        let text =
-            json!({"served": served, "waiting": waiting, "connected": connected}).to_string();
-        let tmp = self.settings.state_file.with_extension("tmp");
-        let written = std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &self.settings.state_file));
-        if let Err(err) = written {
-            warn!("writing {}: {err}", self.settings.state_file.display());
+        let state = PortsState {
+            served: inventory
+                .index
+                .devices()
+                .map(|(device, instance)| (device.to_owned(), instance.id.clone()))
+                .collect(),
+            waiting: inventory
+                .waiting
+                .iter()
+                .map(|c| WaitingTap {
+                    device: c.device.clone(),
+                    iface_id: c.iface_id.clone(),
+                })
+                .collect(),
+            connected: [
+                ("ovs".to_owned(), self.ovs.is_some()),
+                ("southbound".to_owned(), self.sb.is_some()),
+            ]
+            .into(),
+        };
+        let metrics = &self.settings.metrics;
+        metrics.set_connected("ovs", self.ovs.is_some());
+        metrics.set_connected("southbound", self.sb.is_some());
+        if let Err(err) = state.write(&self.settings.state_file) {
+            warn!("writing the ports state: {err}");
         }
         Arc::new(inventory.index)
     }
