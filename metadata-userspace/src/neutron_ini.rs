@@ -12,7 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{
-    BackendConfig, Config, ConfigError, NovaBackendConfig, NovaUrl, PortSourceKind,
+    BackendConfig, Config, ConfigError, NovaBackendConfig, NovaUrl, OvsdbRemotes, PortSourceKind,
+    defaults,
 };
 
 /// One `key = value` of the file.
@@ -122,20 +123,16 @@ pub fn apply(config: &mut Config, path: &Path) -> Result<Vec<String>, ConfigErro
             "missing: the Southbound to learn ports from",
         )
     })?;
-    crate::inventory::ovsdb::remote::parse_list(&sb.value)
-        .map_err(|e| entry_err(path, sb, e.to_string()))?;
+    let remotes: OvsdbRemotes = sb.value.parse().map_err(|e| entry_err(path, sb, e))?;
     config.ports.source = PortSourceKind::Ovn;
-    config.ports.ovn_sb = Some(sb.value.clone());
+    config.ports.ovn_sb = Some(remotes);
     config.ports.ovn_sb_private_key =
         get("ovn", "ovn_sb_private_key").map(|e| PathBuf::from(&e.value));
     config.ports.ovn_sb_certificate =
         get("ovn", "ovn_sb_certificate").map(|e| PathBuf::from(&e.value));
     config.ports.ovn_sb_ca_cert = get("ovn", "ovn_sb_ca_cert").map(|e| PathBuf::from(&e.value));
     if let Some(ovs) = get("ovs", "ovsdb_connection") {
-        ovs.value
-            .parse::<crate::inventory::ovsdb::remote::Remote>()
-            .map_err(|e| entry_err(path, ovs, e.to_string()))?;
-        config.ports.ovs.clone_from(&ovs.value);
+        config.ports.ovs = ovs.value.parse().map_err(|e| entry_err(path, ovs, e))?;
     }
     config.backend = BackendConfig::Nova(nova(path, &get)?);
     Ok(entries
@@ -150,13 +147,13 @@ fn nova<'a>(
     get: &impl Fn(&str, &str) -> Option<&'a Entry>,
 ) -> Result<NovaBackendConfig, ConfigError> {
     let value = |key: &str| get("DEFAULT", key).map(|e| e.value.clone());
-    let host = value("nova_metadata_host").unwrap_or_else(|| "127.0.0.1".into());
+    let host = value("nova_metadata_host").unwrap_or_else(|| defaults::NOVA_METADATA_HOST.into());
     let port = match get("DEFAULT", "nova_metadata_port") {
         Some(entry) => entry
             .value
             .parse::<u16>()
             .map_err(|_| entry_err(path, entry, "not a port number"))?,
-        None => 8775,
+        None => defaults::NOVA_METADATA_PORT,
     };
     let protocol = match get("DEFAULT", "nova_metadata_protocol") {
         Some(entry) if !matches!(entry.value.as_str(), "http" | "https") => {
@@ -193,10 +190,10 @@ fn nova<'a>(
         client_cert: value("nova_client_cert").map(PathBuf::from),
         client_key: value("nova_client_priv_key").map(PathBuf::from),
         insecure,
-        connect_timeout_s: 5,
-        timeout_s: 60,
+        connect_timeout_s: defaults::NOVA_CONNECT_TIMEOUT_S,
+        timeout_s: defaults::NOVA_TIMEOUT_S,
         // neutron's agent has no response cache; Nova's own default.
-        cache_ttl_s: 15,
+        cache_ttl_s: defaults::NOVA_CACHE_TTL_S,
     })
 }
 
@@ -294,7 +291,7 @@ rate_limit_enabled = false
         let (config, unused) = apply_text(AGENT_INI).unwrap();
         assert_eq!(config.ports.source, PortSourceKind::Ovn);
         assert_eq!(
-            config.ports.ovn_sb.as_deref(),
+            config.ports.ovn_sb.map(|sb| sb.to_string()).as_deref(),
             Some("ssl:192.0.2.10:6642,ssl:192.0.2.11:6642")
         );
         assert_eq!(

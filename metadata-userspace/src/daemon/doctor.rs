@@ -286,31 +286,26 @@ async fn port_source(config: &Config) -> Vec<Check> {
         }],
         PortSourceKind::Ovn => {
             let ports = &config.ports;
-            let mut remotes = vec![("Open_vSwitch", ports.ovs.clone())];
-            for sb in ports.ovn_sb.as_deref().unwrap_or_default().split(',') {
-                remotes.push(("OVN_Southbound", sb.trim().to_owned()));
-            }
+            let sb = ports.ovn_sb.iter().flat_map(|sb| &sb.0);
+            let remotes = std::iter::once(("Open_vSwitch", &ports.ovs))
+                .chain(sb.map(|remote| ("OVN_Southbound", remote)));
             let mut checks = Vec::new();
-            for (db, text) in remotes {
-                checks.push(ovsdb_answers(db, &text, config).await);
+            for (db, remote) in remotes {
+                checks.push(ovsdb_answers(db, remote, config).await);
             }
             checks
         }
     }
 }
 
-async fn ovsdb_answers(db: &'static str, text: &str, config: &Config) -> Check {
-    let remote: remote::Remote = match text.parse() {
-        Ok(remote) => remote,
-        Err(err) => return check(Outcome::Fail, "port source", err.to_string()),
-    };
+async fn ovsdb_answers(db: &'static str, remote: &remote::Remote, config: &Config) -> Check {
     let tls = remote::TlsFiles {
         private_key: config.ports.ovn_sb_private_key.clone(),
         certificate: config.ports.ovn_sb_certificate.clone(),
         ca_cert: config.ports.ovn_sb_ca_cert.clone(),
     };
     let answer = tokio::time::timeout(CONNECT_TIMEOUT, async {
-        let (client, _updates) = Client::connect(&remote, &tls).await?;
+        let (client, _updates) = Client::connect(remote, &tls).await?;
         client.call("list_dbs", serde_json::json!([])).await
     })
     .await;

@@ -41,7 +41,7 @@ use crate::{
         file::FileSource,
         metrics::SourceMetrics,
         ovn::{OvnSettings, OvnSource},
-        ovsdb::remote::{self, TlsFiles},
+        ovsdb::remote::TlsFiles,
         state::PortsState,
     },
     serve::{
@@ -238,12 +238,15 @@ async fn start_port_source(
 
 fn ovn_settings(config: &Config, metrics: SourceMetrics) -> anyhow::Result<OvnSettings> {
     let ports = &config.ports;
-    let sb = ports.ovn_sb.as_deref().unwrap_or_default();
     std::fs::create_dir_all(&config.daemon.state_dir)
         .with_context(|| format!("creating {}", config.daemon.state_dir.display()))?;
     Ok(OvnSettings {
-        ovs: ports.ovs.parse().context("[ports] ovs")?,
-        sb: remote::parse_list(sb).context("[ports] ovn_sb")?,
+        ovs: ports.ovs.clone(),
+        sb: ports
+            .ovn_sb
+            .as_ref()
+            .map(|sb| sb.0.clone())
+            .unwrap_or_default(),
         sb_tls: TlsFiles {
             private_key: ports.ovn_sb_private_key.clone(),
             certificate: ports.ovn_sb_certificate.clone(),

@@ -151,7 +151,7 @@ impl Datapath {
         let host = netlink
             .ensure_host_device(HostDeviceSpec {
                 name: &dp.host_device.0,
-                mtu: dp.host_mtu,
+                mtu: dp.host_mtu.get(),
                 proxy: config.proxy.address,
                 nat_v4: dp.nat_v4,
                 nat_v6: dp.nat_v6,

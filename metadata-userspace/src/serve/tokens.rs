@@ -88,7 +88,7 @@ impl Tokens {
         Ok(Self {
             key,
             default_mode: config.mode,
-            hop_limit: config.hop_limit,
+            hop_limit: config.hop_limit.get(),
         })
     }
 

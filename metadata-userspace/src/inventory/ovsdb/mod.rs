@@ -20,8 +20,6 @@ pub enum OvsdbError {
     },
     #[error("TLS setup for {remote}: {reason}")]
     Tls { remote: String, reason: String },
-    #[error("`{0}` is not an OVSDB remote (unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT)")]
-    BadRemote(String),
     #[error("the connection is closed")]
     Closed,
     #[error("reading from the server: {0}")]

@@ -1,6 +1,5 @@
-//! Where an OVSDB server listens, as ovs-vsctl and neutron write it:
-//! `unix:PATH`, `tcp:HOST:PORT`, `ssl:HOST:PORT` (IPv6 hosts in brackets),
-//! and comma-separated lists of them for a clustered database.
+//! Connecting to an OVSDB server at a [`Remote`] (`unix:`, `tcp:` or
+//! `ssl:`, as the configuration reads them), with TLS for `ssl:`.
 
 use std::{fmt, path::PathBuf, sync::Arc};
 
@@ -9,69 +8,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::OvsdbError;
 
-/// One server address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Remote {
-    Unix(PathBuf),
-    Tcp { host: String, port: u16 },
-    Ssl { host: String, port: u16 },
-}
-
-impl fmt::Display for Remote {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Unix(path) => write!(f, "unix:{}", path.display()),
-            Self::Tcp { host, port } => write!(f, "tcp:{}:{port}", bracketed(host)),
-            Self::Ssl { host, port } => write!(f, "ssl:{}:{port}", bracketed(host)),
-        }
-    }
-}
-
-fn bracketed(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    }
-}
-
-impl std::str::FromStr for Remote {
-    type Err = OvsdbError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || OvsdbError::BadRemote(text.to_owned());
-        let (scheme, rest) = text.trim().split_once(':').ok_or_else(bad)?;
-        if scheme == "unix" {
-            return if rest.is_empty() {
-                Err(bad())
-            } else {
-                Ok(Self::Unix(PathBuf::from(rest)))
-            };
-        }
-        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        if host.is_empty() {
-            return Err(bad());
-        }
-        match scheme {
-            "tcp" => Ok(Self::Tcp { host, port }),
-            "ssl" => Ok(Self::Ssl { host, port }),
-            _ => Err(bad()),
-        }
-    }
-}
-
-/// A comma-separated list of remotes (a clustered database's members).
-pub fn parse_list(text: &str) -> Result<Vec<Remote>, OvsdbError> {
-    text.split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(str::parse)
-        .collect()
-}
+/// One server address; its syntax is the configuration's.
+pub use crate::config::OvsdbRemote as Remote;
 
 /// Certificates for `ssl:` remotes, as neutron's `[ovn]` options give them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -156,42 +94,6 @@ impl Remote {
             }
             (None, None) => Ok(builder.with_no_client_auth()),
             _ => Err(self.tls_err("give both the certificate and the private key, or neither")),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn remotes_parse_as_neutron_writes_them() {
-        let list =
-            parse_list("tcp:192.0.2.10:6642, ssl:[2001:db8::1]:6642,unix:/run/ovn/ovnsb_db.sock")
-                .unwrap();
-        assert_eq!(
-            list,
-            [
-                Remote::Tcp {
-                    host: "192.0.2.10".into(),
-                    port: 6642
-                },
-                Remote::Ssl {
-                    host: "2001:db8::1".into(),
-                    port: 6642
-                },
-                Remote::Unix("/run/ovn/ovnsb_db.sock".into()),
-            ]
-        );
-        assert_eq!(list[1].to_string(), "ssl:[2001:db8::1]:6642");
-        for bad in [
-            "tcp:host",
-            "udp:1.2.3.4:1",
-            "unix:",
-            "tcp::6642",
-            "tcp:h:99999",
-        ] {
-            assert!(bad.parse::<Remote>().is_err(), "{bad}");
         }
     }
 }

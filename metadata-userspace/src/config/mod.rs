@@ -3,15 +3,24 @@
 //! Unknown keys and bad values are errors that name the file, the line and
 //! the key, so an operator can fix a typo without reading the source.
 
+mod backend;
+pub mod defaults;
+mod values;
+
 use std::{
-    fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, de};
 use toml::Spanned;
+
+use self::backend::BackendSection;
+pub(crate) use self::values::deserialize_from_str;
+pub use self::values::{
+    DeviceName, GlobPattern, HopLimit, HostMtu, Ipv4Net, Ipv6Net96, NovaUrl, OvsdbRemote,
+    OvsdbRemotes,
+};
 
 /// A configuration or instances file that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +98,11 @@ fn locate(source: &str, offset: usize) -> (usize, String) {
         }
     }
     let line_text = source.lines().nth(line - 1).unwrap_or_default().trim();
+    if let Some(header) = line_text.strip_prefix('[') {
+        // The error is about a whole table: name it.
+        let name = header.trim_matches(|c| c == '[' || c == ']').trim();
+        return (line, name.to_owned());
+    }
     let key = match line_text.split_once('=') {
         Some((key, _)) if !line_text.starts_with('[') => key.trim().trim_matches('"').to_owned(),
         _ => String::new(),
@@ -106,7 +120,7 @@ fn locate(source: &str, offset: usize) -> (usize, String) {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub daemon: DaemonConfig,
-    pub datapath: DatapathSection,
+    pub datapath: DatapathConfig,
     pub proxy: ProxyConfig,
     pub ports: PortsConfig,
     pub agent: AgentConfig,
@@ -121,46 +135,15 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 struct ConfigFile {
     daemon: DaemonConfig,
-    datapath: DatapathSection,
+    datapath: DatapathConfig,
     proxy: ProxyConfig,
-    ports: PortsConfig,
+    // Spanned: the cross-field check of `[ports]` names the table's line.
+    ports: Option<Spanned<PortsConfig>>,
     agent: AgentConfig,
     tokens: TokensConfig,
     rate_limit: RateLimitConfig,
     metrics: MetricsConfig,
     backend: BackendSection,
-}
-
-/// `[backend]` as written: one flat table whose `type` says which keys
-/// apply. Parsed flat rather than as a tagged enum so that every error
-/// keeps the line of the key it is about.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackendSection {
-    #[serde(rename = "type")]
-    kind: Option<Spanned<BackendKind>>,
-    // local
-    vendor_data: Option<Spanned<toml::Table>>,
-    vendor_data2: Option<Spanned<toml::Table>>,
-    dns: Option<Spanned<Vec<std::net::IpAddr>>>,
-    // nova
-    url: Option<Spanned<NovaUrl>>,
-    shared_secret: Option<Spanned<String>>,
-    shared_secret_file: Option<Spanned<PathBuf>>,
-    ca_file: Option<Spanned<PathBuf>>,
-    client_cert: Option<Spanned<PathBuf>>,
-    client_key: Option<Spanned<PathBuf>>,
-    insecure: Option<Spanned<bool>>,
-    connect_timeout_s: Option<Spanned<u64>>,
-    timeout_s: Option<Spanned<u64>>,
-    cache_ttl_s: Option<Spanned<u64>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum BackendKind {
-    Local,
-    Nova,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,21 +156,21 @@ pub struct DaemonConfig {
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
-            state_dir: PathBuf::from("/var/lib/metadata-redirector"),
+            state_dir: PathBuf::from(defaults::STATE_DIR),
         }
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DatapathSection {
+pub struct DatapathConfig {
     /// Glob patterns of VM-facing devices.
     pub interfaces: Vec<GlobPattern>,
     /// The host end of the veth pair the proxy listens on.
     pub host_device: DeviceName,
     /// MTU of the host device: at least the largest tenant MTU, or larger
     /// guest frames could not be redirected into it.
-    pub host_mtu: u32,
+    pub host_mtu: HostMtu,
     /// Range the (tap, guest address) slots are NATed into.
     pub nat_v4: Ipv4Net,
     /// The IPv6 /96 the (tap, guest IPv6) slots are NATed into; the proxy
@@ -197,15 +180,15 @@ pub struct DatapathSection {
     pub bpffs: PathBuf,
 }
 
-impl Default for DatapathSection {
+impl Default for DatapathConfig {
     fn default() -> Self {
         Self {
-            interfaces: vec![GlobPattern::from_str("tap*").expect("valid default pattern")],
-            host_device: DeviceName("mdr0".into()),
-            host_mtu: 9000,
-            nat_v4: Ipv4Net::from_str("100.64.0.0/10").expect("valid default range"),
-            nat_v6: Ipv6Net96::from_str("fd00:a9fe:6464::/96").expect("valid default range"),
-            bpffs: PathBuf::from("/sys/fs/bpf/metadata-redirector"),
+            interfaces: vec![defaults::INTERFACES.parse().expect("valid default pattern")],
+            host_device: DeviceName(defaults::HOST_DEVICE.into()),
+            host_mtu: defaults::HOST_MTU,
+            nat_v4: defaults::NAT_V4.parse().expect("valid default range"),
+            nat_v6: defaults::NAT_V6.parse().expect("valid default range"),
+            bpffs: PathBuf::from(defaults::BPFFS),
         }
     }
 }
@@ -227,10 +210,10 @@ pub struct ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
-            address: Ipv4Addr::new(169, 254, 169, 254),
-            port: 80,
-            max_connections_per_instance: 64,
-            header_read_timeout_s: 30,
+            address: defaults::PROXY_ADDRESS,
+            port: defaults::PROXY_PORT,
+            max_connections_per_instance: defaults::MAX_CONNECTIONS_PER_INSTANCE,
+            header_read_timeout_s: defaults::HEADER_READ_TIMEOUT_S,
         }
     }
 }
@@ -240,13 +223,13 @@ impl Default for ProxyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// A host-only address: never the metadata address. Off when absent.
-    pub listen: Option<std::net::SocketAddr>,
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
-            listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9780))),
+            listen: Some(defaults::METRICS_LISTEN),
         }
     }
 }
@@ -264,15 +247,13 @@ pub struct RateLimitConfig {
 }
 
 impl Default for RateLimitConfig {
-    /// Generous: a cloud-init crawl of both trees is a few dozen requests
-    /// in a second or two.
     fn default() -> Self {
         Self {
             enabled: false,
-            base_window_s: 10,
-            base_requests: 300,
-            burst_window_s: 1,
-            burst_requests: 100,
+            base_window_s: defaults::RATE_BASE_WINDOW_S,
+            base_requests: defaults::RATE_BASE_REQUESTS,
+            burst_window_s: defaults::RATE_BURST_WINDOW_S,
+            burst_requests: defaults::RATE_BURST_REQUESTS,
         }
     }
 }
@@ -286,14 +267,14 @@ pub struct TokensConfig {
     /// IP TTL / IPv6 hop limit of the token response (and of the rest of
     /// that connection): 1 keeps tokens from leaving the guest through a
     /// router or container NAT; AWS recommends 2 for containers.
-    pub hop_limit: u8,
+    pub hop_limit: HopLimit,
 }
 
 impl Default for TokensConfig {
     fn default() -> Self {
         Self {
             mode: TokenMode::Optional,
-            hop_limit: 1,
+            hop_limit: defaults::TOKEN_HOP_LIMIT,
         }
     }
 }
@@ -329,10 +310,10 @@ pub struct PortsConfig {
     /// source = "file": the instances file, relative to the config file.
     pub file: PathBuf,
     /// source = "ovn": the local Open_vSwitch database.
-    pub ovs: String,
+    pub ovs: OvsdbRemote,
     /// source = "ovn": the OVN Southbound, one or more comma-separated
     /// remotes (the members of a cluster).
-    pub ovn_sb: Option<String>,
+    pub ovn_sb: Option<OvsdbRemotes>,
     /// TLS files for `ssl:` Southbound remotes, as neutron's `[ovn]` names
     /// them.
     pub ovn_sb_private_key: Option<PathBuf>,
@@ -344,8 +325,8 @@ impl Default for PortsConfig {
     fn default() -> Self {
         Self {
             source: PortSourceKind::File,
-            file: PathBuf::from("instances.toml"),
-            ovs: "unix:/run/openvswitch/db.sock".into(),
+            file: PathBuf::from(defaults::INSTANCES_FILE),
+            ovs: defaults::OVS_REMOTE.parse().expect("valid default remote"),
             ovn_sb: None,
             ovn_sb_private_key: None,
             ovn_sb_certificate: None,
@@ -409,132 +390,6 @@ pub struct NovaBackendConfig {
     pub cache_ttl_s: u64,
 }
 
-/// A key of `[backend]` that was given, with where.
-type GivenKey = (&'static str, Option<std::ops::Range<usize>>);
-
-fn given<T>(key: &'static str, value: Option<&Spanned<T>>) -> GivenKey {
-    (key, value.map(Spanned::span))
-}
-
-impl BackendSection {
-    /// What the section means, or an error naming the offending key.
-    fn resolve(self, path: &Path, source: &str) -> Result<BackendConfig, ConfigError> {
-        let kind = self
-            .kind
-            .as_ref()
-            .map_or(BackendKind::Local, |k| *k.get_ref());
-        let (wrong, other) = match kind {
-            BackendKind::Local => (self.nova_keys().to_vec(), "nova"),
-            BackendKind::Nova => (self.local_keys().to_vec(), "local"),
-        };
-        if let Some((key, Some(span))) = wrong.into_iter().find(|(_, s)| s.is_some()) {
-            let message = format!("`{key}` applies to type = \"{other}\" only");
-            return Err(ConfigError::at(path, source, span, message));
-        }
-        match kind {
-            BackendKind::Local => Ok(BackendConfig::Local(self.local())),
-            BackendKind::Nova => self.nova(path, source).map(BackendConfig::Nova),
-        }
-    }
-
-    fn nova_keys(&self) -> [GivenKey; 10] {
-        [
-            given("url", self.url.as_ref()),
-            given("shared_secret", self.shared_secret.as_ref()),
-            given("shared_secret_file", self.shared_secret_file.as_ref()),
-            given("ca_file", self.ca_file.as_ref()),
-            given("client_cert", self.client_cert.as_ref()),
-            given("client_key", self.client_key.as_ref()),
-            given("insecure", self.insecure.as_ref()),
-            given("connect_timeout_s", self.connect_timeout_s.as_ref()),
-            given("timeout_s", self.timeout_s.as_ref()),
-            given("cache_ttl_s", self.cache_ttl_s.as_ref()),
-        ]
-    }
-
-    fn local_keys(&self) -> [GivenKey; 3] {
-        [
-            given("vendor_data", self.vendor_data.as_ref()),
-            given("vendor_data2", self.vendor_data2.as_ref()),
-            given("dns", self.dns.as_ref()),
-        ]
-    }
-
-    fn local(self) -> LocalBackendConfig {
-        LocalBackendConfig {
-            vendor_data: self
-                .vendor_data
-                .map(Spanned::into_inner)
-                .unwrap_or_default(),
-            vendor_data2: self
-                .vendor_data2
-                .map(Spanned::into_inner)
-                .unwrap_or_default(),
-            dns: self.dns.map(Spanned::into_inner).unwrap_or_default(),
-        }
-    }
-
-    fn nova(self, path: &Path, source: &str) -> Result<NovaBackendConfig, ConfigError> {
-        let kind_span = self.kind.as_ref().map_or(0..0, Spanned::span);
-        let err = |span, message: &str| Err(ConfigError::at(path, source, span, message.into()));
-        let Some(url) = self.url else {
-            return err(kind_span, "type = \"nova\" needs `url`");
-        };
-        if self.shared_secret.is_some() == self.shared_secret_file.is_some() {
-            return err(
-                kind_span,
-                "give exactly one of `shared_secret` and `shared_secret_file`",
-            );
-        }
-        if let (Some(cert), None) | (None, Some(cert)) = (&self.client_cert, &self.client_key) {
-            return err(
-                cert.span(),
-                "give both `client_cert` and `client_key`, or neither",
-            );
-        }
-        let base = path.parent().unwrap_or_else(|| Path::new("."));
-        let file = |p: Option<Spanned<PathBuf>>| p.map(|p| base.join(p.into_inner()));
-        Ok(NovaBackendConfig {
-            url: url.into_inner(),
-            shared_secret: self.shared_secret.map(Spanned::into_inner),
-            shared_secret_file: file(self.shared_secret_file),
-            ca_file: file(self.ca_file),
-            client_cert: file(self.client_cert),
-            client_key: file(self.client_key),
-            insecure: self.insecure.is_some_and(|i| *i.get_ref()),
-            connect_timeout_s: self.connect_timeout_s.map_or(5, Spanned::into_inner),
-            timeout_s: self.timeout_s.map_or(60, Spanned::into_inner),
-            // Nova's own `metadata_cache_expiration` default.
-            cache_ttl_s: self.cache_ttl_s.map_or(15, Spanned::into_inner),
-        })
-    }
-}
-
-/// An http or https URL with no path beyond "/".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NovaUrl(pub http::Uri);
-
-impl FromStr for NovaUrl {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|err| format!("`{text}` is not a URL: {err}"))?;
-        match uri.scheme_str() {
-            Some("http" | "https") => {}
-            _ => return Err(format!("`{text}`: the scheme must be http or https")),
-        }
-        if uri.host().is_none() {
-            return Err(format!("`{text}` has no host"));
-        }
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!("`{text}`: give only scheme, host and port"));
-        }
-        Ok(Self(uri))
-    }
-}
-
 impl Config {
     /// Loads the config file; relative paths in it become relative to the
     /// file's folder.
@@ -549,202 +404,31 @@ impl Config {
     /// Parses config text that came from `path`.
     pub fn parse(path: &Path, source: &str) -> Result<Self, ConfigError> {
         let file: ConfigFile = parse_str(path, source)?;
+        let ports_span = file.ports.as_ref().map_or(0..0, Spanned::span);
+        let mut ports = file.ports.map(Spanned::into_inner).unwrap_or_default();
+        if ports.source == PortSourceKind::Ovn && ports.ovn_sb.is_none() {
+            let message = "source = \"ovn\" needs `ovn_sb`".to_owned();
+            return Err(ConfigError::at(path, source, ports_span, message));
+        }
         // Relative paths are relative to the config file's folder (an
         // absolute one stays as it is through `join`).
         let base = path.parent().unwrap_or_else(|| Path::new("."));
-        let mut config = Self {
+        ports.file = base.join(&ports.file);
+        let mut agent = file.agent;
+        agent.socket = agent.socket.map(|socket| base.join(socket));
+        Ok(Self {
             backend: file.backend.resolve(path, source)?,
             daemon: file.daemon,
             datapath: file.datapath,
             proxy: file.proxy,
-            ports: file.ports,
-            agent: file.agent,
+            ports,
+            agent,
             tokens: file.tokens,
             rate_limit: file.rate_limit,
             metrics: file.metrics,
-        };
-        config.ports.file = base.join(&config.ports.file);
-        if config.ports.source == PortSourceKind::Ovn && config.ports.ovn_sb.is_none() {
-            let at = source.find("source").unwrap_or(0);
-            let message = "source = \"ovn\" needs `ovn_sb`".to_owned();
-            return Err(ConfigError::at(path, source, at..at, message));
-        }
-        config.agent.socket = config.agent.socket.map(|socket| base.join(socket));
-        if config.tokens.hop_limit == 0 {
-            let at = source.find("hop_limit").unwrap_or(0);
-            return Err(ConfigError::at(
-                path,
-                source,
-                at..at,
-                "must be 1 to 255".into(),
-            ));
-        }
-        if config.datapath.host_mtu < 1280 || config.datapath.host_mtu > 65_535 {
-            let at = source.find("host_mtu").unwrap_or(0);
-            return Err(ConfigError::at(
-                path,
-                source,
-                at..at,
-                format!(
-                    "{} is not an MTU between 1280 and 65535",
-                    config.datapath.host_mtu
-                ),
-            ));
-        }
-        Ok(config)
+        })
     }
 }
-
-/// A network device name the kernel accepts (1 to 15 bytes, no '/', no
-/// whitespace, not "." or "..").
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DeviceName(pub String);
-
-impl FromStr for DeviceName {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        let valid = !name.is_empty()
-            && name.len() <= 15
-            && name != "."
-            && name != ".."
-            && !name
-                .chars()
-                .any(|c| c == '/' || c == ':' || c.is_whitespace());
-        if valid {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(format!(
-                "`{name}` is not a valid device name (1-15 bytes, no '/', ':' or spaces)"
-            ))
-        }
-    }
-}
-
-impl fmt::Display for DeviceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A glob pattern matched against device names.
-#[derive(Debug, Clone)]
-pub struct GlobPattern(glob::Pattern);
-
-impl GlobPattern {
-    pub fn matches(&self, name: &str) -> bool {
-        self.0.matches(name)
-    }
-}
-
-impl FromStr for GlobPattern {
-    type Err = String;
-
-    fn from_str(pattern: &str) -> Result<Self, Self::Err> {
-        glob::Pattern::new(pattern)
-            .map(Self)
-            .map_err(|err| format!("`{pattern}` is not a glob pattern: {err}"))
-    }
-}
-
-/// An IPv4 prefix such as "100.64.0.0/10".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl Ipv4Net {
-    /// Number of addresses in the prefix.
-    pub fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix_len))
-    }
-
-    /// The `n`th address of the prefix.
-    pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
-        (u64::from(n) < self.size()).then(|| Ipv4Addr::from(self.addr.to_bits() + n))
-    }
-}
-
-impl FromStr for Ipv4Net {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{text}` is not an IPv4 prefix like 100.64.0.0/10");
-        let (addr, len) = text.split_once('/').ok_or_else(bad)?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-        let prefix_len: u8 = len.parse().map_err(|_| bad())?;
-        if prefix_len > 30 {
-            return Err(format!("`{text}`: the prefix must be /30 or shorter"));
-        }
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(prefix_len))
-            .unwrap_or(0);
-        if addr.to_bits() & !mask != 0 {
-            return Err(format!("`{text}` has host bits set"));
-        }
-        Ok(Self { addr, prefix_len })
-    }
-}
-
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
-
-/// An IPv6 /96 such as "fd00:a9fe:6464::/96".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv6Net96 {
-    pub prefix: std::net::Ipv6Addr,
-}
-
-impl Ipv6Net96 {
-    /// The proxy's IPv6 address (never a slot: slots stay far below it).
-    pub fn proxy(&self) -> std::net::Ipv6Addr {
-        let prefix = metadata_common::Ipv6Be(self.prefix.octets());
-        let addr = metadata_common::slot_addr_v6(prefix, metadata_common::PROXY_SLOT_V6);
-        std::net::Ipv6Addr::from(addr.0)
-    }
-}
-
-impl FromStr for Ipv6Net96 {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{text}` is not an IPv6 /96 like fd00:a9fe:6464::/96");
-        let (addr, len) = text.split_once('/').ok_or_else(bad)?;
-        let prefix: std::net::Ipv6Addr = addr.parse().map_err(|_| bad())?;
-        if len != "96" {
-            return Err(format!("`{text}`: the IPv6 NAT range must be a /96"));
-        }
-        if prefix.to_bits() & 0xffff_ffff != 0 {
-            return Err(format!("`{text}` has host bits set"));
-        }
-        Ok(Self { prefix })
-    }
-}
-
-impl fmt::Display for Ipv6Net96 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/96", self.prefix)
-    }
-}
-
-/// Deserializes any `FromStr` type whose error is a message, from a string
-/// (so the message lands in the error with the file, line and key).
-macro_rules! deserialize_from_str {
-    ($($ty:ty),*) => {$(
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                text.parse().map_err(de::Error::custom)
-            }
-        }
-    )*};
-}
-pub(crate) use deserialize_from_str;
-deserialize_from_str!(DeviceName, GlobPattern, Ipv4Net, Ipv6Net96, NovaUrl);
 
 #[cfg(test)]
 mod tests {
@@ -826,6 +510,47 @@ mod tests {
                 .contains(":2: key `backend.type`: give exactly one"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_value_check_names_the_line_of_its_own_key() {
+        // A comment naming a key must not be taken for it (the checks
+        // once searched the text for the key's name).
+        let err = parse(
+            "# hop_limit = 0 would be refused\n[tokens]\nmode = \"optional\"\nhop_limit = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/mdr.toml:4: key `tokens.hop_limit`: must be 1 to 255"
+        );
+        let err = parse("[datapath]\n# host_mtu below\nhost_mtu = 1000\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/mdr.toml:3: key `datapath.host_mtu`: 1000 is not an MTU between 1280 and 65535"
+        );
+        let err =
+            parse("[ports]\nsource = \"ovn\"\novn_sb = \"tcp:sb:6642,udp:x:1\"\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "/etc/mdr.toml:3: key `ports.ovn_sb`: `udp:x:1` is not an OVSDB remote"
+            ),
+            "{err}"
+        );
+        let err = parse("[ports]\novs = \"unix:\"\n").unwrap_err();
+        assert!(err.to_string().contains(":2: key `ports.ovs`"), "{err}");
+    }
+
+    #[test]
+    fn cross_field_checks_name_their_table() {
+        let err = parse("[proxy]\nport = 80\n\n[ports]\nsource = \"ovn\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("/etc/mdr.toml:4: key `ports`"), "{text}");
+        assert!(text.contains("needs `ovn_sb`"), "{text}");
+        let config =
+            parse("[ports]\nsource = \"ovn\"\novn_sb = \"ssl:a:6642,ssl:b:6642\"\n").unwrap();
+        assert_eq!(config.ports.ovn_sb.unwrap().0.len(), 2);
+        assert_eq!(config.ports.ovs.to_string(), defaults::OVS_REMOTE);
     }
 
     #[test]
