@@ -274,16 +274,11 @@ rate_limit_enabled = false
     }
 
     fn apply_text(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
-        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("mdr-ini-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("neutron_ovn_metadata_agent.ini");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("neutron_ovn_metadata_agent.ini");
         std::fs::write(&path, text).unwrap();
         let mut config = config();
-        let result = apply(&mut config, &path).map(|unused| (config, unused));
-        std::fs::remove_dir_all(&dir).unwrap();
-        result
+        apply(&mut config, &path).map(|unused| (config, unused))
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::{
     fs,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -54,7 +54,8 @@ listen listener
 pub struct NeutronNetwork {
     haproxy: Child,
     pub ns: Netns,
-    dir: PathBuf,
+    /// haproxy's folder, removed after haproxy (declared before it).
+    _dir: tempfile::TempDir,
 }
 
 impl NeutronNetwork {
@@ -64,12 +65,11 @@ impl NeutronNetwork {
     /// haproxy forwarding to `socket`.
     pub fn new(vm: &Vm, network_id: &str, socket: &Path) -> anyhow::Result<Self> {
         let ns = Self::wire(vm)?;
-        let dir = std::env::temp_dir().join(format!("mdr-qd-{}", ns.name()));
-        fs::create_dir_all(&dir)?;
-        let cfg = dir.join("haproxy.cfg");
+        let dir = crate::temp_folder(&format!("mdr-qd-{}", ns.name()))?;
+        let cfg = dir.path().join("haproxy.cfg");
         fs::write(
             &cfg,
-            haproxy_config(network_id, socket, &dir.join("haproxy.pid")),
+            haproxy_config(network_id, socket, &dir.path().join("haproxy.pid")),
         )?;
         Self::start(ns, dir, &cfg)
     }
@@ -79,8 +79,7 @@ impl NeutronNetwork {
     /// 169.254.169.254:80.
     pub fn with_config(vm: &Vm, config: &Path) -> anyhow::Result<Self> {
         let ns = Self::wire(vm)?;
-        let dir = std::env::temp_dir().join(format!("mdr-qd-{}", ns.name()));
-        fs::create_dir_all(&dir)?;
+        let dir = crate::temp_folder(&format!("mdr-qd-{}", ns.name()))?;
         Self::start(ns, dir, config)
     }
 
@@ -102,7 +101,7 @@ impl NeutronNetwork {
     }
 
     /// Starts haproxy in the foreground (`-db`, whatever the file says).
-    fn start(ns: Netns, dir: PathBuf, config: &Path) -> anyhow::Result<Self> {
+    fn start(ns: Netns, dir: tempfile::TempDir, config: &Path) -> anyhow::Result<Self> {
         let haproxy = Command::new("ip")
             .args(["netns", "exec", ns.name(), "haproxy", "-db", "-f"])
             .arg(config)
@@ -111,7 +110,11 @@ impl NeutronNetwork {
             .stderr(Stdio::null())
             .spawn()
             .context("starting haproxy")?;
-        let network = Self { haproxy, ns, dir };
+        let network = Self {
+            haproxy,
+            ns,
+            _dir: dir,
+        };
         network.wait_listening()?;
         Ok(network)
     }
@@ -139,6 +142,5 @@ impl Drop for NeutronNetwork {
     fn drop(&mut self) {
         let _ = self.haproxy.kill();
         let _ = self.haproxy.wait();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }

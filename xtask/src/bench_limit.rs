@@ -8,7 +8,7 @@
 //! and user_data bytes from files on 169.254.169.254:8080 over the same
 //! veth: what a fast static HTTP server does on this machine.
 
-use std::{fs, net::Ipv4Addr, path::PathBuf, process::Stdio, time::Duration};
+use std::{fs, net::Ipv4Addr, process::Stdio, time::Duration};
 
 use anyhow::Context as _;
 use metadata_tests::{Hypervisor, Netns, Vm, unique_suffix, veth_pair};
@@ -20,7 +20,9 @@ pub const NGINX_PORT: u16 = 8080;
 pub struct LimitPath {
     pub ns: Netns,
     nginx: Nginx,
-    _www: Www,
+    /// nginx's folder (configuration, files, pid), removed after nginx,
+    /// which is declared before it.
+    _www: tempfile::TempDir,
 }
 
 /// nginx's master process. Stopped with SIGTERM, which takes its workers
@@ -95,14 +97,14 @@ impl LimitPath {
         // More specific than the slot range's route to the host device.
         hv.ns()
             .ip(&["route", "add", &format!("{slot}/32"), "dev", &host_end])?;
-        let www = Www(std::env::temp_dir().join(format!("mdr-www-{}", ns.name())));
+        let www = metadata_tests::temp_folder(&format!("mdr-www-{}", ns.name()))?;
         for path in paths {
             let body = fetch(&ns, &format!("http://169.254.169.254{path}"))?;
-            let file = www.0.join(path.trim_start_matches('/'));
+            let file = www.path().join(path.trim_start_matches('/'));
             fs::create_dir_all(file.parent().context("a path with a folder")?)?;
             fs::write(&file, body).with_context(|| format!("writing {}", file.display()))?;
         }
-        let nginx = start_nginx(hv, &www.0)?;
+        let nginx = start_nginx(hv, www.path())?;
         let limit = Self {
             ns,
             nginx,
@@ -113,16 +115,6 @@ impl LimitPath {
             fetch(&limit.ns, &url).ok()
         })?;
         Ok(limit)
-    }
-}
-
-/// nginx's folder (configuration, files, pid), removed when dropped:
-/// after nginx, which is declared before it.
-struct Www(PathBuf);
-
-impl Drop for Www {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

@@ -202,9 +202,8 @@ pub fn test() -> anyhow::Result<u64> {
     let accel = if kvm_works(&image) { "kvm" } else { "tcg" };
     eprintln!("vm-test: qemu with {accel}");
     let mut hv = Hypervisor::new()?;
-    let work = std::env::temp_dir().join(format!("mdr-vm-{}", unique_suffix()));
-    fs::create_dir_all(&work)?;
-    let _cleanup = RemoveDir(work.clone());
+    let work_dir = metadata_tests::temp_folder(&format!("mdr-vm-{}", unique_suffix()))?;
+    let work = work_dir.path().to_owned();
     let mut specs = Vec::new();
     let mut networks = Vec::new();
     let mut taps = Vec::new();
@@ -435,12 +434,4 @@ fn dhcp_network(hv: &Hypervisor, bridge: &str, mac: &str, work: &Path) -> anyhow
         .spawn()
         .context("starting dnsmasq")?;
     Ok(Network { _ns: ns, dnsmasq })
-}
-
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }

@@ -692,16 +692,14 @@ mod tests {
     #[test]
     fn a_password_that_cannot_be_stored_is_a_503_not_a_200() {
         // state_dir is a file: nothing can be created under it (root or not).
-        let file = std::env::temp_dir().join(format!("mdr-state-file-{}", std::process::id()));
-        std::fs::write(&file, b"").unwrap();
-        let backend = LocalBackend::new(&LocalBackendConfig::default(), &file);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let backend = LocalBackend::new(&LocalBackendConfig::default(), file.path());
         let reply = backend.handle(
             &who(),
             &Method::POST,
             "/openstack/latest/password",
             b"secret",
         );
-        std::fs::remove_file(&file).unwrap();
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     }
 

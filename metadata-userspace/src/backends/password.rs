@@ -102,8 +102,8 @@ mod tests {
 
     #[test]
     fn set_once_then_conflict_and_size_limit() {
-        let dir = std::env::temp_dir().join(format!("mdr-pw-{}", std::process::id()));
-        let store = PasswordStore::new(&dir);
+        let dir = tempfile::tempdir().unwrap();
+        let store = PasswordStore::new(dir.path());
         assert_eq!(store.get("i-1").unwrap(), b"");
         assert!(matches!(
             store.set_once("i-1", &[b'x'; MAX_PASSWORD + 1]),
@@ -115,7 +115,9 @@ mod tests {
             Err(PasswordError::AlreadySet)
         ));
         // A new store (a restarted daemon) sees it.
-        assert_eq!(PasswordStore::new(&dir).get("i-1").unwrap(), b"secret");
-        fs::remove_dir_all(dir).unwrap();
+        assert_eq!(
+            PasswordStore::new(dir.path()).get("i-1").unwrap(),
+            b"secret"
+        );
     }
 }
