@@ -1,13 +1,7 @@
 //! `cargo xtask`: everything a developer or CI does with this repository.
 
 mod bench;
-mod bench_limit;
-mod bench_neutron;
-mod bench_ovn;
-mod bench_stalls;
-mod bench_wrk;
 mod demo;
-mod floor_prog;
 mod fuzz;
 mod package;
 mod setup;

@@ -62,7 +62,7 @@ impl LimitPath {
             };
             // A process gone since the listing is no worker of ours. The
             // parent's pid is field 4 of stat(5).
-            let parent = super::bench::stat_fields(pid)
+            let parent = super::harness::stat_fields(pid)
                 .and_then(|fields| fields.get(1)?.parse::<u32>().ok());
             if parent == Some(master) {
                 pids.push(pid);

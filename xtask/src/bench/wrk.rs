@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 
-use super::bench::{Load, ratio};
+use super::harness::{Load, ratio};
 
 /// Prints the request count and the latency quantiles (µs) in steps of
 /// 0.1 %, and of 0.01 % above 99.9 %.

@@ -42,7 +42,7 @@ pub struct Sync {
     pub rows: usize,
 }
 
-pub fn run() -> anyhow::Result<Vec<Sync>> {
+pub fn measure() -> anyhow::Result<Vec<Sync>> {
     eprintln!("bench: OVN Southbound, {BINDINGS} bindings over {CHASSIS} chassis, {LOCAL} here");
     let mut hv = Hypervisor::new()?;
     let sb = Southbound::standalone(&hv)?;

@@ -32,8 +32,8 @@ use metadata_tests::{
     uuid_like,
 };
 
-use super::bench::{KillOnDrop, Load, SMALL, wait_served};
-use super::bench_wrk::{Strictness, Wrk, field, latency};
+use super::harness::{KillOnDrop, Load, SMALL, ratio, wait_served};
+use super::wrk::{Strictness, Wrk, field, latency};
 
 const SECRET: &str = "benchmark shared secret";
 const CHASSIS: &str = "bench-chassis";
@@ -67,7 +67,7 @@ pub struct StormRun {
 /// 20 ms per request, 8 at once: ours with its response cache (the
 /// default 15 s) against neutron's agent.
 pub fn storm(vms: usize) -> anyhow::Result<Storm> {
-    let python = super::setup::neutron_python()?;
+    let python = crate::setup::neutron_python()?;
     let (time, workers) = REALISTIC;
     eprintln!(
         "bench: boot storm, {vms} VMs per path, Nova {time:?} per request, {workers} at once"
@@ -116,8 +116,8 @@ pub struct NovaRow {
 }
 
 /// Both paths at each concurrency, then the realistic Nova at 10 VMs.
-pub fn run(concurrency: &[usize], seconds: u32, script: &Path) -> anyhow::Result<Vec<NovaRow>> {
-    let python = super::setup::neutron_python()?;
+pub fn measure(concurrency: &[usize], seconds: u32, script: &Path) -> anyhow::Result<Vec<NovaRow>> {
+    let python = crate::setup::neutron_python()?;
     let mut rows = Vec::new();
     for &n in concurrency {
         eprintln!("bench: ours vs neutron's OVN metadata agent, {n} VM(s) per path");
@@ -407,7 +407,7 @@ fn agent_socket(hv: &Hypervisor) -> PathBuf {
 }
 
 fn runner() -> PathBuf {
-    super::root().join("tests/bench/neutron_ovn_metadata.py")
+    crate::root().join("tests/bench/neutron_ovn_metadata.py")
 }
 
 /// Starts neutron's OVN metadata proxy in the hypervisor namespace and
@@ -530,7 +530,7 @@ pub fn markdown(rows: &[NovaRow]) -> String {
     let _ = writeln!(
         md,
         "ours: tap -> eBPF -> daemon, Nova backend, response cache off (every request reaches Nova). neutron: per-network namespace with Debian's haproxy and the configuration neutron's `HaproxyConfigurator` writes -> unix socket -> neutron {} (PyPI) `neutron.agent.ovn.metadata.server_socket`, ports looked up in a real ovsdb-server Southbound, default `metadata_workers` (0 with OVN: served in the main thread). peer alone: wrk from the hypervisor straight to the Nova peer with the signed headers, one connection per VM.\n",
-        super::setup::NEUTRON_VERSION
+        crate::setup::NEUTRON_VERSION
     );
     let _ = writeln!(
         md,
@@ -557,7 +557,7 @@ pub fn markdown(rows: &[NovaRow]) -> String {
             r.neutron.error_share * 100.0,
             r.peer
                 .map_or_else(|| "-".to_owned(), |p| format!("{:.0}", p.rps)),
-            super::bench::ratio(r.ours.rps, r.neutron.rps),
+            ratio(r.ours.rps, r.neutron.rps),
             r.ours.p50_us,
             r.neutron.p50_us,
             r.ours.p99_us,
@@ -565,6 +565,14 @@ pub fn markdown(rows: &[NovaRow]) -> String {
         );
     }
     md
+}
+
+pub fn storm_json(s: &Storm) -> serde_json::Value {
+    serde_json::json!({
+        "vms": s.vms, "requests_per_vm": s.requests_per_vm,
+        "ours": {"seconds": s.ours.seconds, "failed_vms": s.ours.failed_vms, "nova_calls": s.ours.nova_calls},
+        "neutron": {"seconds": s.neutron.seconds, "failed_vms": s.neutron.failed_vms, "nova_calls": s.neutron.nova_calls},
+    })
 }
 
 pub fn json(rows: &[NovaRow]) -> serde_json::Value {
@@ -590,14 +598,11 @@ pub fn targets(rows: &[NovaRow]) -> Vec<(String, bool)> {
     }
     let worst = fast
         .iter()
-        .map(|r| super::bench::ratio(r.ours.rps, r.neutron.rps))
+        .map(|r| ratio(r.ours.rps, r.neutron.rps))
         .fold(f64::INFINITY, f64::min);
     let peer_headroom = fast
         .iter()
-        .filter_map(|r| {
-            r.peer
-                .map(|p| super::bench::ratio(p.rps, r.ours.rps.max(r.neutron.rps)))
-        })
+        .filter_map(|r| r.peer.map(|p| ratio(p.rps, r.ours.rps.max(r.neutron.rps))))
         .fold(f64::INFINITY, f64::min);
     vec![
         (
