@@ -103,11 +103,9 @@ fn serving_threads() -> usize {
 /// with a single-threaded runtime: a connection is accepted, served and
 /// closed on one thread. With the work-stealing runtime, each spawned
 /// connection woke an idle worker (a futex or eventfd write and a
-/// cross-CPU wake-up, which is dear in a VM): measured with a new
-/// connection per request for meta_data.json, the daemon spent 40.6 µs of
-/// CPU per request at 10 VMs and 37.1 µs at 50; this way 31.3 and 33.0 µs
-/// (keep-alive requests cost the same either way; tests/bench/RESULTS.md).
-/// The returned task ends with the thread.
+/// cross-CPU wake-up, which is dear in a VM), and new-connection requests
+/// cost the daemon more CPU (the figures: tests/bench/RESULTS.md, "Notes
+/// kept from earlier runs"). The returned task ends with the thread.
 fn spawn_serving_thread(
     index: usize,
     sockets: Vec<std::net::TcpListener>,
