@@ -102,15 +102,7 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
     let snapshot = Arc::clone(&inventory.borrow());
     // Subscribe before the first sync, so no tap appearing in between is missed.
     let link_events = LinkEvents::subscribe().context("subscribing to rtnetlink link events")?;
-    let mut datapath = Datapath::start(&config)
-        .await
-        .context("starting the datapath")?;
-    let slot_owners = datapath
-        .sync(&snapshot)
-        .await
-        .context("attaching to taps")?;
-    reconcile_loop::log_attached(&datapath);
-    let slot_owners: SharedSlotOwners = Arc::new(RwLock::new(Arc::new(slot_owners)));
+    let (datapath, slot_owners) = start_datapath(&config, &snapshot).await?;
     let servers = listeners::Servers {
         slot_owners: Arc::clone(&slot_owners),
         inventory: inventory.clone(),
@@ -129,13 +121,7 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
     };
     let mut servers = servers.start(&config).await?;
     servers.extend(admin);
-    info!(
-        "serving metadata on {}:{} via {}",
-        config.proxy.address, config.proxy.port, config.datapath.host_device
-    );
-    println!("ready");
-    std::io::stdout().flush().context("writing to stdout")?;
-    notify::ready(datapath.attached().len());
+    announce_ready(&config, &datapath)?;
     reconcile.set_taps(datapath.attached().len());
     readiness.set_ready();
 
@@ -149,6 +135,33 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
     resync.run(&reload).await?;
     shutdown(&stop, servers).await;
     source_task.abort();
+    Ok(())
+}
+
+/// Loads (or adopts) the datapath and attaches it to the taps of
+/// `snapshot`; returns it with the slot owners the proxy looks peers up in.
+async fn start_datapath(
+    config: &Config,
+    snapshot: &Snapshot,
+) -> anyhow::Result<(Datapath, SharedSlotOwners)> {
+    let mut datapath = Datapath::start(config)
+        .await
+        .context("starting the datapath")?;
+    let slot_owners = datapath.sync(snapshot).await.context("attaching to taps")?;
+    reconcile_loop::log_attached(&datapath);
+    Ok((datapath, Arc::new(RwLock::new(Arc::new(slot_owners)))))
+}
+
+/// Says that the datapath is attached and the proxy listens: the log,
+/// "ready" on stdout, and systemd.
+fn announce_ready(config: &Config, datapath: &Datapath) -> anyhow::Result<()> {
+    info!(
+        "serving metadata on {}:{} via {}",
+        config.proxy.address, config.proxy.port, config.datapath.host_device
+    );
+    println!("ready");
+    std::io::stdout().flush().context("writing to stdout")?;
+    notify::ready(datapath.attached().len());
     Ok(())
 }
 
