@@ -17,3 +17,4 @@ pub mod neutron_ini;
 pub mod reconcile;
 pub mod serve;
 pub mod throttled_log;
+pub mod tls_client;

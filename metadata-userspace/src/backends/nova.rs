@@ -20,14 +20,17 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use log::{error, warn};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 
 use super::{
     Reply,
     cache::ResponseCache,
     metrics::{Upstream, UpstreamMetrics},
 };
-use crate::{config::NovaBackendConfig, inventory::Identity};
+use crate::{
+    config::NovaBackendConfig,
+    inventory::Identity,
+    tls_client::{self, TlsClientError, TlsClientFiles},
+};
 
 /// A Nova backend that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -38,14 +41,8 @@ pub enum NovaError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{what} {}: {message}", path.display())]
-    Pem {
-        what: &'static str,
-        path: PathBuf,
-        message: String,
-    },
-    #[error("TLS setup: {0}")]
-    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsClientError),
     #[error("the shared secret is empty")]
     EmptySecret,
 }
@@ -90,7 +87,12 @@ impl NovaBackend {
         if secret.is_empty() {
             return Err(NovaError::EmptySecret);
         }
-        let tls = tls_config(config)?;
+        let tls = tls_client::client_config(&TlsClientFiles {
+            ca_file: config.ca_file.as_deref(),
+            insecure: config.insecure,
+            client_cert: config.client_cert.as_deref(),
+            client_key: config.client_key.as_deref(),
+        })?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(config.connect_timeout_s)));
@@ -310,134 +312,6 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
-}
-
-fn tls_config(config: &NovaBackendConfig) -> Result<rustls::ClientConfig, NovaError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()?;
-    let builder = if config.insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        match &config.ca_file {
-            Some(path) => {
-                for cert in read_certs("the CA file", path)? {
-                    roots.add(cert)?;
-                }
-            }
-            None => {
-                let native = rustls_native_certs();
-                roots.add_parsable_certificates(native);
-            }
-        }
-        builder.with_root_certificates(roots)
-    };
-    match (&config.client_cert, &config.client_key) {
-        (Some(cert), Some(key)) => {
-            let certs = read_certs("the client certificate", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|err| NovaError::Pem {
-                what: "the client key",
-                path: key.clone(),
-                message: err.to_string(),
-            })?;
-            Ok(builder.with_client_auth_cert(certs, key)?)
-        }
-        _ => Ok(builder.with_no_client_auth()),
-    }
-}
-
-fn read_certs(
-    what: &'static str,
-    path: &PathBuf,
-) -> Result<Vec<CertificateDer<'static>>, NovaError> {
-    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-        .map_err(|err| NovaError::Pem {
-            what,
-            path: path.clone(),
-            message: err.to_string(),
-        })?
-        .collect();
-    let certs = certs.map_err(|err| NovaError::Pem {
-        what,
-        path: path.clone(),
-        message: err.to_string(),
-    })?;
-    if certs.is_empty() {
-        return Err(NovaError::Pem {
-            what,
-            path: path.clone(),
-            message: "no certificate in it".into(),
-        });
-    }
-    Ok(certs)
-}
-
-/// The system's trust store, for https to Nova without a ca_file.
-fn rustls_native_certs() -> Vec<CertificateDer<'static>> {
-    let mut certs = Vec::new();
-    for path in [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-    ] {
-        if let Ok(iter) = CertificateDer::pem_file_iter(path) {
-            certs.extend(iter.flatten());
-            break;
-        }
-    }
-    certs
-}
-
-/// `insecure = true`: accepts any server certificate (signatures on the
-/// handshake are still checked).
-#[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]
