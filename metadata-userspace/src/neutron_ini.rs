@@ -132,7 +132,7 @@ pub fn apply(config: &mut Config, path: &Path) -> Result<Vec<String>, ConfigErro
         get("ovn", "ovn_sb_certificate").map(|e| PathBuf::from(&e.value));
     config.ports.ovn_sb_ca_cert = get("ovn", "ovn_sb_ca_cert").map(|e| PathBuf::from(&e.value));
     if let Some(ovs) = get("ovs", "ovsdb_connection") {
-        config.ports.ovs = ovs.value.parse().map_err(|e| entry_err(path, ovs, e))?;
+        config.ports.ovs = Some(ovs.value.parse().map_err(|e| entry_err(path, ovs, e))?);
     }
     config.backend = BackendConfig::Nova(nova(path, &get)?);
     Ok(entries

@@ -42,3 +42,8 @@ pub const NOVA_CACHE_TTL_S: u64 = 15;
 /// What neutron's metadata agent asks for when its INI names no Nova.
 pub const NOVA_METADATA_HOST: &str = "127.0.0.1";
 pub const NOVA_METADATA_PORT: u16 = 8775;
+
+/// How often the "neutron" port source lists this host's ports.
+pub const NEUTRON_REFRESH_INTERVAL_S: u64 = 30;
+/// keystoneauth's default user and project domain.
+pub const KEYSTONE_DOMAIN: &str = "Default";

@@ -5,6 +5,7 @@
 
 mod backend;
 pub mod defaults;
+pub mod keystone;
 mod values;
 
 use std::{
@@ -17,9 +18,12 @@ use toml::Spanned;
 
 use self::backend::BackendSection;
 pub(crate) use self::values::deserialize_from_str;
-pub use self::values::{
-    DeviceName, GlobPattern, HopLimit, HostMtu, Ipv4Net, Ipv6Net96, NovaUrl, OvsdbRemote,
-    OvsdbRemotes,
+pub use self::{
+    keystone::KeystoneConfig,
+    values::{
+        DeviceName, GlobPattern, HopLimit, HostMtu, HttpUrl, Ipv4Net, Ipv6Net96, NovaUrl,
+        OvsdbRemote, OvsdbRemotes, Secret,
+    },
 };
 
 /// A configuration or instances file that could not be used.
@@ -309,8 +313,10 @@ pub struct PortsConfig {
     pub source: PortSourceKind,
     /// source = "file": the instances file, relative to the config file.
     pub file: PathBuf,
-    /// source = "ovn": the local Open_vSwitch database.
-    pub ovs: OvsdbRemote,
+    /// The local Open_vSwitch database: needed by source = "ovn" (default
+    /// unix:/run/openvswitch/db.sock); optional for "neutron", where it
+    /// gives each tap's port id exactly (Interface external_ids:iface-id).
+    pub ovs: Option<OvsdbRemote>,
     /// source = "ovn": the OVN Southbound, one or more comma-separated
     /// remotes (the members of a cluster).
     pub ovn_sb: Option<OvsdbRemotes>,
@@ -319,6 +325,48 @@ pub struct PortsConfig {
     pub ovn_sb_private_key: Option<PathBuf>,
     pub ovn_sb_certificate: Option<PathBuf>,
     pub ovn_sb_ca_cert: Option<PathBuf>,
+    /// source = "neutron": the binding:host_id of this node's ports; the
+    /// host name when absent.
+    pub host: Option<String>,
+    /// source = "neutron": how often this host's ports are listed.
+    pub refresh_interval_s: u64,
+    /// source = "neutron": Keystone credentials for the Neutron API.
+    pub keystone: Option<KeystoneConfig>,
+}
+
+impl PortsConfig {
+    /// The cross-field rules of `[ports]`.
+    fn check(&self) -> Result<(), String> {
+        if self.refresh_interval_s == 0 {
+            return Err("refresh_interval_s must be at least 1".into());
+        }
+        match self.source {
+            PortSourceKind::Ovn if self.ovn_sb.is_none() => {
+                Err("source = \"ovn\" needs `ovn_sb`".into())
+            }
+            PortSourceKind::Neutron => match &self.keystone {
+                None => Err("source = \"neutron\" needs a [ports.keystone] table".into()),
+                Some(keystone) => keystone.check().map_err(|e| format!("ports.keystone: {e}")),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// The Open_vSwitch database to use, with the default for "ovn".
+    pub fn ovs_or_default(&self) -> OvsdbRemote {
+        self.ovs
+            .clone()
+            .unwrap_or_else(|| defaults::OVS_REMOTE.parse().expect("valid default remote"))
+    }
+
+    /// source = "neutron": this node's binding:host_id.
+    pub fn host_or_hostname(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default()
+        })
+    }
 }
 
 impl Default for PortsConfig {
@@ -326,11 +374,14 @@ impl Default for PortsConfig {
         Self {
             source: PortSourceKind::File,
             file: PathBuf::from(defaults::INSTANCES_FILE),
-            ovs: defaults::OVS_REMOTE.parse().expect("valid default remote"),
+            ovs: None,
             ovn_sb: None,
             ovn_sb_private_key: None,
             ovn_sb_certificate: None,
             ovn_sb_ca_cert: None,
+            host: None,
+            refresh_interval_s: defaults::NEUTRON_REFRESH_INTERVAL_S,
+            keystone: None,
         }
     }
 }
@@ -342,6 +393,8 @@ pub enum PortSourceKind {
     File,
     /// Open vSwitch and the OVN Southbound (an ML2/OVN compute node).
     Ovn,
+    /// The Neutron API (an ML2/OVS or linuxbridge compute node).
+    Neutron,
 }
 
 #[derive(Debug, Clone)]
@@ -406,14 +459,16 @@ impl Config {
         let file: ConfigFile = parse_str(path, source)?;
         let ports_span = file.ports.as_ref().map_or(0..0, Spanned::span);
         let mut ports = file.ports.map(Spanned::into_inner).unwrap_or_default();
-        if ports.source == PortSourceKind::Ovn && ports.ovn_sb.is_none() {
-            let message = "source = \"ovn\" needs `ovn_sb`".to_owned();
+        if let Err(message) = ports.check() {
             return Err(ConfigError::at(path, source, ports_span, message));
         }
         // Relative paths are relative to the config file's folder (an
         // absolute one stays as it is through `join`).
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         ports.file = base.join(&ports.file);
+        if let Some(keystone) = &mut ports.keystone {
+            keystone.rebase(base);
+        }
         let mut agent = file.agent;
         agent.socket = agent.socket.map(|socket| base.join(socket));
         Ok(Self {
@@ -549,8 +604,54 @@ mod tests {
         assert!(text.contains("needs `ovn_sb`"), "{text}");
         let config =
             parse("[ports]\nsource = \"ovn\"\novn_sb = \"ssl:a:6642,ssl:b:6642\"\n").unwrap();
-        assert_eq!(config.ports.ovn_sb.unwrap().0.len(), 2);
-        assert_eq!(config.ports.ovs.to_string(), defaults::OVS_REMOTE);
+        assert_eq!(config.ports.ovn_sb.as_ref().unwrap().0.len(), 2);
+        assert_eq!(
+            config.ports.ovs_or_default().to_string(),
+            defaults::OVS_REMOTE
+        );
+    }
+
+    #[test]
+    fn the_neutron_source_takes_keystoneauths_options_and_says_what_is_missing() {
+        let text = "[ports]\nsource = \"neutron\"\nhost = \"compute-1\"\n\n[ports.keystone]\n\
+                    auth_url = \"https://keystone.example:5000/v3\"\nusername = \"neutron\"\n\
+                    password_file = \"keystone-password\"\nproject_name = \"service\"\n\
+                    region_name = \"RegionOne\"\nvalid_interfaces = [\"internal\", \"public\"]\n";
+        let config = parse(text).unwrap();
+        let keystone = config.ports.keystone.as_ref().unwrap();
+        assert_eq!(keystone.user_domain_name, "Default");
+        assert_eq!(
+            keystone.password_file.as_deref(),
+            Some(Path::new("/etc/keystone-password")),
+            "relative to the config file"
+        );
+        assert_eq!(config.ports.refresh_interval_s, 30);
+        assert_eq!(config.ports.host_or_hostname(), "compute-1");
+        let err = parse(&text.replace("password_file = \"keystone-password\"\n", "")).unwrap_err();
+        assert!(
+            err.to_string().contains("key `ports`")
+                && err.to_string().contains("`password` and `password_file`"),
+            "{err}"
+        );
+        let err = parse("[ports]\nsource = \"neutron\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("needs a [ports.keystone] table"),
+            "{err}"
+        );
+        let err =
+            parse(&text.replace("internal\", \"public", "internal\", \"private")).unwrap_err();
+        assert!(
+            err.to_string().contains("ports.keystone.valid_interfaces"),
+            "{err}"
+        );
+        let appcred = "[ports]\nsource = \"neutron\"\n[ports.keystone]\nauth_url = \"http://k/v3\"\n\
+                       auth_type = \"v3applicationcredential\"\napplication_credential_id = \"abc\"\n\
+                       application_credential_secret = \"s3cret\"\n";
+        let config = parse(appcred).unwrap();
+        assert!(
+            !format!("{config:?}").contains("s3cret"),
+            "secrets never shown"
+        );
     }
 
     #[test]

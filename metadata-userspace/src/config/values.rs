@@ -166,6 +166,56 @@ impl FromStr for NovaUrl {
     }
 }
 
+/// An http or https URL, path allowed (Keystone's is ".../v3").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(pub http::Uri);
+
+impl FromStr for HttpUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|err| format!("`{text}` is not a URL: {err}"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err(format!("`{text}`: the scheme must be http or https")),
+        }
+        if uri.host().is_none() {
+            return Err(format!("`{text}` has no host"));
+        }
+        Ok(Self(uri))
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A password or key: never shown by `Debug` (so no log line or error
+/// carries it).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: String) -> Self {
+        Self(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// The IP TTL / IPv6 hop limit of token responses: 1 to 255.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HopLimit(NonZeroU8);
@@ -332,6 +382,7 @@ deserialize_from_str!(
     Ipv4Net,
     Ipv6Net96,
     NovaUrl,
+    HttpUrl,
     OvsdbRemote,
     OvsdbRemotes
 );
@@ -367,6 +418,13 @@ mod tests {
         for bad in ["", "tcp:host", "udp:h:1", "unix:", "tcp::5", "tcp:h:99999"] {
             assert!(bad.parse::<OvsdbRemotes>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn secrets_do_not_show() {
+        let secret = Secret::new("hunter2".into());
+        assert_eq!(format!("{secret:?}"), "Secret(..)");
+        assert_eq!(secret.expose(), "hunter2");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::{
     datapath::bpffs::{self, Found},
     inventory::{
         PortIndex,
+        neutron::NeutronClient,
         ovsdb::{client::Client, remote},
     },
 };
@@ -286,8 +287,9 @@ async fn port_source(config: &Config) -> Vec<Check> {
         }],
         PortSourceKind::Ovn => {
             let ports = &config.ports;
+            let ovs = ports.ovs_or_default();
             let sb = ports.ovn_sb.iter().flat_map(|sb| &sb.0);
-            let remotes = std::iter::once(("Open_vSwitch", &ports.ovs))
+            let remotes = std::iter::once(("Open_vSwitch", &ovs))
                 .chain(sb.map(|remote| ("OVN_Southbound", remote)));
             let mut checks = Vec::new();
             for (db, remote) in remotes {
@@ -295,6 +297,46 @@ async fn port_source(config: &Config) -> Vec<Check> {
             }
             checks
         }
+        PortSourceKind::Neutron => vec![neutron_answers(config).await],
+    }
+}
+
+/// Keystone accepts the credentials, the catalog (or the override) names
+/// the network endpoint, and Neutron lists this host's ports.
+async fn neutron_answers(config: &Config) -> Check {
+    let Some(keystone) = &config.ports.keystone else {
+        return check(Outcome::Fail, "port source", "no [ports.keystone]");
+    };
+    let host = config.ports.host_or_hostname();
+    let listed = async {
+        let mut client = NeutronClient::new(keystone)?;
+        client.list_ports(&host).await
+    };
+    match tokio::time::timeout(Duration::from_secs(30), listed).await {
+        Ok(Ok(ports)) => {
+            let compute = ports
+                .iter()
+                .filter(|p| p.device_owner.starts_with("compute:"))
+                .count();
+            check(
+                Outcome::Ok,
+                "port source",
+                format!(
+                    "Keystone {} accepted the credentials; Neutron lists {} ports bound to {host} ({compute} of instances)",
+                    keystone.auth_url,
+                    ports.len()
+                ),
+            )
+        }
+        Ok(Err(err)) => check(Outcome::Fail, "port source", err.to_string()),
+        Err(_) => check(
+            Outcome::Fail,
+            "port source",
+            format!(
+                "Keystone {} or Neutron gave no answer within 30 s",
+                keystone.auth_url
+            ),
+        ),
     }
 }
 

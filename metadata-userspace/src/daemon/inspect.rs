@@ -33,11 +33,19 @@ pub async fn status(config_path: &Path, json: bool) -> anyhow::Result<()> {
         let mut value = serde_json::to_value(&status)?;
         value["waiting"] = serde_json::to_value(ports.waiting())?;
         value["port_source_connected"] = serde_json::to_value(&ports.state.connected)?;
+        value["ambiguous"] = serde_json::to_value(&ports.state.ambiguous)?;
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_table(&status);
         for tap in ports.waiting() {
             println!("waiting for a binding on this chassis: {tap}");
+        }
+        for tap in &ports.state.ambiguous {
+            println!(
+                "not served, ambiguous: {} would be the tap of ports {}",
+                tap.device,
+                tap.ports.join(", ")
+            );
         }
         for (db, up) in &ports.state.connected {
             let state = if *up {

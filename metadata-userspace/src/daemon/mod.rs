@@ -40,6 +40,7 @@ use crate::{
         PortSource, Snapshot,
         file::FileSource,
         metrics::SourceMetrics,
+        neutron::{NeutronSettings, NeutronSource},
         ovn::{OvnSettings, OvnSource},
         ovsdb::remote::TlsFiles,
         state::PortsState,
@@ -98,7 +99,9 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
     let readiness = Readiness::default();
     let admin = start_admin(&config, root, &readiness, &limits, &stopped).await?;
     let reload = Arc::new(Notify::new());
-    let (source_task, inventory) = start_port_source(&config, Arc::clone(&reload), source).await?;
+    let links_changed = Arc::new(Notify::new());
+    let (source_task, inventory) =
+        start_port_source(&config, Arc::clone(&reload), &links_changed, source).await?;
     let snapshot = Arc::clone(&inventory.borrow());
     // Subscribe before the first sync, so no tap appearing in between is missed.
     let link_events = LinkEvents::subscribe().context("subscribing to rtnetlink link events")?;
@@ -132,7 +135,7 @@ pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::R
         link_events,
         reconcile,
     );
-    resync.run(&reload).await?;
+    resync.run(&reload, &links_changed).await?;
     shutdown(&stop, servers).await;
     source_task.abort();
     Ok(())
@@ -234,6 +237,7 @@ fn load_config(path: &Path, neutron_config: Option<&Path>) -> anyhow::Result<Con
 async fn start_port_source(
     config: &Config,
     reload: Arc<Notify>,
+    links_changed: &Arc<Notify>,
     metrics: SourceMetrics,
 ) -> anyhow::Result<(JoinHandle<()>, watch::Receiver<Snapshot>)> {
     match config.ports.source {
@@ -246,6 +250,13 @@ async fn start_port_source(
             let (source, first) = OvnSource::open(settings).await;
             Ok(spawn_source(source, first, reload))
         }
+        PortSourceKind::Neutron => {
+            let settings = neutron_settings(config, metrics, Arc::clone(links_changed))?;
+            let (source, first) = NeutronSource::open(settings)
+                .await
+                .context("the neutron port source")?;
+            Ok(spawn_source(source, first, reload))
+        }
     }
 }
 
@@ -254,7 +265,7 @@ fn ovn_settings(config: &Config, metrics: SourceMetrics) -> anyhow::Result<OvnSe
     std::fs::create_dir_all(&config.daemon.state_dir)
         .with_context(|| format!("creating {}", config.daemon.state_dir.display()))?;
     Ok(OvnSettings {
-        ovs: ports.ovs.clone(),
+        ovs: ports.ovs_or_default(),
         sb: ports
             .ovn_sb
             .as_ref()
@@ -267,6 +278,29 @@ fn ovn_settings(config: &Config, metrics: SourceMetrics) -> anyhow::Result<OvnSe
         },
         state_file: PortsState::path(&config.daemon.state_dir),
         metrics,
+    })
+}
+
+fn neutron_settings(
+    config: &Config,
+    metrics: SourceMetrics,
+    links_changed: Arc<Notify>,
+) -> anyhow::Result<NeutronSettings> {
+    let ports = &config.ports;
+    std::fs::create_dir_all(&config.daemon.state_dir)
+        .with_context(|| format!("creating {}", config.daemon.state_dir.display()))?;
+    Ok(NeutronSettings {
+        keystone: ports
+            .keystone
+            .clone()
+            .context("source = \"neutron\" needs [ports.keystone]")?,
+        host: ports.host_or_hostname(),
+        refresh: std::time::Duration::from_secs(ports.refresh_interval_s),
+        ovs: ports.ovs.clone(),
+        interfaces: config.datapath.interfaces.clone(),
+        state_file: PortsState::path(&config.daemon.state_dir),
+        metrics,
+        links_changed,
     })
 }
 

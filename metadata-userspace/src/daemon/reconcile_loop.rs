@@ -124,8 +124,10 @@ impl ReconcileLoop {
         }
     }
 
-    /// Runs until SIGINT or SIGTERM; SIGHUP asks the port source to reload.
-    pub async fn run(&mut self, reload: &Notify) -> anyhow::Result<()> {
+    /// Runs until SIGINT or SIGTERM; SIGHUP asks the port source to reload,
+    /// and every link event is passed on to it (`links_changed`): a source
+    /// that asks a remote API learns of a new tap there.
+    pub async fn run(&mut self, reload: &Notify, links_changed: &Notify) -> anyhow::Result<()> {
         let mut signals = Signals::install()?;
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         // Pinged from this loop, so that a wedged loop stops the pings
@@ -158,6 +160,7 @@ impl ReconcileLoop {
                         self.link_events = LinkEvents::subscribe()
                             .context("subscribing to link events again")?;
                     }
+                    links_changed.notify_one();
                     Wake::Sync
                 }
             };

@@ -182,7 +182,7 @@ fn sys_devices() -> Option<BTreeSet<String>> {
 }
 
 fn proc_devices() -> Option<BTreeSet<String>> {
-    let devices = super::proc_net_dev::read().ok()?;
+    let devices = crate::proc_net_dev::read().ok()?;
     Some(devices.into_iter().map(|d| d.name).collect())
 }
 

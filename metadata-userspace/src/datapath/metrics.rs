@@ -15,7 +15,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{proc_net_dev, status};
+use super::status;
+use crate::proc_net_dev;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PacketLabels {

@@ -23,7 +23,6 @@ mod logger;
 pub mod metrics;
 pub mod netlink;
 pub mod object;
-mod proc_net_dev;
 
 pub mod status;
 

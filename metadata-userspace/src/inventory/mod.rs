@@ -5,6 +5,7 @@
 
 pub mod file;
 pub mod metrics;
+pub mod neutron;
 pub mod ovn;
 pub mod ovsdb;
 pub mod ports;

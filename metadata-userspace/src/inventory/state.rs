@@ -23,6 +23,17 @@ pub struct PortsState {
     /// Database -> whether the source is connected to it (or serving the
     /// last known ports).
     pub connected: BTreeMap<String, bool>,
+    /// Taps whose name fits two or more ports of this host (the "neutron"
+    /// source without OVS): none of them is served.
+    #[serde(default)]
+    pub ambiguous: Vec<AmbiguousTap>,
+}
+
+/// A tap name that two or more ports would have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AmbiguousTap {
+    pub device: String,
+    pub ports: Vec<String>,
 }
 
 /// A local tap that names a port with no binding served here.
@@ -92,6 +103,7 @@ mod tests {
                 iface_id: "p2".into(),
             }],
             connected: [("ovs".into(), true), ("southbound".into(), false)].into(),
+            ambiguous: Vec::new(),
         };
         state.write(&path).unwrap();
         assert_eq!(PortsState::read(&path).unwrap(), state);

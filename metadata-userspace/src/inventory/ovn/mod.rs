@@ -202,6 +202,7 @@ impl OvnSource {
                 ("southbound".to_owned(), self.sb.is_some()),
             ]
             .into(),
+            ambiguous: Vec::new(),
         };
         let metrics = &self.settings.metrics;
         metrics.set_connected("ovs", self.ovs.is_some());
