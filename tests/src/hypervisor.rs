@@ -112,6 +112,12 @@ impl Hypervisor {
     /// Like [`Self::add_vm`], with a given MAC (and so a given IPv6
     /// link-local address).
     pub fn add_vm_with_mac(&self, ip: Ipv4Addr, mac: &str) -> anyhow::Result<Vm> {
+        self.add_vm_on_tap(ip, mac, None)
+    }
+
+    /// Like [`Self::add_vm_with_mac`], on a tap of a given name (as Nova
+    /// names it after the Neutron port: `tap` + 11 characters of its id).
+    pub fn add_vm_on_tap(&self, ip: Ipv4Addr, mac: &str, tap: Option<&str>) -> anyhow::Result<Vm> {
         let ns = Netns::new("mdr-vm")?;
         // Addresses usable at once: no duplicate address detection.
         ns.exec(
@@ -123,7 +129,7 @@ impl Hypervisor {
             ],
         )?;
         let suffix = ns.name().trim_start_matches("mdr-vm-").to_owned();
-        let tap = format!("tap{suffix}");
+        let tap = tap.map_or_else(|| format!("tap{suffix}"), str::to_owned);
         let mac = mac.to_owned();
         veth_pair(&self.ns, &tap, &ns)?;
         ns.ip(&["link", "set", "eth0", "address", &mac, "up"])?;

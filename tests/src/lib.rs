@@ -14,6 +14,7 @@
 
 pub mod neutron;
 pub mod nova_peer;
+pub mod openstack;
 pub mod ovn;
 pub mod packet;
 pub mod soak;

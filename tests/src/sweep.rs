@@ -66,7 +66,11 @@ pub fn sweep_stale() -> Vec<String> {
             removed.push(format!("netns {name}"));
         }
     }
-    for folder in [PathBuf::from("/sys/fs/bpf"), std::env::temp_dir()] {
+    for folder in [
+        PathBuf::from("/sys/fs/bpf"),
+        std::env::temp_dir(),
+        PathBuf::from(crate::openstack::CACHE),
+    ] {
         let Ok(entries) = fs::read_dir(&folder) else {
             continue;
         };
@@ -74,15 +78,20 @@ pub fn sweep_stale() -> Vec<String> {
             let name = entry.file_name().to_string_lossy().into_owned();
             // Test, neutron-network and nginx folders carry a test suffix;
             // the fuzz body's state folder its (decimal) process id.
-            let stale = ["mdr-test-", "mdr-qd-mdr-qd-", "mdr-www-mdr-lim-"]
-                .iter()
-                .find_map(|prefix| name.strip_prefix(prefix))
-                .map(|suffix| !alive(suffix))
-                .or_else(|| {
-                    let pid = name.strip_prefix("mdr-fuzz-")?;
-                    Some(!Path::new(&format!("/proc/{pid}")).exists())
-                })
-                .unwrap_or(false);
+            let stale = [
+                "mdr-test-",
+                "mdr-qd-mdr-qd-",
+                "mdr-www-mdr-lim-",
+                "partial-",
+            ]
+            .iter()
+            .find_map(|prefix| name.strip_prefix(prefix))
+            .map(|suffix| !alive(suffix))
+            .or_else(|| {
+                let pid = name.strip_prefix("mdr-fuzz-")?;
+                Some(!Path::new(&format!("/proc/{pid}")).exists())
+            })
+            .unwrap_or(false);
             if stale && fs::remove_dir_all(entry.path()).is_ok() {
                 removed.push(entry.path().display().to_string());
             }

@@ -81,13 +81,16 @@ pub const PYTHON_MODULES: &[Program] = &[
 ];
 
 /// Where the virtualenv of PyPI's packages lives (outside the work tree,
-/// so a fresh clone does not download it again).
-pub const VENV: &str = "/opt/metadata-redirector-bench/neutron";
+/// so a fresh clone does not download it again); the harness runs
+/// keystone and neutron from it.
+pub const VENV: &str = metadata_tests::openstack::VENV;
 /// The neutron release the benchmark runs (2026.1).
 pub const NEUTRON_VERSION: &str = "29.0.0";
 
-/// What the virtualenv installs from PyPI, pinned.
-const PYPI_REQUIREMENTS: &[&str] = &["neutron==29.0.0"];
+/// What the virtualenv installs from PyPI, pinned: neutron (the bench's
+/// OVN agent, and the Neutron API of the "neutron" port source's tests),
+/// keystone, and gunicorn to serve both.
+const PYPI_REQUIREMENTS: &[&str] = &["neutron==29.0.0", "keystone==30.0.0", "gunicorn==27.0.1"];
 
 /// Python modules the benchmark imports with the virtualenv's python, and
 /// the PyPI requirement that brings each (oslo.config comes with neutron).
@@ -97,11 +100,16 @@ pub const PYPI_MODULES: &[Program] = &[
         "neutron==29.0.0",
     ),
     program("oslo_config.cfg", "neutron==29.0.0"),
+    program("neutron.db.migration.models.head", "neutron==29.0.0"),
+    // SQLAlchemy comes with neutron and keystone.
+    program("sqlalchemy", "neutron==29.0.0"),
+    program("keystone.server.wsgi", "keystone==30.0.0"),
+    program("gunicorn.app.base", "gunicorn==27.0.1"),
 ];
 
 /// The virtualenv's python, with every module of [`PYPI_MODULES`]
 /// importable: created and filled from [`PYPI_REQUIREMENTS`] when not (a
-/// few minutes: neutron and its oslo libraries).
+/// few minutes: neutron, keystone and their oslo libraries).
 pub fn neutron_python() -> anyhow::Result<PathBuf> {
     let python = Path::new(VENV).join("bin/python");
     let missing = || -> Vec<&str> {

@@ -140,7 +140,9 @@ fn python_imports(text: &str) -> BTreeSet<String> {
     for line in text.lines() {
         for (at, _) in line.match_indices("\"import ") {
             let rest = &line[at + "\"import ".len()..];
-            rest.split(',').for_each(|m| add(m.trim()));
+            // One statement: up to its end or the string's.
+            let statement = rest.split([';', '"']).next().unwrap_or_default();
+            statement.split(',').for_each(|m| add(m.trim()));
         }
         let line = line.trim_start().trim_start_matches('"');
         if let Some(rest) = line.strip_prefix("import ") {
@@ -264,6 +266,7 @@ fn scan_reads_each_call_form() {
         Command::new("qemu-img").arg("x");
         ns.command("dnsmasq");
         vm.exec("/usr/bin/python3", &["-c", "import json, sys"]);
+        run(&python, &["-c", "import os, importlib.metadata as m; print(m.version('x'))"]);
         crate::run(
             "ovs-appctl", &[]);
         .args(["netns", "exec", self.ns.as_str(), "ovn-sbctl", "--timeout=10"])
@@ -289,5 +292,8 @@ from cloudinit.sources import x
         ]
     );
     let modules: Vec<_> = python_imports(text).into_iter().collect();
-    assert_eq!(modules, ["cloudinit", "foo", "json", "sys"]);
+    assert_eq!(
+        modules,
+        ["cloudinit", "foo", "importlib", "json", "os", "sys"]
+    );
 }
