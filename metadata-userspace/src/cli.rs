@@ -46,6 +46,12 @@ pub struct RunArgs {
     /// The --config file, if it exists, still gives everything else.
     #[arg(long, value_name = "INI")]
     pub neutron_config: Option<PathBuf>,
+    /// nova.conf: learn this host's ports from the Neutron API with
+    /// `[neutron]`'s credentials, for `[DEFAULT] host` (port source
+    /// "neutron"), as on an ML2/OVS or linuxbridge compute node; with
+    /// --neutron-config naming ML2/OVS's metadata_agent.ini for Nova.
+    #[arg(long, value_name = "FILE")]
+    pub nova_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod fuzzing;
 pub mod inventory;
 pub mod neutron_ini;
+pub mod nova_conf;
 pub mod proc_net_dev;
 pub mod reconcile;
 pub mod serve;

@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => runtime.block_on(daemon::run(
             &args.config.config,
             args.neutron_config.as_deref(),
+            args.nova_config.as_deref(),
         )),
         Command::Status { config, json } => runtime.block_on(daemon::status(&config.config, json)),
         Command::Teardown(args) => runtime.block_on(daemon::teardown(&args.config)),

@@ -1,8 +1,9 @@
-//! neutron's own `neutron_ovn_metadata_agent.ini` as a drop-in: the
-//! Southbound and OVS connections, the Nova endpoint and its TLS files,
-//! and the shared secret are read from the file an operator already has,
-//! so migrating from the agent is `metadata-redirector run
-//! --neutron-config /etc/neutron/neutron_ovn_metadata_agent.ini`.
+//! neutron's own metadata agent files as a drop-in: from
+//! `neutron_ovn_metadata_agent.ini` the Southbound and OVS connections, and
+//! from it or ML2/OVS's `metadata_agent.ini` the Nova endpoint, its TLS
+//! files, the shared secret and the rate limits, so migrating from the
+//! agent is `metadata-redirector run --neutron-config FILE` (with
+//! `--nova-config /etc/nova/nova.conf` on an ML2/OVS or linuxbridge node).
 //!
 //! oslo.config's INI: `[section]` headers, `key = value` lines, `#` and
 //! `;` comments. Keys this daemon has no use for are listed once at start;
@@ -14,66 +15,8 @@ use std::path::{Path, PathBuf};
 use crate::config::{
     BackendConfig, Config, ConfigError, NovaBackendConfig, NovaUrl, OvsdbRemotes, PortSourceKind,
     defaults,
+    ini::{Entry, entry_err, invalid, parse, parse_bool},
 };
-
-/// One `key = value` of the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub section: String,
-    pub key: String,
-    pub value: String,
-    pub line: usize,
-}
-
-/// Parses oslo.config INI text from `path`.
-pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, ConfigError> {
-    let mut section = "DEFAULT".to_owned();
-    let mut entries = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(header) = line.strip_prefix('[') {
-            let name = header
-                .strip_suffix(']')
-                .map(str::trim)
-                .filter(|n| !n.is_empty());
-            let name = name
-                .ok_or_else(|| invalid(path, i + 1, line, "a section header must be `[name]`"))?;
-            section = name.to_owned();
-            continue;
-        }
-        let (key, value) = line
-            .split_once('=')
-            .ok_or_else(|| invalid(path, i + 1, line, "expected `key = value`"))?;
-        entries.push(Entry {
-            section: section.clone(),
-            key: key.trim().to_owned(),
-            value: value.trim().to_owned(),
-            line: i + 1,
-        });
-    }
-    Ok(entries)
-}
-
-fn invalid(path: &Path, line: usize, key: &str, message: &str) -> ConfigError {
-    ConfigError::Invalid {
-        path: path.to_owned(),
-        line,
-        key: key.to_owned(),
-        message: message.to_owned(),
-    }
-}
-
-fn entry_err(path: &Path, entry: &Entry, message: impl Into<String>) -> ConfigError {
-    invalid(
-        path,
-        entry.line,
-        &format!("{}.{}", entry.section, entry.key),
-        &message.into(),
-    )
-}
 
 /// What the daemon takes from the file.
 const USED: [(&str, &str); 19] = [
@@ -100,9 +43,21 @@ const USED: [(&str, &str); 19] = [
     ("metadata_rate_limiting", "ip_versions"),
 ];
 
-/// Applies the file at `path` to `config`: the port source becomes "ovn"
-/// and the backend Nova. Returns the keys it did not use.
-pub fn apply(config: &mut Config, path: &Path) -> Result<Vec<String>, ConfigError> {
+/// Whose metadata agent the file belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agent {
+    /// neutron_ovn_metadata_agent.ini: also the Southbound and OVS
+    /// connections (port source "ovn").
+    Ovn,
+    /// ML2/OVS's metadata_agent.ini: Nova and rate limits only; the ports
+    /// come from nova.conf's Neutron credentials (port source "neutron").
+    Ml2,
+}
+
+/// Applies the file at `path` to `config`: the backend becomes Nova, and
+/// for the OVN agent's file the port source "ovn". Returns the keys it did
+/// not use.
+pub fn apply(config: &mut Config, path: &Path, agent: Agent) -> Result<Vec<String>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -115,12 +70,33 @@ pub fn apply(config: &mut Config, path: &Path) -> Result<Vec<String>, ConfigErro
             .find(|e| e.section == section && e.key == key)
     };
     rate_limit(path, &get, &mut config.rate_limit)?;
+    if agent == Agent::Ovn {
+        ovn_ports(path, &get, config)?;
+    }
+    config.backend = BackendConfig::Nova(nova(path, &get)?);
+    let used_here = |e: &&Entry| {
+        USED.contains(&(e.section.as_str(), e.key.as_str()))
+            && (agent == Agent::Ovn || !matches!(e.section.as_str(), "ovn" | "ovs"))
+    };
+    Ok(entries
+        .iter()
+        .filter(|e| !used_here(e))
+        .map(|e| format!("{}.{}", e.section, e.key))
+        .collect())
+}
+
+/// `[ovn]` and `[ovs]`: the Southbound and OVS connections.
+fn ovn_ports<'a>(
+    path: &Path,
+    get: &impl Fn(&str, &str) -> Option<&'a Entry>,
+    config: &mut Config,
+) -> Result<(), ConfigError> {
     let sb = get("ovn", "ovn_sb_connection").ok_or_else(|| {
         invalid(
             path,
             0,
             "ovn.ovn_sb_connection",
-            "missing: the Southbound to learn ports from",
+            "missing: the Southbound to learn ports from (for ML2/OVS's metadata_agent.ini, also give --nova-config)",
         )
     })?;
     let remotes: OvsdbRemotes = sb.value.parse().map_err(|e| entry_err(path, sb, e))?;
@@ -134,12 +110,7 @@ pub fn apply(config: &mut Config, path: &Path) -> Result<Vec<String>, ConfigErro
     if let Some(ovs) = get("ovs", "ovsdb_connection") {
         config.ports.ovs = Some(ovs.value.parse().map_err(|e| entry_err(path, ovs, e))?);
     }
-    config.backend = BackendConfig::Nova(nova(path, &get)?);
-    Ok(entries
-        .iter()
-        .filter(|e| !USED.contains(&(e.section.as_str(), e.key.as_str())))
-        .map(|e| format!("{}.{}", e.section, e.key))
-        .collect())
+    Ok(())
 }
 
 fn nova<'a>(
@@ -231,14 +202,6 @@ fn rate_limit<'a>(
     Ok(())
 }
 
-fn parse_bool(path: &Path, entry: &Entry) -> Result<bool, ConfigError> {
-    match entry.value.to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err(entry_err(path, entry, "must be true or false")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,7 +241,7 @@ rate_limit_enabled = false
         let path = dir.path().join("neutron_ovn_metadata_agent.ini");
         std::fs::write(&path, text).unwrap();
         let mut config = config();
-        apply(&mut config, &path).map(|unused| (config, unused))
+        apply(&mut config, &path, Agent::Ovn).map(|unused| (config, unused))
     }
 
     #[test]

@@ -480,3 +480,84 @@ fn mac_bytes(text: &str) -> [u8; 6] {
     }
     mac
 }
+
+/// nova.conf as a compute node has it: `[DEFAULT] host` and `[neutron]`
+/// with nova-compute's credentials for the Neutron API, among others.
+fn nova_conf_text() -> String {
+    format!(
+        "[DEFAULT]\nhost = {HOST}\nmy_ip = 192.0.2.7\ncompute_driver = libvirt.LibvirtDriver\n\
+         transport_url = rabbit://nova:secret@controller:5672/\n\n\
+         [api]\nauth_strategy = keystone\n\n\
+         [neutron]\nauth_type = password\nauth_url = {}\nusername = {}\npassword = {}\n\
+         project_name = {}\nuser_domain_name = Default\nproject_domain_name = Default\n\
+         region_name = {}\nvalid_interfaces = internal,public\nservice_metadata_proxy = true\n\
+         metadata_proxy_shared_secret = {SECRET}\n\n[libvirt]\nvirt_type = kvm\n",
+        metadata_tests::openstack::KEYSTONE_URL,
+        metadata_tests::openstack::SERVICE_USER,
+        metadata_tests::openstack::SERVICE_PASSWORD,
+        metadata_tests::openstack::SERVICE_PROJECT,
+        metadata_tests::openstack::REGION,
+    )
+}
+
+/// ML2/OVS's metadata_agent.ini as neutron's installation guide writes it.
+fn metadata_agent_ini(nova: std::net::SocketAddr) -> String {
+    format!(
+        "[DEFAULT]\nnova_metadata_host = {}\nnova_metadata_port = {}\n\
+         metadata_proxy_shared_secret = {SECRET}\nmetadata_workers = 2\n\n\
+         [agent]\nroot_helper = sudo neutron-rootwrap /etc/neutron/rootwrap.conf\n\n\
+         [cache]\nmemcache_servers = controller:11211\n",
+        nova.ip(),
+        nova.port()
+    )
+}
+
+#[test]
+fn nova_conf_and_ml2s_metadata_agent_ini_run_the_daemon_and_broken_ones_name_file_line_and_key() {
+    let guest = Guest::new();
+    let mut site = Site::new(&[&guest], "");
+    let net = site
+        .stack
+        .network(&guest.project, &["10.0.0.0/24"])
+        .unwrap();
+    let (_, vm) = site.vm(&guest, &net, Ipv4Addr::new(10, 0, 0, 5));
+    // Nothing of the port source or the backend in the daemon's own file.
+    site.hv.ports_config = None;
+    site.hv.extra_config = String::new();
+    let nova_conf = site.hv.dir().join("nova.conf");
+    let agent_ini = site.hv.dir().join("metadata_agent.ini");
+    std::fs::write(&nova_conf, nova_conf_text()).unwrap();
+    std::fs::write(&agent_ini, metadata_agent_ini(site.nova.addr)).unwrap();
+    site.hv.run_args = vec![
+        "--nova-config".into(),
+        nova_conf.display().to_string(),
+        "--neutron-config".into(),
+        agent_ini.display().to_string(),
+    ];
+    site.hv.start_daemon().unwrap();
+    served_within(&site, &vm, Some(&guest), Duration::from_secs(10));
+    site.hv.stop_daemon().unwrap();
+
+    let broken = [
+        (
+            &nova_conf,
+            nova_conf_text().replace("internal,public", "internal,privat"),
+            "nova.conf:19: key `neutron.valid_interfaces`",
+        ),
+        (
+            &agent_ini,
+            metadata_agent_ini(site.nova.addr)
+                .replace("nova_metadata_port = ", "nova_metadata_port = x"),
+            "metadata_agent.ini:3: key `DEFAULT.nova_metadata_port`",
+        ),
+    ];
+    for (file, text, named) in broken {
+        let good = std::fs::read_to_string(file).unwrap();
+        std::fs::write(file, text).unwrap();
+        assert!(site.hv.start_daemon().is_err(), "{named}");
+        // Reap the exited daemon before the next start.
+        site.hv.kill_daemon().ok();
+        assert!(site.hv.log().contains(named), "{named}: {}", site.hv.log());
+        std::fs::write(file, good).unwrap();
+    }
+}

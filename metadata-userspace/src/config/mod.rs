@@ -5,6 +5,7 @@
 
 mod backend;
 pub mod defaults;
+pub mod ini;
 pub mod keystone;
 mod values;
 

@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use log::{error, info};
+use log::{error, info, warn};
 use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
@@ -45,6 +45,7 @@ use crate::{
         ovsdb::remote::TlsFiles,
         state::PortsState,
     },
+    neutron_ini::Agent,
     serve::{
         Limits, metrics::ServeMetrics, proxy::SharedSlotOwners, rate_limit::RateLimiter,
         tokens::Tokens,
@@ -84,8 +85,12 @@ impl Metrics {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
-pub async fn run(config_path: &Path, neutron_config: Option<&Path>) -> anyhow::Result<()> {
-    let config = Arc::new(load_config(config_path, neutron_config)?);
+pub async fn run(
+    config_path: &Path,
+    neutron_config: Option<&Path>,
+    nova_config: Option<&Path>,
+) -> anyhow::Result<()> {
+    let config = Arc::new(load_config(config_path, neutron_config, nova_config)?);
     limits::raise_open_files_limit()?;
     let Metrics {
         root,
@@ -209,25 +214,51 @@ async fn start_admin(
     ))))
 }
 
-/// The daemon's configuration: its own file, with neutron's agent file
-/// applied on top when given (then the own file may be absent).
-fn load_config(path: &Path, neutron_config: Option<&Path>) -> anyhow::Result<Config> {
-    let Some(ini) = neutron_config else {
+/// The daemon's configuration: its own file, with nova.conf and neutron's
+/// agent file applied on top when given (then the own file may be absent).
+fn load_config(
+    path: &Path,
+    neutron_config: Option<&Path>,
+    nova_config: Option<&Path>,
+) -> anyhow::Result<Config> {
+    if neutron_config.is_none() && nova_config.is_none() {
         return Ok(Config::load(path)?);
-    };
+    }
     let mut config = if path.exists() {
         Config::load(path)?
     } else {
         info!(
-            "{} does not exist; defaults plus {}",
-            path.display(),
-            ini.display()
+            "{} does not exist; defaults plus the drop-in files",
+            path.display()
         );
         Config::parse(path, "")?
     };
-    let unused = crate::neutron_ini::apply(&mut config, ini)?;
-    if !unused.is_empty() {
-        info!("not used from {}: {}", ini.display(), unused.join(", "));
+    let mut nova_secret = None;
+    if let Some(nova) = nova_config {
+        let (unused, secret) = crate::nova_conf::apply(&mut config, nova)?;
+        nova_secret = secret;
+        if !unused.is_empty() {
+            info!("not used from {}: {}", nova.display(), unused.join(", "));
+        }
+    }
+    if let Some(ini) = neutron_config {
+        let agent = if nova_config.is_some() {
+            Agent::Ml2
+        } else {
+            Agent::Ovn
+        };
+        let unused = crate::neutron_ini::apply(&mut config, ini, agent)?;
+        if !unused.is_empty() {
+            info!("not used from {}: {}", ini.display(), unused.join(", "));
+        }
+    }
+    if let (Some(nova), crate::config::BackendConfig::Nova(backend)) =
+        (&nova_secret, &config.backend)
+        && backend.shared_secret.as_ref().is_some_and(|s| s != nova)
+    {
+        warn!(
+            "nova.conf's [neutron] metadata_proxy_shared_secret differs from the agent file's; Nova will refuse the signatures"
+        );
     }
     Ok(config)
 }
