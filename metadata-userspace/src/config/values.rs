@@ -149,16 +149,7 @@ impl FromStr for NovaUrl {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|err| format!("`{text}` is not a URL: {err}"))?;
-        match uri.scheme_str() {
-            Some("http" | "https") => {}
-            _ => return Err(format!("`{text}`: the scheme must be http or https")),
-        }
-        if uri.host().is_none() {
-            return Err(format!("`{text}` has no host"));
-        }
+        let HttpUrl(uri) = text.parse()?;
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!("`{text}`: give only scheme, host and port"));
         }

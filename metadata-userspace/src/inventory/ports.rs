@@ -36,6 +36,29 @@ pub struct Instance {
     pub token_mode: Option<TokenMode>,
 }
 
+impl Instance {
+    /// What a live port source knows of an instance: its id, project and
+    /// ports, and nothing the guest wrote (the Nova backend answers the
+    /// rest). Name and hostname are the id; session tokens follow the
+    /// `[tokens]` default.
+    pub fn from_ports(id: String, project_id: String, ports: Vec<Port>) -> Self {
+        Self {
+            name: id.clone(),
+            hostname: id.clone(),
+            id,
+            project_id,
+            availability_zone: "nova".into(),
+            launch_index: 0,
+            user_data: None,
+            public_keys: BTreeMap::new(),
+            meta: BTreeMap::new(),
+            files: Vec::new(),
+            ports,
+            token_mode: None,
+        }
+    }
+}
+
 /// One of a VM's network ports: the tap it is plugged into and the
 /// addresses it may use.
 #[derive(Debug, Clone, PartialEq, Eq)]

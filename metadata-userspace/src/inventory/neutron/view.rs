@@ -132,7 +132,7 @@ pub fn view(
     }
     let instances = instances
         .into_iter()
-        .map(|((id, project_id), ports)| instance(id, project_id, ports))
+        .map(|((id, project_id), ports)| Instance::from_ports(id, project_id, ports))
         .collect();
     view.index = PortIndex::from_instances(instances);
     let named: BTreeSet<&str> = view.index.devices().map(|(d, _)| d).collect();
@@ -175,25 +175,6 @@ fn record(device: &str, port: &NeutronPort) -> Result<Port, String> {
         dns: Vec::new(),
         metadata_nexthop: None,
     })
-}
-
-fn instance(id: String, project_id: String, ports: Vec<Port>) -> Instance {
-    Instance {
-        name: id.clone(),
-        hostname: id.clone(),
-        id,
-        project_id,
-        availability_zone: "nova".into(),
-        launch_index: 0,
-        user_data: None,
-        public_keys: BTreeMap::new(),
-        meta: BTreeMap::new(),
-        files: Vec::new(),
-        ports,
-        // Neutron carries nothing per instance for this: the `[tokens]`
-        // default applies.
-        token_mode: None,
-    }
 }
 
 /// What a listing changed since `before`: the ports (by id and revision)

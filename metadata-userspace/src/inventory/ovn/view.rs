@@ -149,7 +149,7 @@ pub fn inventory(ovs: &Replica, sb: &Replica) -> Inventory {
     }
     let instances = ports
         .into_iter()
-        .map(|((id, project_id), ports)| instance(id, project_id, ports))
+        .map(|((id, project_id), ports)| Instance::from_ports(id, project_id, ports))
         .collect();
     Inventory {
         index: PortIndex::from_instances(instances),
@@ -321,25 +321,6 @@ fn metadata_nexthop(sb: &Replica, datapath: &str) -> Option<Ipv4Addr> {
                 IpAddr::V6(_) => None,
             })
         })
-}
-
-fn instance(id: String, project_id: String, ports: Vec<Port>) -> Instance {
-    Instance {
-        name: id.clone(),
-        hostname: id.clone(),
-        id,
-        project_id,
-        availability_zone: "nova".into(),
-        launch_index: 0,
-        user_data: None,
-        public_keys: BTreeMap::new(),
-        meta: BTreeMap::new(),
-        files: Vec::new(),
-        ports,
-        // The Southbound carries nothing per instance for this: the
-        // `[tokens]` default applies.
-        token_mode: None,
-    }
 }
 
 #[cfg(test)]
