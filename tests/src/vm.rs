@@ -129,6 +129,24 @@ impl Vm {
         })?
     }
 
+    /// The instance uuid meta_data.json names for this VM, if it is served
+    /// within `timeout` (keep it short where a change is awaited: a SYN
+    /// dropped before the change must not hide it behind TCP's one-second
+    /// retransmission).
+    pub fn served_uuid(&self, timeout: Duration) -> Option<String> {
+        let path = "/openstack/latest/meta_data.json";
+        let (status, body) = self
+            .ns
+            .run(|| http_get(None, METADATA, path, timeout))
+            .ok()?
+            .ok()?;
+        if status != 200 {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        json["uuid"].as_str().map(str::to_owned)
+    }
+
     /// Like [`Self::http_get`], from a given local address.
     pub fn http_get_from(
         &self,

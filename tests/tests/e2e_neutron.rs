@@ -12,7 +12,7 @@ use std::{
 };
 
 use metadata_tests::{
-    Hypervisor, METADATA, Vm,
+    Hypervisor, Vm,
     nova_peer::{NovaInstance, NovaPeer},
     openstack::{NeutronPort, OpenStack},
     ovn::LocalOvs,
@@ -22,7 +22,6 @@ use serde_json::json;
 
 const HOST: &str = "compute-1";
 const SECRET: &str = "metadata proxy secret";
-const META: &str = "/openstack/latest/meta_data.json";
 /// The daemon lists the ports this often in these tests.
 const REFRESH_S: u64 = 2;
 
@@ -97,20 +96,10 @@ impl Site {
     }
 }
 
-/// The instance uuid `vm` is served, if any (short timeouts: a SYN
+/// The instance uuid `vm` is served, if any (a short timeout: a SYN
 /// dropped before a change applies must not hide the change).
 fn served_uuid(vm: &Vm) -> Option<String> {
-    let quick = Duration::from_millis(300);
-    let (status, body) = vm
-        .ns
-        .run(|| metadata_tests::http_get(None, METADATA, META, quick))
-        .ok()?
-        .ok()?;
-    if status != 200 {
-        return None;
-    }
-    let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    json["uuid"].as_str().map(str::to_owned)
+    vm.served_uuid(Duration::from_millis(300))
 }
 
 /// Waits until `vm` is served as `guest` (`None`: not served); how long

@@ -12,7 +12,7 @@ use std::{
 };
 
 use metadata_tests::{
-    Hypervisor, METADATA, Vm,
+    Hypervisor, Vm,
     nova_peer::{NovaInstance, NovaPeer},
     ovn::{LocalOvs, NeutronPort, Northbound, Southbound, SslFiles},
     uuid_like, wait_for,
@@ -21,7 +21,6 @@ use metadata_tests::{
 const SAME_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 const SECRET: &str = "metadata proxy secret";
 const CHASSIS: &str = "compute-1";
-const META: &str = "/openstack/latest/meta_data.json";
 
 /// A guest on this host as Neutron and Nova know it.
 #[derive(Debug, Clone)]
@@ -130,21 +129,10 @@ impl Site {
     }
 }
 
-/// The instance uuid `vm` is served, if any. Short timeouts: a request
-/// dropped before a change applies must not hide the change behind TCP's
-/// one-second SYN retransmission.
+/// The instance uuid `vm` is served, if any (a short timeout: a SYN
+/// dropped before a change applies must not hide the change).
 fn served_uuid(vm: &Vm) -> Option<String> {
-    let quick = Duration::from_millis(150);
-    let (status, body) = vm
-        .ns
-        .run(|| metadata_tests::http_get(None, METADATA, META, quick))
-        .ok()?
-        .ok()?;
-    if status != 200 {
-        return None;
-    }
-    let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    json["uuid"].as_str().map(str::to_owned)
+    vm.served_uuid(Duration::from_millis(150))
 }
 
 /// Waits until `vm` is served as `guest` (or, with `None`, is not served).
