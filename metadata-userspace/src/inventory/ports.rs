@@ -284,6 +284,16 @@ pub struct PortIndex {
 }
 
 impl PortIndex {
+    /// Whether `other` holds the same records (in the same order).
+    pub fn same_records(&self, other: &Self) -> bool {
+        self.instances.len() == other.instances.len()
+            && self
+                .instances
+                .iter()
+                .zip(&other.instances)
+                .all(|(a, b)| a == b)
+    }
+
     /// Reads and checks the instances file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let (file, source): (InstancesFile, String) = parse_file(path)?;
@@ -417,6 +427,15 @@ ips = ["10.0.0.5", "10.0.1.5/24", "fd00::5"]
         let (_, port) = index.by_device("tapa1b2c3d4-e5").unwrap();
         let v6: Vec<String> = port.ipv6().iter().map(ToString::to_string).collect();
         assert_eq!(v6, ["fd00::5", "fe80::f816:3eff:fe11:2233"]);
+    }
+
+    #[test]
+    fn same_records_tells_a_changed_index_from_an_equal_one() {
+        let a = parse(EXAMPLE).unwrap();
+        assert!(a.same_records(&parse(EXAMPLE).unwrap()));
+        let changed = parse(&EXAMPLE.replace("fd00::5", "fd00::6")).unwrap();
+        assert!(!a.same_records(&changed));
+        assert!(!a.same_records(&PortIndex::default()));
     }
 
     #[test]

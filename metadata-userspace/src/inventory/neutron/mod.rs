@@ -370,7 +370,7 @@ impl PortSource for NeutronSource {
                 () = self.settings.links_changed.notified() => {
                     if !self.unknown_tap() || last_trigger.is_some_and(|t| t.elapsed() < TRIGGER_MIN) {
                         // Nothing to learn from Neutron; the taps themselves changed.
-                        snapshots.send_replace(self.snapshot().await);
+                        self.publish(&snapshots).await;
                         continue;
                     }
                     last_trigger = Some(Instant::now());
@@ -392,8 +392,24 @@ impl PortSource for NeutronSource {
                     backoff = (backoff * 2).min(self.settings.refresh);
                 }
             }
-            snapshots.send_replace(self.snapshot().await);
+            self.publish(&snapshots).await;
         }
+    }
+}
+
+impl NeutronSource {
+    /// A new snapshot for the reconcile loop only when the records changed:
+    /// most listings change nothing, and each snapshot costs a sync.
+    async fn publish(&mut self, snapshots: &watch::Sender<Snapshot>) {
+        let snapshot = self.snapshot().await;
+        snapshots.send_if_modified(|current| {
+            if current.same_records(&snapshot) {
+                false
+            } else {
+                *current = snapshot;
+                true
+            }
+        });
     }
 }
 
