@@ -352,9 +352,20 @@ fn a_revoked_token_is_replaced_and_a_wrong_password_stops_the_start_with_keyston
         site.hv.log()
     );
     site.hv.stop_daemon().unwrap();
+    let report = doctor(&site.hv);
+    assert!(
+        report.contains("ok   port source") && report.contains("lists 2 ports bound to compute-1"),
+        "{report}"
+    );
 
     site.hv.ports_config =
         Some(OpenStack::ports_config(HOST, REFRESH_S, "").replace("neutron-secret", "wrong"));
+    site.hv.write_files().unwrap();
+    let report = doctor(&site.hv);
+    assert!(
+        report.contains("FAIL port source") && report.contains("refused the credentials"),
+        "{report}"
+    );
     let err = site.hv.start_daemon().unwrap_err();
     let log = site.hv.log();
     assert!(
@@ -468,6 +479,18 @@ fn mac_bytes(text: &str) -> [u8; 6] {
         *byte = u8::from_str_radix(part, 16).unwrap();
     }
     mac
+}
+
+/// `metadata-redirector doctor` in `hv`'s network namespace: its report.
+fn doctor(hv: &Hypervisor) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", hv.ns().name()))
+        .arg(metadata_tests::daemon_binary().unwrap())
+        .args(["doctor", "--config"])
+        .arg(hv.config_path())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// nova.conf as a compute node has it: `[DEFAULT] host` and `[neutron]`
