@@ -32,6 +32,24 @@ pub enum TlsClientError {
     Tls(#[from] rustls::Error),
 }
 
+/// An http-or-https connector with `tls`, HTTP/1.1, the given connect
+/// timeout, TCP keepalive and no Nagle delay: for every HTTPS peer.
+pub fn https_connector(
+    tls: rustls::ClientConfig,
+    connect_timeout: std::time::Duration,
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    http.set_nodelay(true);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
+}
+
 /// A TLS client configuration: the CA file's roots (the system's trust
 /// store without one), or no verification with `insecure`, and a client
 /// certificate when both its files are given.

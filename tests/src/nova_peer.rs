@@ -142,6 +142,35 @@ impl NovaPeer {
         Self::start_with(listener, secret, instances, tls, Service::default())
     }
 
+    /// A plain-http peer on a free loopback port of `hv`'s network
+    /// namespace (where the daemon runs), knowing `instances` as (instance
+    /// id, project id) pairs.
+    pub fn start_for(
+        hv: &crate::Hypervisor,
+        secret: &str,
+        instances: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let listener = hv.ns().run(|| TcpListener::bind("127.0.0.1:0"))??;
+        let instances = instances
+            .iter()
+            .map(|(id, project)| NovaInstance {
+                id: (*id).to_owned(),
+                project_id: (*project).to_owned(),
+                name: format!("vm-{}", &id[..8.min(id.len())]),
+                ..NovaInstance::default()
+            })
+            .collect();
+        Self::start(listener, secret, instances, None)
+    }
+
+    /// The daemon's `[backend]` section for this peer.
+    pub fn backend_config(&self, secret: &str) -> String {
+        format!(
+            "\n[backend]\ntype = \"nova\"\nurl = \"http://{}\"\nshared_secret = \"{secret}\"\nconnect_timeout_s = 2\ntimeout_s = 5\n",
+            self.addr
+        )
+    }
+
     /// [`NovaPeer::start`] with a service time and worker pool.
     pub fn start_with(
         listener: TcpListener,

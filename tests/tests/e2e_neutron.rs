@@ -13,7 +13,7 @@ use std::{
 
 use metadata_tests::{
     Hypervisor, Vm,
-    nova_peer::{NovaInstance, NovaPeer},
+    nova_peer::NovaPeer,
     openstack::{NeutronPort, OpenStack},
     ovn::LocalOvs,
     uuid_like, wait_for,
@@ -53,26 +53,13 @@ impl Site {
     fn new(guests: &[&Guest], ports_extra: &str) -> Self {
         let mut hv = Hypervisor::new().unwrap();
         let stack = OpenStack::start(&hv).unwrap();
-        let listener = hv
-            .ns()
-            .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap()
-            .unwrap();
-        let instances = guests
+        let known: Vec<(&str, &str)> = guests
             .iter()
-            .map(|g| NovaInstance {
-                id: g.instance.clone(),
-                project_id: g.project.clone(),
-                name: format!("vm-{}", &g.instance[..8]),
-                ..NovaInstance::default()
-            })
+            .map(|g| (g.instance.as_str(), g.project.as_str()))
             .collect();
-        let nova = NovaPeer::start(listener, SECRET, instances, None).unwrap();
+        let nova = NovaPeer::start_for(&hv, SECRET, &known).unwrap();
         hv.ports_config = Some(OpenStack::ports_config(HOST, REFRESH_S, ports_extra));
-        hv.extra_config = format!(
-            "\n[backend]\ntype = \"nova\"\nurl = \"http://{}\"\nshared_secret = \"{SECRET}\"\nconnect_timeout_s = 2\ntimeout_s = 5\n",
-            nova.addr
-        );
+        hv.extra_config = nova.backend_config(SECRET);
         Self { hv, stack, nova }
     }
 

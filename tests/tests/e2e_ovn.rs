@@ -7,13 +7,13 @@
 //! Neutron's signed headers.
 
 use std::{
-    net::{Ipv4Addr, TcpListener},
+    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
 use metadata_tests::{
     Hypervisor, Vm,
-    nova_peer::{NovaInstance, NovaPeer},
+    nova_peer::NovaPeer,
     ovn::{LocalOvs, NeutronPort, Northbound, Southbound, SslFiles},
     uuid_like, wait_for,
 };
@@ -58,30 +58,17 @@ impl Site {
         let sb = sb(&hv).unwrap();
         let nb = Northbound::start(&hv, &sb).unwrap();
         let chassis = sb.add_chassis(CHASSIS, "192.0.2.1").unwrap();
-        let listener = hv
-            .ns()
-            .run(|| TcpListener::bind("127.0.0.1:0"))
-            .unwrap()
-            .unwrap();
-        let instances = guests
+        let known: Vec<(&str, &str)> = guests
             .iter()
-            .map(|g| NovaInstance {
-                id: g.instance.clone(),
-                project_id: g.project.clone(),
-                name: format!("vm-{}", &g.instance[..8]),
-                ..NovaInstance::default()
-            })
+            .map(|g| (g.instance.as_str(), g.project.as_str()))
             .collect();
-        let nova = NovaPeer::start(listener, SECRET, instances, None).unwrap();
+        let nova = NovaPeer::start_for(&hv, SECRET, &known).unwrap();
         hv.ports_config = Some(format!(
             "source = \"ovn\"\novs = \"{}\"\novn_sb = \"{}\"\n",
             ovs.remote(),
             sb.remotes()
         ));
-        hv.extra_config = format!(
-            "\n[backend]\ntype = \"nova\"\nurl = \"http://{}\"\nshared_secret = \"{SECRET}\"\nconnect_timeout_s = 2\ntimeout_s = 5\n",
-            nova.addr
-        );
+        hv.extra_config = nova.backend_config(SECRET);
         Self {
             hv,
             ovs,

@@ -93,16 +93,8 @@ impl NovaBackend {
             client_cert: config.client_cert.as_deref(),
             client_key: config.client_key.as_deref(),
         })?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_secs(config.connect_timeout_s)));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector =
+            tls_client::https_connector(tls, Duration::from_secs(config.connect_timeout_s));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
