@@ -26,6 +26,8 @@ pub enum Event {
     Reserved = 4,
     /// A packet from the proxy's address came from elsewhere than the host.
     Forged = 5,
+    /// A tap opened new connections over its budget.
+    OverBudget = 6,
 }
 
 /// Whether `event` may be logged now; records the time if so.

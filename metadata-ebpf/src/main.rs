@@ -15,6 +15,8 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
+mod budget;
+#[cfg(target_arch = "bpf")]
 mod csum;
 #[cfg(target_arch = "bpf")]
 mod load_time;
@@ -47,7 +49,7 @@ mod programs {
     };
 
     use crate::{
-        load_time,
+        budget, load_time,
         log::{Event, allow},
         maps::{MDR_CONFIG, MDR_PORTS_V4, MDR_PORTS_V6, MDR_SLOTS_V4, MDR_SLOTS_V6},
         nat, neigh,
@@ -255,11 +257,15 @@ mod programs {
         }
         let l4_off = ETH_LEN + header_len;
         let addressed_mac = addressed_mac(ctx)?;
-        if request_dport(ctx, l4_off, ip_end)? != METADATA_PORT {
+        let (dport, opens) = request_tcp(ctx, l4_off, ip_end)?;
+        if dport != METADATA_PORT {
             return Ok(Verdict::Pass);
         }
         let cfg = config_or_drop(ctx, cfg)?;
         let slot = registered_v4(ctx, tap, src)?;
+        if opens {
+            budget::charge_connection(ctx, tap, cfg)?;
+        }
         if slot.0 >= cfg.nat_v4_size || slot.0 >= MAX_SLOTS_V4 {
             return Err(Verdict::DropError);
         }
@@ -293,10 +299,11 @@ mod programs {
         Ok(unsafe { (*port).slot })
     }
 
-    /// The destination port of a request, from a TCP header checked to be
-    /// whole and, when it is for the metadata port, well formed.
+    /// The destination port of a request and whether it opens a
+    /// connection, from a TCP header checked to be whole and, when it is
+    /// for the metadata port, well formed.
     #[inline(always)]
-    fn request_dport(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Step<PortBe> {
+    fn request_tcp(ctx: &TcContext, l4_off: usize, ip_end: usize) -> Step<(PortBe, bool)> {
         if !ensure_linear(ctx, l4_off + TCP_LEN) {
             return Err(Verdict::DropMalformed);
         }
@@ -308,7 +315,7 @@ mod programs {
         if tcp.dest == METADATA_PORT && !tcp_header_ok(tcp, l4_off, ip_end) {
             return Err(Verdict::DropMalformed);
         }
-        Ok(tcp.dest)
+        Ok((tcp.dest, tcp.opens_connection()))
     }
 
     /// The MAC the frame was addressed to. Read before any pull, while the
@@ -376,8 +383,12 @@ mod programs {
             return Ok(Verdict::Pass);
         }
         let addressed_mac = addressed_mac(ctx)?;
-        if request_dport(ctx, nat::TCP6_OFF, ip_end)? != METADATA_PORT {
+        let (dport, opens) = request_tcp(ctx, nat::TCP6_OFF, ip_end)?;
+        if dport != METADATA_PORT {
             return Ok(Verdict::Pass);
+        }
+        if opens {
+            budget::charge_connection(ctx, tap, cfg)?;
         }
         if slot.0 >= cfg.nat_v6_size || slot.0 >= MAX_SLOTS_V6 {
             return Err(Verdict::DropError);

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use metadata_common::{
     DatapathConfig, DeviceCounters, Ifindex, MAX_DEVICES, MAX_SLOTS_V4, MAX_SLOTS_V6, PortKeyV4,
-    PortKeyV6, PortV4, PortV6, SlotV4, SlotV6,
+    PortKeyV6, PortV4, PortV6, SlotV4, SlotV6, TapState,
 };
 
 /// Host device, proxy address and NAT range; one entry, written by the
@@ -46,8 +46,15 @@ pub static MDR_NEXTHOPS_V4: HashMap<PortKeyV4, u32, { MAX_SLOTS_V4 as usize }> =
 pub static MDR_COUNTERS: PerCpuHashMap<Ifindex, DeviceCounters, { MAX_DEVICES as usize }> =
     PerCpuHashMap::new();
 
+/// Per-tap state shared by every CPU: the new-connection budget. Created
+/// by the daemon with the tap's counters; the program only looks it up.
+/// A plain hash, not per-CPU: a budget split per CPU would let a guest
+/// spread its connections over the CPUs and multiply it.
+#[btf_map]
+pub static MDR_TAPS: HashMap<Ifindex, TapState, { MAX_DEVICES as usize }> = HashMap::new();
+
 /// Number of rate-limited log events (see `log.rs`).
-pub const LOG_EVENTS: u32 = 6;
+pub const LOG_EVENTS: u32 = 7;
 
 /// Per-CPU time (ns) each rare event was last logged, so that a guest
 /// flooding spoofed packets costs one log line per second per CPU, not one

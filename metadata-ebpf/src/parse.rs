@@ -170,7 +170,18 @@ impl TcpHdr {
     pub fn header_len(&self) -> usize {
         usize::from(self.off_flags[0] >> 4) * 4
     }
+
+    /// Whether this segment opens a connection: SYN set, ACK clear (a
+    /// retransmitted SYN too; a SYN/ACK or anything later is not).
+    #[inline(always)]
+    pub fn opens_connection(&self) -> bool {
+        self.off_flags[1] & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
 }
+
+/// TCP flags, in the second byte of `off_flags`.
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 /// Whether a TCP header at `l4_off` whose IP packet ends at `ip_end` is
 /// well formed: a data offset of at least five words that stays inside the

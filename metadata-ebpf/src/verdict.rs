@@ -44,6 +44,8 @@ pub enum Verdict {
     DropReserved,
     /// A packet from the proxy's address that the host did not send.
     DropForged,
+    /// A new connection over the tap's budget.
+    DropOverBudget,
     /// Redirected, and already counted on another device (a reply, on the
     /// tap it returns to).
     RedirectCounted,
@@ -85,6 +87,7 @@ pub fn count(device: Ifindex, verdict: Verdict) -> bool {
         Verdict::DropError => counters.drop_error += 1,
         Verdict::DropReserved => counters.drop_reserved += 1,
         Verdict::DropForged => counters.drop_forged += 1,
+        Verdict::DropOverBudget => counters.drop_over_budget += 1,
         Verdict::Pass | Verdict::RedirectCounted | Verdict::DropCounted => {}
     }
     true
@@ -140,6 +143,7 @@ impl Verdict {
             | Self::DropError
             | Self::DropReserved
             | Self::DropForged
+            | Self::DropOverBudget
             | Self::DropCounted => TC_ACT_SHOT,
         }
     }

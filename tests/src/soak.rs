@@ -36,14 +36,113 @@ pub struct SoakReport {
     pub failed: u64,
     /// The first few failures, described.
     pub failures: Vec<String>,
-    /// The slowest answer a well-behaved guest waited for, and how many
-    /// took longer than 100 ms.
-    pub slowest: Duration,
-    pub over_100ms: u64,
-    /// Requests, connections or writes the abusive guests made.
-    pub abuse: u64,
+    /// How long each answered request of a well-behaved guest took.
+    pub latencies: Vec<Duration>,
+    /// Requests, connections or writes the abusive guests made, by kind
+    /// (flood, slowloris, garbage, churn).
+    pub abuse: [u64; 4],
     pub rss_start_kib: u64,
     pub rss_end_kib: u64,
+    /// The host's accept-queue overflows and listen drops during the run
+    /// (TcpExt ListenOverflows and ListenDrops in the daemon's namespace).
+    pub listen_overflows: u64,
+    pub listen_drops: u64,
+}
+
+impl SoakReport {
+    /// The `q` quantile (0 to 1) of the well-behaved latencies.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let Some(last) = sorted.len().checked_sub(1) else {
+            return Duration::ZERO;
+        };
+        sorted[((last as f64) * q).round() as usize]
+    }
+
+    /// The slowest answer a well-behaved guest waited for.
+    pub fn slowest(&self) -> Duration {
+        self.latencies.iter().copied().max().unwrap_or_default()
+    }
+
+    /// Every abusive request, connection or write.
+    pub fn abuse_total(&self) -> u64 {
+        self.abuse.iter().sum()
+    }
+
+    /// One line with everything a reader compares between runs.
+    pub fn summary(&self, duration: Duration) -> String {
+        let secs = duration.as_secs_f64();
+        let [flood, slowloris, garbage, churn] = self.abuse.map(|n| n as f64 / secs);
+        format!(
+            "{} well-behaved requests, {} failed; latency p50 {:?} p99 {:?} p99.9 {:?} max {:?}; \
+             abusive per second: flood {flood:.0} requests, slowloris {slowloris:.0} connections, \
+             garbage {garbage:.0} connections, churn {churn:.0} connections; \
+             ListenOverflows {} ListenDrops {}; daemon RSS {} KiB -> {} KiB",
+            self.requests,
+            self.failed,
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.quantile(0.999),
+            self.slowest(),
+            self.listen_overflows,
+            self.listen_drops,
+            self.rss_start_kib,
+            self.rss_end_kib,
+        )
+    }
+}
+
+/// The slowest answer a well-behaved guest may wait for, abuse or not:
+/// what a quiet host gives, far under a SYN retransmission (1 s).
+pub const BOUND: Duration = Duration::from_millis(200);
+
+/// The soak's options in the suite and in `cargo xtask soak`: 50 VMs, 4
+/// of them abusive (one of each kind), 4 keep-alive connections each.
+pub fn standard(duration: Duration) -> SoakOptions {
+    SoakOptions {
+        vms: 50,
+        connections: 4,
+        duration,
+        abusive: 4,
+    }
+}
+
+/// What a soak must show: no failed or wrong answer, none slower than
+/// [`BOUND`], every kind of abuse really running, and no memory growth
+/// beyond 32 MiB.
+pub fn check(report: &SoakReport, options: &SoakOptions) -> anyhow::Result<()> {
+    if report.failed > 0 {
+        bail!("well-behaved guests saw failures: {:#?}", report.failures);
+    }
+    let well_behaved = (options.vms - options.abusive) * options.connections;
+    // 5 requests a second per connection, less start-up.
+    let expected = well_behaved as f64 * 5.0 * options.duration.as_secs_f64() * 0.5;
+    if (report.requests as f64) < expected {
+        bail!(
+            "only {} well-behaved requests (expected over {expected:.0})",
+            report.requests
+        );
+    }
+    if let Some(idle) = ABUSES
+        .iter()
+        .find(|kind| report.abuse[**kind as usize] < 10)
+    {
+        bail!("the {idle:?} guest did not run: {:?}", report.abuse);
+    }
+    let slowest = report.slowest();
+    if slowest > BOUND {
+        let over = report.latencies.iter().filter(|l| **l > BOUND).count();
+        bail!("{over} well-behaved requests took over {BOUND:?}, the slowest {slowest:?}");
+    }
+    if report.rss_end_kib > report.rss_start_kib + 32 * 1024 {
+        bail!(
+            "daemon RSS grew from {} KiB to {} KiB",
+            report.rss_start_kib,
+            report.rss_end_kib
+        );
+    }
+    Ok(())
 }
 
 /// Each well-behaved connection asks once per this (5 requests/s): four
@@ -51,6 +150,7 @@ pub struct SoakReport {
 const PACE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy)]
+#[repr(usize)]
 enum Abuse {
     Flood,
     Slowloris,
@@ -84,15 +184,16 @@ pub fn run(options: SoakOptions) -> anyhow::Result<SoakReport> {
         rss_start_kib: rss_kib(pid)?,
         ..SoakReport::default()
     });
+    let listen_start = listen_counters(pid)?;
     let stop = AtomicBool::new(false);
-    let abuse = AtomicU64::new(0);
+    let abuse: [AtomicU64; 4] = Default::default();
     let deadline = Instant::now() + options.duration;
     std::thread::scope(|s| {
         for (i, (vm, spec)) in vms.iter().zip(&specs).enumerate() {
             if i < options.abusive {
                 let kind = ABUSES[i % ABUSES.len()];
-                let (stop, abuse) = (&stop, &abuse);
-                s.spawn(move || abusive(vm, kind, stop, abuse));
+                let (stop, count) = (&stop, &abuse[kind as usize]);
+                s.spawn(move || abusive(vm, kind, stop, count));
                 continue;
             }
             for _ in 0..options.connections {
@@ -104,8 +205,11 @@ pub fn run(options: SoakOptions) -> anyhow::Result<SoakReport> {
         stop.store(true, Ordering::SeqCst);
     });
     let mut report = report.into_inner().expect("no thread panicked holding it");
-    report.abuse = abuse.load(Ordering::SeqCst);
+    report.abuse = abuse.map(|count| count.load(Ordering::SeqCst));
     report.rss_end_kib = rss_kib(pid)?;
+    let listen_end = listen_counters(pid)?;
+    report.listen_overflows = listen_end.0 - listen_start.0;
+    report.listen_drops = listen_end.1 - listen_start.1;
     Ok(report)
 }
 
@@ -121,10 +225,7 @@ fn well_behaved(
         let mut report = report.lock().expect("report");
         report.requests += 1;
         match outcome {
-            Ok(took) => {
-                report.slowest = report.slowest.max(took);
-                report.over_100ms += u64::from(took > Duration::from_millis(100));
-            }
+            Ok(took) => report.latencies.push(took),
             Err(failure) => {
                 report.failed += 1;
                 if report.failures.len() < 5 {
@@ -283,6 +384,25 @@ fn abusive(vm: &Vm, kind: Abuse, stop: &AtomicBool, count: &AtomicU64) {
             Abuse::Churn => drop(stream),
         }
     }
+}
+
+/// TcpExt ListenOverflows and ListenDrops in `pid`'s network namespace.
+fn listen_counters(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let netstat = std::fs::read_to_string(format!("/proc/{pid}/net/netstat"))?;
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = lines.next().zip(lines.next()).context("TcpExt lines")?;
+    let field = |wanted: &str| -> anyhow::Result<u64> {
+        let at = names
+            .split_whitespace()
+            .position(|n| n == wanted)
+            .with_context(|| format!("TcpExt {wanted}"))?;
+        Ok(values
+            .split_whitespace()
+            .nth(at)
+            .context("value")?
+            .parse()?)
+    };
+    Ok((field("ListenOverflows")?, field("ListenDrops")?))
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {

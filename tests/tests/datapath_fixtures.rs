@@ -13,8 +13,8 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use metadata_common::{
-    DatapathConfig, DeviceCounters, Ifindex, Ipv4Be, Ipv6Be, MacAddr, PortBe, PortKeyV4, PortKeyV6,
-    PortV4, PortV6, Slot, SlotV4, SlotV6, map_names,
+    ConnBudget, DatapathConfig, DeviceCounters, Ifindex, Ipv4Be, Ipv6Be, MacAddr, PortBe,
+    PortKeyV4, PortKeyV6, PortV4, PortV6, Slot, SlotV4, SlotV6, TapState, map_names,
 };
 use metadata_tests::packet::{
     ETH_P_IPV6, Ipv4Opts, arp_reply, arp_request, checksum_v6, ethernet, ipv4, ipv6,
@@ -74,6 +74,17 @@ impl Fixture {
     /// As [`Fixture::new`], with or without the load-time values (without
     /// them the fast path is off and the full path decides everything).
     fn configured(load_time_values: bool) -> Self {
+        Self::with_budget(
+            load_time_values,
+            ConnBudget {
+                interval_ns: 0,
+                burst: 0,
+            },
+        )
+    }
+
+    /// As [`Fixture::configured`], with a new-connection budget per tap.
+    fn with_budget(load_time_values: bool, budget: ConnBudget) -> Self {
         let entry = DatapathConfig {
             host_ifindex: LO,
             proxy_v4: Ipv4Be(PROXY),
@@ -84,6 +95,8 @@ impl Fixture {
             proxy_v6: Ipv6Be(PROXY6),
             nat_v6_base: Ipv6Be(NAT6),
             nat_v6_size: 1024,
+            conn_interval_ns: budget.interval_ns,
+            conn_burst: budget.burst,
         };
         let mut fixture = Self::load(load_time_values.then_some(&entry));
         let mut config: Array<&mut MapData, DatapathConfig> =
@@ -186,6 +199,9 @@ impl Fixture {
                 0,
             )
             .unwrap();
+        let mut taps: HashMap<&mut MapData, Ifindex, TapState> =
+            HashMap::try_from(ebpf.map_mut(map_names::TAPS).unwrap()).unwrap();
+        taps.insert(LO, TapState::default(), 0).unwrap();
         Self { ebpf }
     }
 
@@ -480,6 +496,87 @@ fn tap_ingress_steers_registered_requests_to_the_proxy() {
     );
     // The MAC the guest addressed is learned for the reply.
     assert_eq!(fx.slot().router_mac, MacAddr(ROUTER_MAC));
+}
+
+#[test]
+fn tap_ingress_drops_new_connections_over_the_taps_budget() {
+    // One connection a second, two at once: the third SYN in a row finds
+    // the bucket empty, whatever the family; segments of an open
+    // connection and unregistered sources are never charged.
+    let budget = ConnBudget {
+        interval_ns: 1_000_000_000,
+        burst: 2,
+    };
+    let fx = Fixture::with_budget(true, budget);
+    let syn = tcp_frame(
+        (ROUTER_MAC, GUEST_MAC),
+        GUEST,
+        METADATA,
+        (40000, 80),
+        b"",
+        Ipv4Opts::default(),
+    );
+    let syn_steered = tcp_frame(
+        (HOST_MAC, GUEST_MAC),
+        SLOT_ADDR,
+        PROXY,
+        (40000, PROXY_PORT),
+        b"",
+        Ipv4Opts::default(),
+    );
+    let syn6 = tcp6_frame((HOST_MAC, GUEST_MAC), GUEST6, METADATA6, (40000, 80), b"");
+    let stranger_syn = tcp_frame(
+        (ROUTER_MAC, GUEST_MAC),
+        [10, 0, 0, 99],
+        METADATA,
+        (40000, 80),
+        b"",
+        Ipv4Opts::default(),
+    );
+    run_table(
+        &fx,
+        &[
+            Case::tap(
+                "an unregistered source's SYN: dropped as such, not charged",
+                stranger_syn,
+                TC_ACT_SHOT,
+                |c| c.drop_unregistered,
+            ),
+            Case::tap(
+                "first SYN: within the burst",
+                syn.clone(),
+                TC_ACT_REDIRECT,
+                |c| c.steered,
+            )
+            .to(syn_steered.clone()),
+            Case::tap(
+                "second SYN: the burst's last token",
+                syn.clone(),
+                TC_ACT_REDIRECT,
+                |c| c.steered,
+            )
+            .to(syn_steered),
+            Case::tap(
+                "third SYN: over the budget, dropped before the host sees it",
+                syn,
+                TC_ACT_SHOT,
+                |c| c.drop_over_budget,
+            ),
+            Case::tap(
+                "an IPv6 SYN from the same tap: the same budget",
+                syn6,
+                TC_ACT_SHOT,
+                |c| c.drop_over_budget,
+            ),
+            Case::tap(
+                "a segment of an open connection: never charged",
+                request(80, GUEST, Ipv4Opts::default()),
+                TC_ACT_REDIRECT,
+                |c| c.steered,
+            )
+            .to(steered(Ipv4Opts::default())),
+        ],
+    );
 }
 
 #[test]

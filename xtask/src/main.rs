@@ -164,29 +164,14 @@ fn run_daemon(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn run_soak(seconds: u64) -> anyhow::Result<()> {
-    let report = metadata_tests::soak::run(metadata_tests::soak::SoakOptions {
-        vms: 50,
-        connections: 4,
-        duration: std::time::Duration::from_secs(seconds),
-        abusive: 4,
-    })?;
+    use metadata_tests::soak;
+    let options = soak::standard(std::time::Duration::from_secs(seconds));
+    let report = soak::run(options)?;
     println!(
-        "soak: {seconds} s, 50 VMs (4 abusive: flood, slowloris, garbage, churn), 4 connections each\n\
-         well-behaved requests {}, failed {}, over 100 ms {}, slowest {:?}\n\
-         abusive requests/connections {}\n\
-         daemon RSS {} KiB at start, {} KiB at the end",
-        report.requests,
-        report.failed,
-        report.over_100ms,
-        report.slowest,
-        report.abuse,
-        report.rss_start_kib,
-        report.rss_end_kib
+        "soak: {seconds} s, 50 VMs (4 abusive: flood, slowloris, garbage, churn), 4 connections each\n{}",
+        report.summary(options.duration)
     );
-    if report.failed > 0 {
-        bail!("well-behaved guests saw failures: {:#?}", report.failures);
-    }
-    Ok(())
+    soak::check(&report, &options)
 }
 
 fn run_bench(quick: bool, only: &[bench::Section]) -> anyhow::Result<()> {

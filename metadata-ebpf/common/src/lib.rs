@@ -67,6 +67,9 @@ pub mod map_names {
     /// a network's metadata port address, when the guest's route to the
     /// metadata service goes via it (ML2/OVN).
     pub const NEXTHOPS_V4: &str = "MDR_NEXTHOPS_V4";
+    /// Tap ifindex -> [`crate::TapState`]: what the tap program keeps per
+    /// tap across packets and CPUs (the new-connection budget).
+    pub const TAPS: &str = "MDR_TAPS";
 }
 
 /// Names of the programs, as in the object file and `bpftool prog show`.
@@ -83,7 +86,7 @@ pub mod pins {
 
     /// Maps pinned by name under the folder. The log ring buffer is not: it
     /// belongs to the daemon that reads it.
-    pub const MAPS: [&str; 8] = [
+    pub const MAPS: [&str; 9] = [
         map_names::CONFIG,
         map_names::PORTS_V4,
         map_names::SLOTS_V4,
@@ -92,6 +95,7 @@ pub mod pins {
         map_names::COUNTERS,
         map_names::LOG_RATELIMIT,
         map_names::NEXTHOPS_V4,
+        map_names::TAPS,
     ];
     /// Subfolder holding the pinned TCX links.
     pub const LINKS_DIR: &str = "links";
@@ -215,6 +219,12 @@ pub struct DatapathConfig {
     pub nat_v6_base: Ipv6Be,
     /// Number of IPv6 slots in use at most (0: IPv6 steering off).
     pub nat_v6_size: u32,
+    /// The new-connection budget of each tap (see [`TapState`]): one
+    /// connection per this many nanoseconds, sustained. 0: no budget.
+    pub conn_interval_ns: u32,
+    /// How many connections a tap may open at once, above the sustained
+    /// rate (the bucket's depth; at least 1).
+    pub conn_burst: u32,
 }
 
 impl DatapathConfig {
@@ -284,6 +294,68 @@ impl DatapathConfig {
     pub fn reserved_v4(&self, addr: Ipv4Be) -> bool {
         self.reserved_v4_addrs().contains(addr)
     }
+}
+
+/// The budget of new connections a tap may open to the metadata service,
+/// as the generic cell rate algorithm (GCRA) keeps it: a token bucket of
+/// `burst` tokens refilled at one per `interval_ns`, stored as a single
+/// time, the "theoretical arrival time" ([`TapState::conn_tat_ns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnBudget {
+    /// One token per this many nanoseconds; 0 turns the budget off.
+    pub interval_ns: u32,
+    /// The bucket's depth (values under 1 count as 1).
+    pub burst: u32,
+}
+
+impl ConnBudget {
+    /// Decides a new connection at `now_ns` against the stored arrival
+    /// time `tat_ns`: `Some(new tat)` admits it, `None` refuses it (and
+    /// leaves the state as it was, so a refused flood earns nothing).
+    #[inline(always)]
+    pub const fn admit(&self, tat_ns: u64, now_ns: u64) -> Option<u64> {
+        if self.interval_ns == 0 {
+            return Some(tat_ns);
+        }
+        let interval = self.interval_ns as u64;
+        let depth = self.burst.saturating_sub(1);
+        let tolerance = interval * depth as u64;
+        let tat = if tat_ns > now_ns { tat_ns } else { now_ns };
+        if tat - now_ns > tolerance {
+            None
+        } else {
+            Some(tat + interval)
+        }
+    }
+}
+
+impl DatapathConfig {
+    /// The per-tap new-connection budget.
+    #[inline(always)]
+    pub const fn conn_budget(&self) -> ConnBudget {
+        ConnBudget {
+            interval_ns: self.conn_interval_ns,
+            burst: self.conn_burst,
+        }
+    }
+}
+
+/// Value of [`map_names::TAPS`]: per-tap state of the tap program, shared
+/// by every CPU. Created by the daemon when it attaches a tap (with its
+/// counters), looked up, never inserted, by the program.
+///
+/// Fields are only ever appended: an upgrade carries an older, shorter
+/// value over as the prefix of the new one, the rest zeroed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TapState {
+    /// The new-connection budget's theoretical arrival time (ns on the
+    /// kernel's monotonic clock, as `bpf_ktime_get_ns`): the bucket is
+    /// full when this is in the past. Updated without a lock: two SYNs of
+    /// one tap handled at the same instant on two CPUs may both take the
+    /// last token, so the budget may admit one extra connection per CPU
+    /// at a time; it bounds the rate, it does not count exactly.
+    pub conn_tat_ns: u64,
 }
 
 /// The datapath's own IPv4 addresses, which a guest may use neither as
@@ -505,6 +577,9 @@ pub struct DeviceCounters {
     /// hypervisor forwarded). Counted on the tap it came in on when that
     /// tap is attached, else on the host device.
     pub drop_forged: u64,
+    /// Dropped: a new connection (a SYN) to the metadata service over the
+    /// tap's budget ([`ConnBudget`]): the guest retransmits it later.
+    pub drop_over_budget: u64,
 }
 
 impl DeviceCounters {
@@ -524,6 +599,7 @@ impl DeviceCounters {
             drop_error,
             drop_reserved,
             drop_forged,
+            drop_over_budget,
         } = *other;
         self.passed += passed;
         self.steered += steered;
@@ -537,12 +613,13 @@ impl DeviceCounters {
         self.drop_error += drop_error;
         self.drop_reserved += drop_reserved;
         self.drop_forged += drop_forged;
+        self.drop_over_budget += drop_over_budget;
     }
 
     /// Every counter with its name (the field's), in declaration order:
     /// what `status` prints, the metrics label and the fixtures report.
     /// Destructured, so that a new counter cannot be left out.
-    pub fn fields(&self) -> [(&'static str, u64); 12] {
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
         let Self {
             passed,
             steered,
@@ -556,6 +633,7 @@ impl DeviceCounters {
             drop_error,
             drop_reserved,
             drop_forged,
+            drop_over_budget,
         } = *self;
         [
             ("passed", passed),
@@ -570,6 +648,7 @@ impl DeviceCounters {
             ("drop_error", drop_error),
             ("drop_reserved", drop_reserved),
             ("drop_forged", drop_forged),
+            ("drop_over_budget", drop_over_budget),
         ]
     }
 
@@ -611,6 +690,7 @@ impl DeviceCounters {
             drop_error,
             drop_reserved,
             drop_forged: _,
+            drop_over_budget,
         } = *self;
         let verdicts = steered
             + arp_replied
@@ -619,7 +699,8 @@ impl DeviceCounters {
             + drop_malformed
             + drop_fragment
             + drop_error
-            + drop_reserved;
+            + drop_reserved
+            + drop_over_budget;
         received.saturating_sub(verdicts)
     }
 }
@@ -719,15 +800,92 @@ mod user {
     unsafe impl aya::Pod for super::PortKeyV6 {}
     unsafe impl aya::Pod for super::PortV6 {}
     unsafe impl aya::Pod for super::SlotV6 {}
+    unsafe impl aya::Pod for super::TapState {}
 }
 
 // No implicit padding anywhere: the sizes below are the sums of the fields.
 const _: () = {
-    assert!(size_of::<DatapathConfig>() == 4 + 4 + 4 + 4 + 6 + 2 + 16 + 16 + 4);
+    assert!(size_of::<DatapathConfig>() == 4 + 4 + 4 + 4 + 6 + 2 + 16 + 16 + 4 + 4 + 4);
     assert!(size_of::<PortKeyV6>() == 20);
     assert!(size_of::<SlotV6>() == 4 + 16 + 6 + 6);
     assert!(size_of::<PortKeyV4>() == 8);
     assert!(size_of::<PortV4>() == 4);
     assert!(size_of::<SlotV4>() == 4 + 4 + 6 + 6);
-    assert!(size_of::<DeviceCounters>() == 12 * 8);
+    assert!(size_of::<DeviceCounters>() == 13 * 8);
+    assert!(size_of::<TapState>() == 8);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::ConnBudget;
+
+    const MS: u64 = 1_000_000;
+
+    /// 100 connections a second, 5 at once.
+    const BUDGET: ConnBudget = ConnBudget {
+        interval_ns: 10_000_000,
+        burst: 5,
+    };
+
+    /// Feeds `times` through the budget from a full bucket; returns which
+    /// were admitted.
+    fn run(budget: ConnBudget, times: &[u64]) -> [bool; 16] {
+        let mut admitted = [false; 16];
+        let mut tat = 0;
+        for (i, &now) in times.iter().enumerate() {
+            if let Some(next) = budget.admit(tat, now) {
+                tat = next;
+                admitted[i] = true;
+            }
+        }
+        admitted
+    }
+
+    #[test]
+    fn a_burst_takes_exactly_the_depth_at_once() {
+        let admitted = run(BUDGET, &[1000 * MS; 8]);
+        assert_eq!(
+            admitted[..8],
+            [true, true, true, true, true, false, false, false]
+        );
+    }
+
+    #[test]
+    fn the_bucket_refills_at_the_rate() {
+        // Five at t=1 s empty it; one token back 10 ms later, not before.
+        let t = 1000 * MS;
+        let times = [t, t, t, t, t, t + 9 * MS, t + 10 * MS, t + 11 * MS];
+        let admitted = run(BUDGET, &times);
+        assert_eq!(admitted[5..8], [false, true, false]);
+    }
+
+    #[test]
+    fn a_steady_rate_at_the_budget_is_never_refused() {
+        let times: [u64; 16] = core::array::from_fn(|i| 1000 * MS + i as u64 * 10 * MS);
+        assert_eq!(run(BUDGET, &times), [true; 16]);
+    }
+
+    #[test]
+    fn refusals_earn_nothing_and_a_quiet_tap_refills_to_the_depth_only() {
+        let t = 1000 * MS;
+        // A flood at one instant, then a minute of silence: five again.
+        let mut times = [t; 16];
+        times[8..].fill(t + 60_000 * MS);
+        let admitted = run(BUDGET, &times);
+        assert_eq!(admitted.iter().filter(|a| **a).count(), 10);
+    }
+
+    #[test]
+    fn no_interval_means_no_budget_and_a_burst_of_zero_means_one() {
+        let off = ConnBudget {
+            interval_ns: 0,
+            burst: 0,
+        };
+        assert_eq!(run(off, &[MS; 16]), [true; 16]);
+        let one = ConnBudget {
+            interval_ns: 10_000_000,
+            burst: 0,
+        };
+        assert_eq!(run(one, &[MS; 3])[..3], [true, false, false]);
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use super::{HopLimit, HostMtu};
+use super::{ConnectionBurst, ConnectionRate, HopLimit, HostMtu};
 
 pub const STATE_DIR: &str = "/var/lib/metadata-redirector";
 
@@ -13,6 +13,12 @@ pub const HOST_MTU: HostMtu = HostMtu::new(9000).expect("in range");
 pub const NAT_V4: &str = "100.64.0.0/10";
 pub const NAT_V6: &str = "fd00:a9fe:6464::/96";
 pub const BPFFS: &str = "/sys/fs/bpf/metadata-redirector";
+// Each tap's new-connection budget. cloud-init's crawl of both trees opens
+// a connection per request (a few dozen in a second or two, within the
+// burst); 50 parallel clients fit the burst; a guest flooding gets 50 a
+// second, which the proxy serves in well under a millisecond each.
+pub const CONNECTION_RATE: ConnectionRate = ConnectionRate::new(50).expect("in range");
+pub const CONNECTION_BURST: ConnectionBurst = ConnectionBurst::new(100).expect("in range");
 
 pub const PROXY_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 pub const PROXY_PORT: u16 = 80;

@@ -22,8 +22,8 @@ pub(crate) use self::values::deserialize_from_str;
 pub use self::{
     keystone::KeystoneConfig,
     values::{
-        DeviceName, GlobPattern, HopLimit, HostMtu, HttpUrl, Ipv4Net, Ipv6Net96, NovaUrl,
-        OvsdbRemote, OvsdbRemotes, Secret,
+        ConnectionBurst, ConnectionRate, DeviceName, GlobPattern, HopLimit, HostMtu, HttpUrl,
+        Ipv4Net, Ipv6Net96, NovaUrl, OvsdbRemote, OvsdbRemotes, Secret,
     },
 };
 
@@ -183,6 +183,11 @@ pub struct DatapathConfig {
     pub nat_v6: Ipv6Net96,
     /// bpffs folder where maps and links are pinned.
     pub bpffs: PathBuf,
+    /// New connections a second each tap may open to the metadata
+    /// service, sustained; the excess is dropped at the tap (0: no budget).
+    pub connection_rate: ConnectionRate,
+    /// New connections a tap may open at once over that rate.
+    pub connection_burst: ConnectionBurst,
 }
 
 impl Default for DatapathConfig {
@@ -194,6 +199,8 @@ impl Default for DatapathConfig {
             nat_v4: defaults::NAT_V4.parse().expect("valid default range"),
             nat_v6: defaults::NAT_V6.parse().expect("valid default range"),
             bpffs: PathBuf::from(defaults::BPFFS),
+            connection_rate: defaults::CONNECTION_RATE,
+            connection_burst: defaults::CONNECTION_BURST,
         }
     }
 }

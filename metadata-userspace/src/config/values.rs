@@ -231,6 +231,79 @@ impl<'de> Deserialize<'de> for HopLimit {
     }
 }
 
+/// How many new connections a second a tap may open to the metadata
+/// service, sustained (the datapath's per-tap budget): 0 (no budget) to
+/// 1,000,000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionRate(u32);
+
+impl ConnectionRate {
+    pub const MAX: u32 = 1_000_000;
+
+    pub const fn new(per_second: u32) -> Option<Self> {
+        if per_second <= Self::MAX {
+            Some(Self(per_second))
+        } else {
+            None
+        }
+    }
+
+    pub fn per_second(self) -> u32 {
+        self.0
+    }
+
+    /// One connection per this many nanoseconds, as the datapath keeps
+    /// it; 0 when there is no budget.
+    pub fn interval_ns(self) -> u32 {
+        1_000_000_000u32.checked_div(self.0).unwrap_or(0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnectionRate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let rate = u32::deserialize(deserializer)?;
+        Self::new(rate).ok_or_else(|| {
+            de::Error::custom(format!(
+                "{rate} is not a connection rate between 0 (no budget) and {} a second",
+                Self::MAX
+            ))
+        })
+    }
+}
+
+/// How many new connections a tap may open at once over its sustained
+/// rate: 1 to 65536.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBurst(u32);
+
+impl ConnectionBurst {
+    pub const MAX: u32 = 65_536;
+
+    pub const fn new(connections: u32) -> Option<Self> {
+        if connections >= 1 && connections <= Self::MAX {
+            Some(Self(connections))
+        } else {
+            None
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnectionBurst {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let burst = u32::deserialize(deserializer)?;
+        Self::new(burst).ok_or_else(|| {
+            de::Error::custom(format!(
+                "{burst} is not a connection burst between 1 and {}",
+                Self::MAX
+            ))
+        })
+    }
+}
+
 /// The host device's MTU: 1280 (IPv6's minimum) to 65535.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostMtu(u32);
@@ -421,6 +494,17 @@ mod tests {
     #[test]
     fn numbers_with_a_range_refuse_what_is_outside_it() {
         assert_eq!(HopLimit::new(0), None);
+        assert_eq!(ConnectionRate::new(1_000_001), None);
+        assert_eq!(
+            ConnectionRate::new(0).map(ConnectionRate::interval_ns),
+            Some(0)
+        );
+        assert_eq!(
+            ConnectionRate::new(50).map(ConnectionRate::interval_ns),
+            Some(20_000_000)
+        );
+        assert_eq!(ConnectionBurst::new(0), None);
+        assert_eq!(ConnectionBurst::new(65_537), None);
         assert_eq!(HopLimit::new(2).map(HopLimit::get), Some(2));
         assert_eq!(HostMtu::new(1279), None);
         assert_eq!(HostMtu::new(65_536), None);

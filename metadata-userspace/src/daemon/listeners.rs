@@ -1,12 +1,21 @@
 //! The daemon's listening sockets and the servers on them.
 
-use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc};
+use std::{
+    net::SocketAddr,
+    num::NonZeroUsize,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    sync::Arc,
+};
 
 use anyhow::Context as _;
 use log::{error, info};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
+use super::backlog::ListenBacklog;
 use crate::{
     backends::Backend,
     config::Config,
@@ -37,8 +46,12 @@ pub struct Servers {
 
 impl Servers {
     /// Starts a proxy server on each listener (activated or bound here)
-    /// and, in agent mode, the agent socket's server.
-    pub async fn start(self, config: &Config) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    /// and, in agent mode, the agent socket's server. Returns their tasks
+    /// and the proxy listeners' backlog, for the reconcile loop to size.
+    pub async fn start(
+        self,
+        config: &Config,
+    ) -> anyhow::Result<(Vec<JoinHandle<()>>, ListenBacklog)> {
         let mut tasks = Vec::new();
         let proxy = Server {
             policy: Arc::new(ProxyPolicy::new(Arc::clone(&self.slot_owners))),
@@ -51,7 +64,12 @@ impl Servers {
             connections: ConnectionCounts::default(),
         };
         let threads = serving_threads();
-        for (index, sockets) in proxy_sockets(config, threads)?.into_iter().enumerate() {
+        let per_thread = proxy_sockets(config, threads)?;
+        let backlog = ListenBacklog::new(
+            listening_fds(&per_thread)?,
+            config.datapath.connection_burst.get(),
+        );
+        for (index, sockets) in per_thread.into_iter().enumerate() {
             tasks.push(spawn_serving_thread(
                 index,
                 sockets,
@@ -82,8 +100,29 @@ impl Servers {
                 stopped(self.stop.clone()),
             )));
         }
-        Ok(tasks)
+        Ok((tasks, backlog))
     }
+}
+
+/// A descriptor of each distinct listening socket (an activated socket is
+/// shared by every thread: once).
+fn listening_fds(per_thread: &[Vec<std::net::TcpListener>]) -> anyhow::Result<Vec<OwnedFd>> {
+    let mut seen = Vec::new();
+    let mut fds = Vec::new();
+    for listener in per_thread.iter().flatten() {
+        let meta = std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
+            .context("reading a listening socket's inode")?;
+        if seen.contains(&meta.ino()) {
+            continue;
+        }
+        seen.push(meta.ino());
+        fds.push(OwnedFd::from(
+            listener
+                .try_clone()
+                .context("duplicating a listening socket")?,
+        ));
+    }
+    Ok(fds)
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -214,7 +253,7 @@ fn reuse_port_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener
         .with_context(|| format!("SO_REUSEADDR and SO_REUSEPORT for {addr}"))?;
     socket
         .bind(&addr.into())
-        .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        .and_then(|()| socket.listen(super::backlog::BASE as i32))
         .with_context(|| format!("listening on {addr}"))?;
     socket
         .set_nonblocking(true)
@@ -223,10 +262,6 @@ fn reuse_port_listener(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener
     with_nodelay(&listener, addr)?;
     Ok(listener)
 }
-
-/// The accept queue of each listening socket (what tokio's own bind uses;
-/// the kernel caps it at net.core.somaxconn).
-const LISTEN_BACKLOG: i32 = 1024;
 
 /// TCP_NODELAY on a listening socket (small answers go out at once, not
 /// after Nagle's wait); accepted sockets inherit it. Activated sockets

@@ -3,6 +3,7 @@
 //! remove what it left pinned.
 
 mod admin;
+mod backlog;
 mod doctor;
 mod inspect;
 mod limits;
@@ -127,8 +128,9 @@ pub async fn run(
         metrics: serve,
         stop: stopped,
     };
-    let mut servers = servers.start(&config).await?;
+    let (mut servers, mut backlog) = servers.start(&config).await?;
     servers.extend(admin);
+    backlog.fit(datapath.attached().len());
     announce_ready(&config, &datapath)?;
     reconcile.set_taps(datapath.attached().len());
     readiness.set_ready();
@@ -139,6 +141,7 @@ pub async fn run(
         slot_owners,
         link_events,
         reconcile,
+        backlog,
     );
     resync.run(&reload, &links_changed).await?;
     shutdown(&stop, servers).await;

@@ -20,6 +20,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::backlog::ListenBacklog;
 use crate::{
     datapath::{Datapath, netlink::LinkEvents},
     inventory::Snapshot,
@@ -73,6 +74,8 @@ pub struct ReconcileLoop {
     slot_owners: SharedSlotOwners,
     link_events: LinkEvents,
     metrics: ReconcileMetrics,
+    /// The proxy listeners' backlog, sized for the taps attached.
+    backlog: ListenBacklog,
     /// A sync that keeps failing (a full slot range, say) is retried every
     /// 100 ms: one log line per 10 s says so, with a count.
     sync_errors: ThrottledLog,
@@ -110,8 +113,10 @@ impl ReconcileLoop {
         slot_owners: SharedSlotOwners,
         link_events: LinkEvents,
         metrics: ReconcileMetrics,
+        backlog: ListenBacklog,
     ) -> Self {
         Self {
+            backlog,
             datapath,
             inventory,
             slot_owners,
@@ -198,6 +203,7 @@ impl ReconcileLoop {
                     .unwrap_or_else(PoisonError::into_inner) = Arc::new(owners);
                 super::notify::status(self.datapath.attached().len());
                 self.metrics.set_taps(self.datapath.attached().len());
+                self.backlog.fit(self.datapath.attached().len());
                 release_freed_memory();
                 true
             }

@@ -41,7 +41,7 @@ use aya::{
 use log::{info, warn};
 use metadata_common::{
     DatapathConfig, DeviceCounters, Ifindex, Ipv4Be, Ipv6Be, MAX_SLOTS_V4, MAX_SLOTS_V6, MacAddr,
-    PortBe, PortKeyV4, Slot, map_names, pins, program_names,
+    PortBe, PortKeyV4, Slot, TapState, map_names, pins, program_names,
 };
 
 use self::{
@@ -124,6 +124,7 @@ pub struct Datapath {
     v4: SlotMaps<V4>,
     v6: SlotMaps<V6>,
     counters: PerCpuHashMap<MapData, Ifindex, DeviceCounters>,
+    taps: BpfHashMap<MapData, Ifindex, TapState>,
     nexthops_v4: BpfHashMap<MapData, PortKeyV4, u32>,
     /// Pinned taps whose link runs this daemon's program.
     adopted: BTreeSet<Ifindex>,
@@ -171,6 +172,7 @@ impl Datapath {
         let v4 = SlotMaps::<V4>::take(&mut ebpf, entry.nat_v4_size)?;
         let v6 = SlotMaps::<V6>::take(&mut ebpf, entry.nat_v6_size)?;
         let counters = take_map(&mut ebpf, map_names::COUNTERS)?;
+        let taps = take_map(&mut ebpf, map_names::TAPS)?;
         let nexthops_v4 = take_map(&mut ebpf, map_names::NEXTHOPS_V4)?;
         for name in [program_names::TAP, program_names::HOST] {
             classifier(&mut ebpf, name)?
@@ -197,6 +199,7 @@ impl Datapath {
             v4,
             v6,
             counters,
+            taps,
             nexthops_v4,
             adopted: BTreeSet::new(),
             attached: BTreeMap::new(),
@@ -247,7 +250,13 @@ impl Datapath {
             ports_v6: self.v6.current(),
             pinned: links::pinned_taps(&self.links_dir)?,
             adopted: self.adopted.clone(),
-            counters: self.counters.keys().filter_map(Result::ok).collect(),
+            // A device counts as set up when it has both entries.
+            counters: self
+                .counters
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|ifindex| self.taps.get(ifindex, 0).is_ok())
+                .collect(),
             nexthops_v4: self.nexthops_v4.keys().filter_map(Result::ok).collect(),
         })
     }
@@ -281,6 +290,10 @@ impl Datapath {
             match self.counters.remove(&ifindex) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(err) => failures.push(map_err(map_names::COUNTERS)(err)),
+            }
+            match self.taps.remove(&ifindex) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => failures.push(map_err(map_names::TAPS)(err)),
             }
         }
         failures
@@ -329,6 +342,9 @@ impl Datapath {
         failures
     }
 
+    /// Creates `ifindex`'s counters and state. Entries a predecessor left
+    /// are kept as they are (an upgrade that carried the counters over
+    /// but had no state for the tap gets the state only).
     fn add_counters(&mut self, ifindex: Ifindex) -> Result<(), DatapathError> {
         let cpus = aya::util::nr_cpus().map_err(|(what, source)| DatapathError::Io {
             what: what.to_owned(),
@@ -336,9 +352,23 @@ impl Datapath {
         })?;
         let zeros = PerCpuValues::try_from(vec![DeviceCounters::default(); cpus])
             .map_err(io_err("building per-CPU counters"))?;
-        self.counters
-            .insert(ifindex, zeros, 0)
-            .map_err(map_err(map_names::COUNTERS))
+        keep_existing(self.counters.insert(ifindex, zeros, BPF_NOEXIST))
+            .map_err(map_err(map_names::COUNTERS))?;
+        keep_existing(self.taps.insert(ifindex, TapState::default(), BPF_NOEXIST))
+            .map_err(map_err(map_names::TAPS))
+    }
+}
+
+/// `bpf_map_update_elem`'s flag for "only if the key is absent".
+const BPF_NOEXIST: u64 = 1;
+
+/// An insert with [`BPF_NOEXIST`] that found the key present: nothing to do.
+fn keep_existing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::EEXIST) => {
+            Ok(())
+        }
+        other => other,
     }
 }
 
@@ -357,6 +387,8 @@ fn entry(config: &Config, host: &Link) -> DatapathConfig {
         proxy_v6: Ipv6Be(dp.nat_v6.proxy().octets()),
         nat_v6_base: Ipv6Be(dp.nat_v6.prefix.octets()),
         nat_v6_size: MAX_SLOTS_V6,
+        conn_interval_ns: dp.connection_rate.interval_ns(),
+        conn_burst: dp.connection_burst.get(),
     }
 }
 
