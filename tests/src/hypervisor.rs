@@ -31,6 +31,19 @@ pub fn daemon_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The previous landed build's daemon, which `cargo xtask test` builds
+/// from git for the upgrade test.
+pub fn previous_daemon_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("METADATA_REDIRECTOR_PREVIOUS_BIN")
+        .map(PathBuf::from)
+        .context(
+            "METADATA_REDIRECTOR_PREVIOUS_BIN is not set: run the tests with `cargo xtask test`, \
+             which builds the previous landed release from git",
+        )?;
+    ensure!(path.exists(), "{} does not exist", path.display());
+    Ok(path)
+}
+
 /// A host with its own network namespace, config files and daemon.
 #[derive(Debug)]
 pub struct Hypervisor {
@@ -58,6 +71,9 @@ pub struct Hypervisor {
     pub ready_timeout: Duration,
     /// Capabilities the daemon keeps (`setpriv --bounding-set`), if limited.
     pub capabilities: Option<Vec<&'static str>>,
+    /// The daemon binary to start instead of this build's (an older
+    /// release, for upgrades).
+    pub binary: Option<PathBuf>,
 }
 
 impl Hypervisor {
@@ -79,6 +95,7 @@ impl Hypervisor {
             run_args: Vec::new(),
             daemon_env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            binary: None,
         })
     }
 
@@ -269,7 +286,10 @@ impl Hypervisor {
     pub fn start_daemon(&mut self) -> anyhow::Result<()> {
         ensure!(self.daemon.is_none(), "daemon already running");
         self.write_files()?;
-        let binary = daemon_binary()?;
+        let binary = match &self.binary {
+            Some(binary) => binary.clone(),
+            None => daemon_binary()?,
+        };
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -30,7 +30,7 @@ mod vm;
 
 pub use self::{
     http::{METADATA, http_get, parse_response},
-    hypervisor::{Gateway, Hypervisor, daemon_binary},
+    hypervisor::{Gateway, Hypervisor, daemon_binary, previous_daemon_binary},
     instances::{InstanceSpec, PortSpec, uuid_like},
     netns::{Netns, enter_netns, ip, veth_pair},
     process::{run, temp_folder, unique_suffix, wait_for},

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod package;
+mod previous;
 mod setup;
 #[cfg(test)]
 mod setup_audit;
@@ -250,6 +251,7 @@ pub fn sweep() {
 /// Runs the cargo test suites; returns (passed, failed) on success.
 fn test(args: &[String]) -> anyhow::Result<(u64, u64)> {
     let binary = build()?;
+    let previous = previous::binary(&root())?;
     sweep();
     eprintln!("xtask: running unit, fixture and end-to-end tests");
     // Release profile: shares the build above instead of compiling the
@@ -259,6 +261,7 @@ fn test(args: &[String]) -> anyhow::Result<(u64, u64)> {
         .args(["test", "--release", "--lib", "--bins", "--tests"])
         .args(args)
         .env("METADATA_REDIRECTOR_BIN", &binary)
+        .env("METADATA_REDIRECTOR_PREVIOUS_BIN", &previous)
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;

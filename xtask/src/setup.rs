@@ -60,6 +60,9 @@ pub const PROGRAMS: &[Program] = &[
     program("ovn-northd", "ovn-central"),
     program("iptables", "iptables"),
     program("gzip", "gzip"),
+    // The upgrade test's previous release, extracted from git.
+    program("git", "git"),
+    program("tar", "tar"),
     program("lintian", "lintian"),
     program("chroot", "coreutils"),
     program("systemd-analyze", "systemd"),

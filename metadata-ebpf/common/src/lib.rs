@@ -97,6 +97,9 @@ pub mod pins {
         map_names::NEXTHOPS_V4,
         map_names::TAPS,
     ];
+    /// Subfolder holding, during an upgrade across a map-layout change,
+    /// the older build's maps until every link runs the new programs.
+    pub const PREVIOUS_DIR: &str = "previous";
     /// Subfolder holding the pinned TCX links.
     pub const LINKS_DIR: &str = "links";
     /// File name of the host program's link in [`LINKS_DIR`].

@@ -4,12 +4,14 @@
 use std::{fmt, path::Path, time::Duration};
 
 use anyhow::bail;
-use aya::maps::MapData;
-use metadata_common::{DatapathConfig, DeviceCounters, map_names};
 
+use super::backlog;
 use crate::{
     config::{BackendConfig, Config, PortSourceKind},
-    datapath::bpffs::{self, Found},
+    datapath::{
+        bpffs::{self, Found},
+        layout::Layout,
+    },
     inventory::{
         PortIndex,
         neutron::NeutronClient,
@@ -63,6 +65,7 @@ pub async fn doctor(config_path: &Path) -> anyhow::Result<()> {
         capabilities(),
         bpffs(&config),
         pinned_state(&config),
+        listen_backlog(&config),
         metadata_listeners(),
     ];
     checks.extend(port_source(&config).await);
@@ -157,35 +160,77 @@ fn bpffs(config: &Config) -> Check {
 /// Whether what a previous daemon pinned fits this build's map layout.
 fn pinned_state(config: &Config) -> Check {
     let bpffs = &config.datapath.bpffs;
-    if !bpffs.join(map_names::CONFIG).exists() {
+    let layout = match Layout::read(bpffs) {
+        Ok(layout) => layout,
+        Err(err) => return check(Outcome::Fail, "pinned state", err.to_string()),
+    };
+    if layout.is_empty() {
         return check(Outcome::Ok, "pinned state", "none: a first start");
     }
-    let layouts = [
-        (map_names::CONFIG, size_of::<DatapathConfig>()),
-        (map_names::COUNTERS, size_of::<DeviceCounters>()),
-    ];
-    for (name, size) in layouts {
-        let info = MapData::from_pin(bpffs.join(name)).and_then(|m| m.info());
-        match info {
-            Ok(info) if info.value_size() as usize == size => {}
-            Ok(info) => {
-                let detail = format!(
-                    "{name} holds {}-byte values, this build {size}: pinned by another version; `metadata-redirector teardown` first",
-                    info.value_size()
-                );
-                return check(Outcome::Fail, "pinned state", detail);
-            }
-            Err(err) => return check(Outcome::Fail, "pinned state", format!("{name}: {err}")),
-        }
-    }
-    check(
-        Outcome::Ok,
-        "pinned state",
-        format!(
-            "present under {} and compatible: it will be adopted",
+    if layout.is_current() {
+        let detail = format!(
+            "present under {}, this build's layout: it will be adopted",
             bpffs.display()
+        );
+        return check(Outcome::Ok, "pinned state", detail);
+    }
+    let changes = layout.changes().join("; ");
+    match layout.ensure_adoptable() {
+        Ok(()) => check(
+            Outcome::Ok,
+            "pinned state",
+            format!(
+                "an older build's layout under {} ({changes}): this build adopts it, carrying \
+                 every entry over, and swaps its programs into the pinned links",
+                bpffs.display()
+            ),
         ),
-    )
+        Err(err) => check(Outcome::Fail, "pinned state", format!("{changes}: {err}")),
+    }
+}
+
+/// Whether net.core.somaxconn lets the proxy's listeners hold every
+/// attached tap's burst of new connections (see `backlog`).
+fn listen_backlog(config: &Config) -> Check {
+    let links = config.datapath.bpffs.join(metadata_common::pins::LINKS_DIR);
+    let taps = std::fs::read_dir(&links)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(metadata_common::pins::tap_of_link)
+                .is_some()
+        })
+        .count();
+    let burst = config.datapath.connection_burst.get();
+    let wanted = backlog::wanted(burst, taps);
+    match backlog::somaxconn() {
+        Ok(cap) if cap >= wanted => check(
+            Outcome::Ok,
+            "listen backlog",
+            format!(
+                "net.core.somaxconn {cap} holds {taps} taps' bursts of {burst} connections ({wanted})"
+            ),
+        ),
+        Ok(cap) => check(
+            Outcome::Warn,
+            "listen backlog",
+            format!(
+                "net.core.somaxconn {cap} is under {wanted} ({taps} taps x {burst} + {}): if many \
+                 guests open their burst of connections at once, some wait a SYN retransmission; \
+                 sysctl -w net.core.somaxconn={} (the package's sysctl.d file sets 65535)",
+                backlog::BASE,
+                wanted.max(65_535)
+            ),
+        ),
+        Err(err) => check(
+            Outcome::Warn,
+            "listen backlog",
+            format!("reading {}: {err}", backlog::SOMAXCONN),
+        ),
+    }
 }
 
 /// Neutron's namespaces, and anything else listening on 169.254.169.254:80

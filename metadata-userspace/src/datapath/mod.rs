@@ -18,11 +18,13 @@
 
 pub mod bpffs;
 pub mod family;
+pub mod layout;
 pub mod links;
 mod logger;
 pub mod metrics;
 pub mod netlink;
 pub mod object;
+mod raw_map;
 
 pub mod status;
 
@@ -94,6 +96,8 @@ pub enum DatapathError {
     Slots(#[from] reconcile::slots::SlotsExhausted),
     #[error(transparent)]
     Bpffs(#[from] bpffs::BpffsError),
+    #[error(transparent)]
+    Layout(#[from] layout::LayoutError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError {
@@ -129,6 +133,9 @@ pub struct Datapath {
     /// Pinned taps whose link runs this daemon's program.
     adopted: BTreeSet<Ifindex>,
     attached: BTreeMap<Ifindex, AttachedTap>,
+    /// An upgrade across a map-layout change, until every pinned link
+    /// runs this daemon's program.
+    upgrade: Option<layout::Upgrade>,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -162,7 +169,11 @@ impl Datapath {
         fs::create_dir_all(&links_dir)
             .map_err(io_err(format!("creating {}", links_dir.display())))?;
         let entry = entry(config, &host);
+        let upgrade = layout::Upgrade::begin(&dp.bpffs)?;
         let mut ebpf = load_pinned(&dp.bpffs, &entry)?;
+        if let Some(upgrade) = &upgrade {
+            upgrade.carry(&ebpf)?;
+        }
         logger::start(&mut ebpf);
         let mut config_map: Array<MapData, DatapathConfig> =
             take_map(&mut ebpf, map_names::CONFIG)?;
@@ -203,6 +214,7 @@ impl Datapath {
             nexthops_v4,
             adopted: BTreeSet::new(),
             attached: BTreeMap::new(),
+            upgrade,
         })
     }
 
@@ -237,6 +249,11 @@ impl Datapath {
         let failures = tokio::task::block_in_place(|| self.apply(&plan));
         for failure in &failures {
             warn!("{failure} (retried at the next sync)");
+        }
+        if failures.is_empty()
+            && let Some(upgrade) = self.upgrade.take()
+        {
+            upgrade.finish()?;
         }
         let owners = reconcile::slot_owners(&plan, &self.adopted, &self.entry);
         self.attached = attached_taps(&plan, &self.adopted, &self.entry);

@@ -193,6 +193,18 @@ pub async fn teardown(config: &Config) -> Result<Vec<String>, DatapathError> {
             removed.push(path.display().to_string());
         }
     }
+    // An older build's maps an interrupted upgrade left aside.
+    let previous = bpffs.join(pins::PREVIOUS_DIR);
+    if let Ok(entries) = fs::read_dir(&previous) {
+        for entry in entries {
+            let path = entry
+                .map_err(io_err(format!("listing {}", previous.display())))?
+                .path();
+            fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
+            removed.push(path.display().to_string());
+        }
+        fs::remove_dir(&previous).map_err(io_err(format!("removing {}", previous.display())))?;
+    }
     if bpffs.exists() {
         fs::remove_dir(bpffs).map_err(io_err(format!("removing {}", bpffs.display())))?;
         removed.push(bpffs.display().to_string());
