@@ -111,6 +111,11 @@ fn an_upgrade_from_the_previous_release_carries_the_maps_over_under_load() {
         !hv.bpffs().join(map_names::TAPS).exists(),
         "the previous release has no MDR_TAPS: this is a layout change"
     );
+    let status = hv.status().unwrap_err();
+    assert!(
+        format!("{status:#}").contains("another build's layout"),
+        "this build's status says what it cannot read: {status:#}"
+    );
     let doctor = doctor_report(&hv);
     let pinned = doctor
         .lines()

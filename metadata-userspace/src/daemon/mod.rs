@@ -128,13 +128,8 @@ pub async fn run(
         metrics: serve,
         stop: stopped,
     };
-    let (mut servers, mut backlog) = servers.start(&config).await?;
+    let (mut servers, backlog) = servers.start(&config).await?;
     servers.extend(admin);
-    backlog.fit(datapath.attached().len());
-    announce_ready(&config, &datapath)?;
-    reconcile.set_taps(datapath.attached().len());
-    readiness.set_ready();
-
     let mut resync = reconcile_loop::ReconcileLoop::new(
         datapath,
         inventory,
@@ -143,6 +138,8 @@ pub async fn run(
         reconcile,
         backlog,
     );
+    announce_ready(&config, resync.taps_attached())?;
+    readiness.set_ready();
     resync.run(&reload, &links_changed).await?;
     shutdown(&stop, servers).await;
     source_task.abort();
@@ -165,14 +162,14 @@ async fn start_datapath(
 
 /// Says that the datapath is attached and the proxy listens: the log,
 /// "ready" on stdout, and systemd.
-fn announce_ready(config: &Config, datapath: &Datapath) -> anyhow::Result<()> {
+fn announce_ready(config: &Config, taps: usize) -> anyhow::Result<()> {
     info!(
         "serving metadata on {}:{} via {}",
         config.proxy.address, config.proxy.port, config.datapath.host_device
     );
     println!("ready");
     std::io::stdout().flush().context("writing to stdout")?;
-    notify::ready(datapath.attached().len());
+    notify::ready(taps);
     Ok(())
 }
 

@@ -113,8 +113,12 @@ impl ReconcileLoop {
         slot_owners: SharedSlotOwners,
         link_events: LinkEvents,
         metrics: ReconcileMetrics,
-        backlog: ListenBacklog,
+        mut backlog: ListenBacklog,
     ) -> Self {
+        // What each sync updates, for the first sync's taps.
+        let taps = datapath.attached().len();
+        metrics.set_taps(taps);
+        backlog.fit(taps);
         Self {
             backlog,
             datapath,
@@ -127,6 +131,11 @@ impl ReconcileLoop {
                 Duration::from_secs(10),
             ),
         }
+    }
+
+    /// How many taps the datapath is attached to.
+    pub fn taps_attached(&self) -> usize {
+        self.datapath.attached().len()
     }
 
     /// Runs until SIGINT or SIGTERM; SIGHUP asks the port source to reload,

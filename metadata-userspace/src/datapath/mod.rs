@@ -98,6 +98,11 @@ pub enum DatapathError {
     Bpffs(#[from] bpffs::BpffsError),
     #[error(transparent)]
     Layout(#[from] layout::LayoutError),
+    #[error(
+        "the pinned maps are another build's layout ({changes}); this build reads its own. \
+         Use that build's `status`, or start this build's daemon, which carries them over"
+    )]
+    OlderLayout { changes: String },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DatapathError {
@@ -169,12 +174,7 @@ impl Datapath {
         fs::create_dir_all(&links_dir)
             .map_err(io_err(format!("creating {}", links_dir.display())))?;
         let entry = entry(config, &host);
-        let upgrade = layout::Upgrade::begin(&dp.bpffs)?;
-        let mut ebpf = load_pinned(&dp.bpffs, &entry)?;
-        if let Some(upgrade) = &upgrade {
-            upgrade.carry(&ebpf)?;
-        }
-        logger::start(&mut ebpf);
+        let (mut ebpf, upgrade) = load(&dp.bpffs, &entry)?;
         let mut config_map: Array<MapData, DatapathConfig> =
             take_map(&mut ebpf, map_names::CONFIG)?;
         config_map
@@ -185,14 +185,6 @@ impl Datapath {
         let counters = take_map(&mut ebpf, map_names::COUNTERS)?;
         let taps = take_map(&mut ebpf, map_names::TAPS)?;
         let nexthops_v4 = take_map(&mut ebpf, map_names::NEXTHOPS_V4)?;
-        for name in [program_names::TAP, program_names::HOST] {
-            classifier(&mut ebpf, name)?
-                .load()
-                .map_err(|source| DatapathError::Program {
-                    program: name,
-                    source,
-                })?;
-        }
         links::attach_or_adopt(
             classifier(&mut ebpf, program_names::HOST)?,
             program_names::HOST,
@@ -407,6 +399,30 @@ fn entry(config: &Config, host: &Link) -> DatapathConfig {
         conn_interval_ns: dp.connection_rate.interval_ns(),
         conn_burst: dp.connection_burst.get(),
     }
+}
+
+/// Loads the object over the maps pinned under `bpffs` (carrying the maps
+/// of an older layout over to this build's first) and its programs into
+/// the kernel; starts forwarding the programs' log.
+fn load(
+    bpffs: &std::path::Path,
+    entry: &DatapathConfig,
+) -> Result<(Ebpf, Option<layout::Upgrade>), DatapathError> {
+    let upgrade = layout::Upgrade::begin(bpffs)?;
+    let mut ebpf = load_pinned(bpffs, entry)?;
+    if let Some(upgrade) = &upgrade {
+        upgrade.carry(&ebpf)?;
+    }
+    logger::start(&mut ebpf);
+    for name in [program_names::TAP, program_names::HOST] {
+        classifier(&mut ebpf, name)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                program: name,
+                source,
+            })?;
+    }
+    Ok((ebpf, upgrade))
 }
 
 /// Loads the object with `entry`'s load-time values, reusing the maps

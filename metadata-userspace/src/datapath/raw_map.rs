@@ -26,6 +26,18 @@ struct ElemAttr {
     flags: u64,
 }
 
+impl ElemAttr {
+    fn new(map: BorrowedFd<'_>, key: *const u8, value: *const u8) -> Self {
+        Self {
+            map_fd: map.as_raw_fd() as u32,
+            _pad: 0,
+            key: key as u64,
+            value: value as u64,
+            flags: 0,
+        }
+    }
+}
+
 fn bpf(cmd: libc::c_long, attr: &ElemAttr) -> io::Result<()> {
     // SAFETY: `attr` is a valid bpf_attr prefix for these commands and
     // outlives the call; the kernel reads and writes only the buffers it
@@ -87,26 +99,21 @@ pub fn carry(
     let mut new = vec![0u8; to_sizes.buffer()];
     let mut copied = 0;
     loop {
-        let attr = ElemAttr {
-            map_fd: from.as_raw_fd() as u32,
-            _pad: 0,
-            key: key.as_ref().map_or(0, |k| k.as_ptr() as u64),
-            value: next.as_mut_ptr() as u64,
-            flags: 0,
-        };
+        // No key yet: the kernel answers with the first one. The buffers
+        // the kernel writes are passed as `as_mut_ptr`, for write access.
+        let first = std::ptr::null();
+        let attr = ElemAttr::new(
+            from,
+            key.as_ref().map_or(first, Vec::as_ptr),
+            next.as_mut_ptr(),
+        );
         match bpf(BPF_MAP_GET_NEXT_KEY, &attr) {
             Ok(()) => {}
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(copied),
             Err(err) => return Err(err),
         }
         let current = key.insert(next.clone());
-        let lookup = ElemAttr {
-            map_fd: from.as_raw_fd() as u32,
-            _pad: 0,
-            key: current.as_ptr() as u64,
-            value: old.as_mut_ptr() as u64,
-            flags: 0,
-        };
+        let lookup = ElemAttr::new(from, current.as_ptr(), old.as_mut_ptr());
         match bpf(BPF_MAP_LOOKUP_ELEM, &lookup) {
             Ok(()) => {}
             // Deleted meanwhile (the old programs still run): skip it.
@@ -114,13 +121,7 @@ pub fn carry(
             Err(err) => return Err(err),
         }
         widen(&old, from_sizes, &mut new, to_sizes);
-        let update = ElemAttr {
-            map_fd: to.as_raw_fd() as u32,
-            _pad: 0,
-            key: current.as_ptr() as u64,
-            value: new.as_ptr() as u64,
-            flags: 0,
-        };
+        let update = ElemAttr::new(to, current.as_ptr(), new.as_ptr());
         bpf(BPF_MAP_UPDATE_ELEM, &update)?;
         copied += 1;
     }

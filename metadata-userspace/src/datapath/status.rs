@@ -61,6 +61,12 @@ impl Pinned {
         {
             return Err(why.into());
         }
+        let layout = super::layout::Layout::read(bpffs)?;
+        if !layout.is_current() {
+            return Err(DatapathError::OlderLayout {
+                changes: layout.changes().join("; "),
+            });
+        }
         let config: Array<MapData, DatapathConfig> = open(bpffs, map_names::CONFIG)?;
         Ok(Self {
             entry: config.get(&0, 0).map_err(map_err(map_names::CONFIG))?,
