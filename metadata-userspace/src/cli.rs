@@ -28,12 +28,22 @@ pub enum Command {
     Teardown(ConfigArg),
     /// Check whether `run` would work on this host, and say what to fix.
     Doctor(ConfigArg),
+    /// Signed instance identity: what to publish for verifiers.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
     /// Write the man page and shell completions into DIR (for packaging).
     #[command(hide = true)]
     Generate {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Print the public keys of `[identity]` (current, then next) as a
+    /// JWKS, for the operator to publish at the issuer.
+    Jwks(ConfigArg),
 }
 
 #[derive(Debug, Args)]

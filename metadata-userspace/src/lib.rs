@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod fuzzing;
+pub mod identity;
 pub mod inventory;
 pub mod neutron_ini;
 pub mod nova_conf;

@@ -1,6 +1,6 @@
 use clap::Parser as _;
 use metadata_userspace::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, IdentityCommand},
     daemon,
 };
 
@@ -19,6 +19,7 @@ fn main() -> anyhow::Result<()> {
         Command::Status { config, json } => runtime.block_on(daemon::status(&config.config, json)),
         Command::Teardown(args) => runtime.block_on(daemon::teardown(&args.config)),
         Command::Doctor(args) => runtime.block_on(daemon::doctor(&args.config)),
+        Command::Identity(IdentityCommand::Jwks(args)) => daemon::jwks(&args.config),
         Command::Generate { dir } => Ok(metadata_userspace::cli::generate(&dir)?),
     }
 }

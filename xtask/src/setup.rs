@@ -74,6 +74,9 @@ pub const PYTHON_MODULES: &[Program] = &[
     program("cloudinit", "cloud-init"),
     program("ovs.db.idl", "python3-openvswitch"),
     program("botocore.utils", "python3-botocore"),
+    // The identity test verifies tokens with PyJWT (RSA through cryptography).
+    program("jwt", "python3-jwt"),
+    program("cryptography", "python3-cryptography"),
     // The metrics test parses the exposition with the reference parser.
     program(
         "prometheus_client.openmetrics.parser",

@@ -5,14 +5,15 @@ pub mod local;
 pub mod metrics;
 pub mod nova;
 pub mod password;
+mod signed;
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header, request::Parts};
 
 use self::metrics::UpstreamMetrics;
-use crate::{config::BackendConfig, inventory::Identity};
+use crate::{config::BackendConfig, identity::Signer, inventory::Identity};
 
 /// A complete answer: status, content type and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,16 @@ impl Reply {
             status: StatusCode::OK,
             content_type: TEXT,
             body: Bytes::from(text),
+            headers: http::HeaderMap::new(),
+        }
+    }
+
+    /// Text rendered already.
+    pub fn text_bytes(text: Bytes) -> Self {
+        Self {
+            status: StatusCode::OK,
+            content_type: TEXT,
+            body: text,
             headers: http::HeaderMap::new(),
         }
     }
@@ -104,9 +115,17 @@ impl Reply {
     }
 }
 
-/// The configured backend.
+/// The configured backend, with the identity signer on top when
+/// `[identity]` has a key.
 #[derive(Debug)]
-pub enum Backend {
+pub struct Backend {
+    source: Source,
+    identity: Option<Arc<Signer>>,
+}
+
+/// Where answers come from.
+#[derive(Debug)]
+enum Source {
     Local(local::LocalBackend),
     // Boxed: the connection pool is large, and there is one backend.
     Nova(Box<nova::NovaBackend>),
@@ -117,17 +136,34 @@ impl Backend {
         config: &BackendConfig,
         state_dir: &Path,
         metrics: UpstreamMetrics,
+        identity: Option<Arc<Signer>>,
     ) -> Result<Self, nova::NovaError> {
-        Ok(match config {
-            BackendConfig::Local(local) => Self::Local(local::LocalBackend::new(local, state_dir)),
-            BackendConfig::Nova(nova) => {
-                Self::Nova(Box::new(nova::NovaBackend::new(nova, metrics)?))
+        let source = match config {
+            BackendConfig::Local(local) => {
+                Source::Local(local::LocalBackend::new(local, state_dir))
             }
-        })
+            BackendConfig::Nova(nova) => {
+                Source::Nova(Box::new(nova::NovaBackend::new(nova, metrics)?))
+            }
+        };
+        Ok(Self { source, identity })
     }
 
-    /// Answers one request from `who`.
+    /// Answers one request from `who`: the identity paths here, the rest
+    /// by the source.
     pub async fn handle(&self, who: &Identity, parts: &Parts, body: Bytes) -> Reply {
+        if parts.method == Method::GET
+            && let Some(route) = crate::identity::Route::of(parts.uri.path(), parts.uri.query())
+            && let Some(reply) = self.signed(who, route).await
+        {
+            return reply;
+        }
+        self.source.handle(who, parts, body).await
+    }
+}
+
+impl Source {
+    async fn handle(&self, who: &Identity, parts: &Parts, body: Bytes) -> Reply {
         match self {
             Self::Local(local) => local.handle(who, &parts.method, parts.uri.path(), &body),
             Self::Nova(nova) => nova.handle(who, parts, body).await,

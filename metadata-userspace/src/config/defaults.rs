@@ -49,6 +49,10 @@ pub const NOVA_CACHE_TTL_S: u64 = 15;
 pub const NOVA_METADATA_HOST: &str = "127.0.0.1";
 pub const NOVA_METADATA_PORT: u16 = 8775;
 
+/// How long an identity token is valid.
+pub const IDENTITY_TOKEN_LIFETIME: super::identity::TokenLifetime =
+    super::identity::TokenLifetime::new(600).expect("in range");
+
 /// How often the "neutron" port source lists this host's ports.
 pub const NEUTRON_REFRESH_INTERVAL_S: u64 = 30;
 /// keystoneauth's default user and project domain.

@@ -5,6 +5,7 @@
 
 mod backend;
 pub mod defaults;
+pub mod identity;
 pub mod ini;
 pub mod keystone;
 mod values;
@@ -20,6 +21,7 @@ use toml::Spanned;
 use self::backend::BackendSection;
 pub(crate) use self::values::deserialize_from_str;
 pub use self::{
+    identity::IdentityConfig,
     keystone::KeystoneConfig,
     values::{
         ConnectionBurst, ConnectionRate, DeviceName, GlobPattern, HopLimit, HostMtu, HttpUrl,
@@ -133,6 +135,7 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub metrics: MetricsConfig,
     pub backend: BackendConfig,
+    pub identity: IdentityConfig,
 }
 
 /// The file as written.
@@ -149,6 +152,8 @@ struct ConfigFile {
     rate_limit: RateLimitConfig,
     metrics: MetricsConfig,
     backend: BackendSection,
+    // Spanned: the cross-field check names the table's line.
+    identity: Option<Spanned<IdentityConfig>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -479,6 +484,12 @@ impl Config {
         }
         let mut agent = file.agent;
         agent.socket = agent.socket.map(|socket| base.join(socket));
+        let identity_span = file.identity.as_ref().map_or(0..0, Spanned::span);
+        let mut identity = file.identity.map(Spanned::into_inner).unwrap_or_default();
+        if let Err(message) = identity.check() {
+            return Err(ConfigError::at(path, source, identity_span, message));
+        }
+        identity.rebase(base);
         Ok(Self {
             backend: file.backend.resolve(path, source)?,
             daemon: file.daemon,
@@ -489,6 +500,7 @@ impl Config {
             tokens: file.tokens,
             rate_limit: file.rate_limit,
             metrics: file.metrics,
+            identity,
         })
     }
 }

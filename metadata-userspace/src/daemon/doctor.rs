@@ -66,6 +66,7 @@ pub async fn doctor(config_path: &Path) -> anyhow::Result<()> {
         bpffs(&config),
         pinned_state(&config),
         listen_backlog(&config),
+        identity_keys(&config),
         metadata_listeners(),
     ];
     checks.extend(port_source(&config).await);
@@ -186,6 +187,19 @@ fn pinned_state(config: &Config) -> Check {
             ),
         ),
         Err(err) => check(Outcome::Fail, "pinned state", format!("{changes}: {err}")),
+    }
+}
+
+/// Whether `[identity]`'s key and certificate load and match.
+fn identity_keys(config: &Config) -> Check {
+    match crate::identity::Signer::load(&config.identity) {
+        Ok(None) => check(
+            Outcome::Ok,
+            "identity",
+            "no [identity] key: the signed paths answer 404",
+        ),
+        Ok(Some(signer)) => check(Outcome::Ok, "identity", signer.describe()),
+        Err(err) => check(Outcome::Fail, "identity", err.to_string()),
     }
 }
 

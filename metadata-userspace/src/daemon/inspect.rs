@@ -144,3 +144,13 @@ pub async fn teardown(config_path: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `identity jwks`: the configured keys' public halves as a JWKS.
+pub fn jwks(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let signer = crate::identity::Signer::load(&config.identity)
+        .context("loading the [identity] keys")?
+        .with_context(|| format!("{}: [identity] has no key", config_path.display()))?;
+    println!("{}", serde_json::to_string_pretty(&signer.jwks())?);
+    Ok(())
+}

@@ -26,7 +26,7 @@ use tokio::{
 
 pub use self::{
     doctor::doctor,
-    inspect::{status, teardown},
+    inspect::{jwks, status, teardown},
 };
 
 use prometheus_client::registry::Registry;
@@ -116,8 +116,13 @@ pub async fn run(
         slot_owners: Arc::clone(&slot_owners),
         inventory: inventory.clone(),
         backend: Arc::new(
-            Backend::new(&config.backend, &config.daemon.state_dir, upstream)
-                .context("setting up the backend")?,
+            Backend::new(
+                &config.backend,
+                &config.daemon.state_dir,
+                upstream,
+                identity_signer(&config)?,
+            )
+            .context("setting up the backend")?,
         ),
         limits,
         tokens: Arc::new(
@@ -144,6 +149,17 @@ pub async fn run(
     shutdown(&stop, servers).await;
     source_task.abort();
     Ok(())
+}
+
+/// The identity signer, when `[identity]` has a key.
+fn identity_signer(config: &Config) -> anyhow::Result<Option<Arc<crate::identity::Signer>>> {
+    let signer = crate::identity::Signer::load(&config.identity)
+        .context("loading the [identity] keys")?
+        .map(Arc::new);
+    if signer.is_some() {
+        info!("signing instance identity documents and tokens ([identity])");
+    }
+    Ok(signer)
 }
 
 /// Loads (or adopts) the datapath and attaches it to the taps of
