@@ -13,7 +13,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header, request::Parts};
 
 use self::metrics::UpstreamMetrics;
-use crate::{config::BackendConfig, identity::Signer, inventory::Identity};
+use crate::{
+    config::BackendConfig,
+    identity::{Signer, SigningThread},
+    inventory::Identity,
+};
 
 /// A complete answer: status, content type and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,12 +119,20 @@ impl Reply {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Nova(#[from] nova::NovaError),
+    #[error("starting the identity signing thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// The configured backend, with the identity signer on top when
 /// `[identity]` has a key.
 #[derive(Debug)]
 pub struct Backend {
     source: Source,
-    identity: Option<Arc<Signer>>,
+    identity: Option<(Arc<Signer>, SigningThread)>,
 }
 
 /// Where answers come from.
@@ -137,7 +149,7 @@ impl Backend {
         state_dir: &Path,
         metrics: UpstreamMetrics,
         identity: Option<Arc<Signer>>,
-    ) -> Result<Self, nova::NovaError> {
+    ) -> Result<Self, BackendError> {
         let source = match config {
             BackendConfig::Local(local) => {
                 Source::Local(local::LocalBackend::new(local, state_dir))
@@ -145,6 +157,13 @@ impl Backend {
             BackendConfig::Nova(nova) => {
                 Source::Nova(Box::new(nova::NovaBackend::new(nova, metrics)?))
             }
+        };
+        let identity = match identity {
+            Some(signer) => Some((
+                signer,
+                SigningThread::start().map_err(BackendError::Thread)?,
+            )),
+            None => None,
         };
         Ok(Self { source, identity })
     }

@@ -1,7 +1,7 @@
 //! The identity paths on top of a backend: the facts come from the
 //! backend's own answers for the instance on the tap (with Nova: what Nova
 //! answered), never from the guest's request; the signing happens on the
-//! blocking pool, off the serving threads.
+//! signing thread, at the lowest priority, off the serving threads.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use log::error;
 
 use super::{Backend, Reply};
 use crate::{
-    identity::{Facts, IdentityError, Route, SignedDocument, Signer, Subject},
+    identity::{Facts, IdentityError, Route, SignedDocument, Signer, SigningThread, Subject},
     inventory::Identity,
 };
 
@@ -19,7 +19,7 @@ impl Backend {
     /// The answer to an identity path; `None` to let the source answer
     /// (the unsigned document and its listing when no key is configured).
     pub(super) async fn signed(&self, who: &Identity, route: Route) -> Option<Reply> {
-        let Some(signer) = &self.identity else {
+        let Some((signer, thread)) = &self.identity else {
             return match route {
                 Route::Listing | Route::Document => None,
                 _ => Some(Reply::status(StatusCode::NOT_FOUND)),
@@ -31,41 +31,41 @@ impl Backend {
             Route::Token(Ok((audience, nonce))) => match self.facts(who).await {
                 Ok(facts) => {
                     let signer = Arc::clone(signer);
-                    let token = tokio::task::spawn_blocking(move || {
-                        signer.token(&facts.subject, &audience, nonce.as_ref())
-                    })
-                    .await;
+                    let token = thread
+                        .run(move || signer.token(&facts.subject, &audience, nonce.as_ref()))
+                        .await;
                     match token {
-                        Ok(Ok(token)) => Reply::text(token),
-                        Ok(Err(err)) => failed(&err.into()),
-                        Err(err) => panicked(&err),
+                        Some(Ok(token)) => Reply::text(token),
+                        Some(Err(err)) => failed(&err.into()),
+                        None => thread_gone(),
                     }
                 }
                 Err(reply) => reply,
             },
-            route => match self.document(who, signer).await {
+            route => match self.document(who, signer, thread).await {
                 Ok(signed) => document_reply(&signed, &route),
                 Err(reply) => reply,
             },
         })
     }
 
-    /// This instance's signed document, made on the blocking pool when its
-    /// facts are new.
+    /// This instance's signed document, made on the signing thread when
+    /// its facts are new.
     async fn document(
         &self,
         who: &Identity,
         signer: &Arc<Signer>,
+        thread: &SigningThread,
     ) -> Result<Arc<SignedDocument>, Reply> {
         let facts = self.facts(who).await?;
         if let Some(signed) = signer.cached(&facts) {
             return Ok(signed);
         }
         let signer = Arc::clone(signer);
-        match tokio::task::spawn_blocking(move || signer.sign(facts)).await {
-            Ok(Ok(signed)) => Ok(signed),
-            Ok(Err(err)) => Err(failed(&err)),
-            Err(err) => Err(panicked(&err)),
+        match thread.run(move || signer.sign(facts)).await {
+            Some(Ok(signed)) => Ok(signed),
+            Some(Err(err)) => Err(failed(&err)),
+            None => Err(thread_gone()),
         }
     }
 
@@ -136,7 +136,7 @@ fn failed(err: &IdentityError) -> Reply {
     Reply::status(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-fn panicked(err: &tokio::task::JoinError) -> Reply {
-    error!("the identity signing task failed: {err}");
+fn thread_gone() -> Reply {
+    error!("the identity signing thread is gone (it panicked); signed answers fail until restart");
     Reply::status(StatusCode::INTERNAL_SERVER_ERROR)
 }

@@ -12,6 +12,7 @@
 pub mod cms;
 pub mod jwt;
 pub mod keys;
+mod thread;
 
 use std::{
     collections::HashMap,
@@ -23,6 +24,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use bytes::Bytes;
 use serde_json::json;
 
+pub use self::thread::SigningThread;
 use self::{cms::SignerCertificate, keys::SigningKey};
 pub use self::{
     jwt::{Audience, Subject},
@@ -193,7 +195,7 @@ impl Signer {
     }
 
     /// A token for `subject`, valid from now for the configured lifetime.
-    /// RSA signing costs about a millisecond: call off the serving threads.
+    /// RSA signing costs about 0.6 ms: call on the [`SigningThread`].
     pub fn token(
         &self,
         subject: &Subject,
@@ -226,7 +228,7 @@ impl Signer {
     }
 
     /// Makes (and keeps) the signed document for `facts`. Costs an RSA
-    /// signature or two: call off the serving threads.
+    /// signature or two: call on the [`SigningThread`].
     pub fn sign(&self, facts: Facts) -> Result<Arc<SignedDocument>, IdentityError> {
         let document = Bytes::from(document(&facts, SystemTime::now()));
         let signature = STANDARD.encode(self.current.sign(&document)?);

@@ -23,6 +23,7 @@
 mod first_request;
 mod floor_prog;
 mod harness;
+mod identity;
 mod limit;
 mod memory;
 mod neutron;
@@ -58,6 +59,8 @@ pub enum Section {
     Neutron,
     /// Every VM booting at once against a realistic Nova.
     Storm,
+    /// What signing identity costs, and its effect on other guests.
+    Identity,
 }
 
 pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
@@ -96,6 +99,9 @@ pub fn run(quick: bool, only: &[Section]) -> anyhow::Result<()> {
     if wanted(Section::Ovn) {
         report.ovn = ovn::measure()?;
     }
+    if wanted(Section::Identity) {
+        report.identity = Some(identity::measure(&settings)?);
+    }
     report.elapsed = started.elapsed();
     report.write(&out_dir)
 }
@@ -117,6 +123,7 @@ struct Report {
     ovn: Vec<ovn::Sync>,
     nova: Vec<neutron::NovaRow>,
     storm: Option<neutron::Storm>,
+    identity: Option<identity::IdentityCost>,
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -168,6 +175,7 @@ impl Report {
             ovn: Vec::new(),
             nova: Vec::new(),
             storm: None,
+            identity: None,
         }
     }
 
@@ -200,6 +208,7 @@ impl Report {
             md.push_str(&other_traffic::markdown(other));
         }
         md.push_str(&ovn::markdown(&self.ovn));
+        md.push_str(&identity::markdown(self.identity.as_ref()));
         let _ = writeln!(md, "\n## Targets\n");
         for (target, ok) in self.targets() {
             let _ = writeln!(md, "- {target}: **{}**", verdict(ok));
@@ -261,6 +270,7 @@ impl Report {
             "ovn_first_view": ovn::json(&self.ovn),
             "neutron_ovn_agent": neutron::json(&self.nova),
             "boot_storm": self.storm.as_ref().map(neutron::storm_json),
+            "identity": self.identity.as_ref().map(identity::json),
             "targets": targets,
         })
     }
