@@ -409,3 +409,89 @@ fn a_guest_asking_for_tokens_in_a_loop_leaves_others_latency_alone() {
     );
     assert!(tokens > 10, "the busy guest got tokens: {tokens}");
 }
+
+/// `doctor`'s "identity" line for `config`.
+fn doctor_identity(hv: &Hypervisor, config: &Path) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", hv.ns().name()))
+        .arg(metadata_tests::daemon_binary().unwrap())
+        .arg("doctor")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.lines()
+        .find(|l| l.contains(" identity: "))
+        .map_or(format!("no identity line: {text}{stderr}"), str::to_owned)
+}
+
+#[test]
+fn doctor_checks_the_key_and_certificate_and_tokens_follow_the_session_rules() {
+    let mut hv = Hypervisor::new().unwrap();
+    let keys = key_pair(hv.dir(), "2026-12");
+    let other = key_pair(hv.dir(), "other");
+    let vm = hv.add_vm(Ipv4Addr::new(10, 0, 0, 5)).unwrap();
+    hv.set_instances(vec![InstanceSpec::for_vm(&vm, "strict")])
+        .unwrap();
+    hv.extra_config = format!(
+        "{}\n[tokens]\nmode = \"required\"\n",
+        identity_section(&keys, "2026-12", None, 600)
+    );
+    hv.start_daemon().unwrap();
+
+    let good = doctor_identity(&hv, &hv.config_path());
+    assert!(
+        good.starts_with("ok") && good.contains("2048 bits"),
+        "{good}"
+    );
+    let text = std::fs::read_to_string(hv.config_path()).unwrap();
+    let mismatched = hv.dir().join("mismatched.toml");
+    let other_cert = other.1.display().to_string();
+    std::fs::write(
+        &mismatched,
+        text.replace(&keys.1.display().to_string(), &other_cert),
+    )
+    .unwrap();
+    let line = doctor_identity(&hv, &mismatched);
+    assert!(
+        line.starts_with("FAIL") && line.contains("does not certify"),
+        "{line}"
+    );
+    let exposed = hv.dir().join("exposed.key");
+    std::fs::copy(&keys.0, &exposed).unwrap();
+    std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = hv.dir().join("loose.toml");
+    std::fs::write(
+        &loose,
+        text.replace(
+            &keys.0.display().to_string(),
+            &exposed.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let line = doctor_identity(&hv, &loose);
+    assert!(
+        line.starts_with("FAIL") && line.contains("chmod 600"),
+        "{line}"
+    );
+
+    // Session tokens required: the identity paths too.
+    let path = "/openstack/latest/identity?audience=aud";
+    assert_eq!(get(&vm, path).0, 401);
+    let ttl = "X-aws-ec2-metadata-token-ttl-seconds: 60";
+    let (status, session) = vm.http("PUT", "/latest/api/token", &[ttl], b"").unwrap();
+    assert_eq!(status, 200);
+    let header = format!(
+        "X-aws-ec2-metadata-token: {}",
+        String::from_utf8(session).unwrap()
+    );
+    let (status, token) = vm.http("GET", path, &[&header], b"").unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&token));
+    assert_eq!(
+        String::from_utf8(token).unwrap().split('.').count(),
+        3,
+        "a JWT"
+    );
+}
