@@ -115,15 +115,7 @@ pub async fn run(
     let servers = listeners::Servers {
         slot_owners: Arc::clone(&slot_owners),
         inventory: inventory.clone(),
-        backend: Arc::new(
-            Backend::new(
-                &config.backend,
-                &config.daemon.state_dir,
-                upstream,
-                identity_signer(&config)?,
-            )
-            .context("setting up the backend")?,
-        ),
+        backend: backend(&config, upstream)?,
         limits,
         tokens: Arc::new(
             Tokens::load(&config.tokens, &config.daemon.state_dir)
@@ -151,15 +143,17 @@ pub async fn run(
     Ok(())
 }
 
-/// The identity signer, when `[identity]` has a key.
-fn identity_signer(config: &Config) -> anyhow::Result<Option<Arc<crate::identity::Signer>>> {
+/// The backend, with the identity signer when `[identity]` has a key.
+fn backend(config: &Config, upstream: UpstreamMetrics) -> anyhow::Result<Arc<Backend>> {
     let signer = crate::identity::Signer::load(&config.identity)
         .context("loading the [identity] keys")?
         .map(Arc::new);
     if signer.is_some() {
         info!("signing instance identity documents and tokens ([identity])");
     }
-    Ok(signer)
+    let backend = Backend::new(&config.backend, &config.daemon.state_dir, upstream, signer)
+        .context("setting up the backend")?;
+    Ok(Arc::new(backend))
 }
 
 /// Loads (or adopts) the datapath and attaches it to the taps of
