@@ -248,8 +248,9 @@ impl Layout {
 struct Replaced {
     name: &'static str,
     old_pin: PathBuf,
-    from: Shape,
-    to: Shape,
+    /// The old and new shapes, when the entries are to be carried over;
+    /// `None` for a leftover whose successor holds newer entries already.
+    carry: Option<(Shape, Shape)>,
 }
 
 /// An upgrade across a layout change, from moving the old maps aside to
@@ -285,32 +286,39 @@ impl Upgrade {
                 replaced.push(Replaced {
                     name,
                     old_pin,
-                    from: *from,
-                    to: *to,
+                    carry: Some((*from, *to)),
                 });
             } else if old_pin.exists() {
-                // Moved aside by an upgrade that stopped before removing it.
-                let from = Shape::of_pin(&old_pin)?;
-                let to = expected[name];
-                if let Some(why) = from.carry_refused(&to) {
-                    warn!("{}: {why}; not carried over", old_pin.display());
-                    continue;
-                }
+                // Moved aside by an upgrade that stopped before removing
+                // it. Carried only when its successor was never created;
+                // otherwise the successor holds newer entries, and the
+                // leftover only goes once the links run this build.
+                let carry = match state {
+                    Pinned::Absent => leftover_carry(&old_pin, expected[name])?,
+                    _ => None,
+                };
                 replaced.push(Replaced {
                     name,
                     old_pin,
-                    from,
-                    to,
+                    carry,
                 });
             }
         }
         if replaced.is_empty() {
             return Ok(None);
         }
-        info!(
-            "the pinned maps are an older layout: {}",
-            layout.changes().join("; ")
-        );
+        let changes = layout.changes();
+        if changes.is_empty() {
+            info!(
+                "{} holds an interrupted upgrade's old maps; removed once every link runs this build",
+                previous_dir.display()
+            );
+        } else {
+            info!(
+                "the pinned maps are an older layout: {}",
+                changes.join("; ")
+            );
+        }
         Ok(Some(Self {
             previous_dir,
             replaced,
@@ -325,22 +333,20 @@ impl Upgrade {
             source,
         })?;
         for r in &self.replaced {
+            let Some((from, to)) = r.carry else {
+                continue;
+            };
             let old = MapData::from_pin(&r.old_pin).map_err(|source| LayoutError::Pinned {
                 path: r.old_pin.clone(),
                 source,
             })?;
             let new = ebpf.map(r.name).ok_or(LayoutError::MissingMap(r.name))?;
             let new_fd = aya_map_fd(new);
-            let copied = raw_map::carry(
-                old.fd().as_fd(),
-                r.from.sizes(cpus),
-                new_fd,
-                r.to.sizes(cpus),
-            )
-            .map_err(io_err(format!("carrying {} over", r.name)))?;
+            let copied = raw_map::carry(old.fd().as_fd(), from.sizes(cpus), new_fd, to.sizes(cpus))
+                .map_err(io_err(format!("carrying {} over", r.name)))?;
             info!(
                 "carried {copied} entries of {} over ({}-byte values -> {})",
-                r.name, r.from.value_size, r.to.value_size
+                r.name, from.value_size, to.value_size
             );
         }
         Ok(())
@@ -362,6 +368,18 @@ impl Upgrade {
             "upgrade finished: every link runs this build's programs; the old maps' pins are removed"
         );
         Ok(())
+    }
+}
+
+/// The shapes to carry a leftover old map's entries with, if it can be.
+fn leftover_carry(old_pin: &Path, to: Shape) -> Result<Option<(Shape, Shape)>, LayoutError> {
+    let from = Shape::of_pin(old_pin)?;
+    match from.carry_refused(&to) {
+        None => Ok(Some((from, to))),
+        Some(why) => {
+            warn!("{}: {why}; not carried over", old_pin.display());
+            Ok(None)
+        }
     }
 }
 
