@@ -421,6 +421,21 @@ impl Hypervisor {
     }
 
     /// Runs a daemon subcommand (status, teardown) in this namespace.
+    /// `doctor` with `config`, in this host's network namespace: whether
+    /// it passed, and its report (stdout), whatever the verdict.
+    pub fn doctor(&self, config: &Path) -> anyhow::Result<(bool, String)> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns.name()))
+            .arg(daemon_binary()?)
+            .arg("doctor")
+            .arg("--config")
+            .arg(config)
+            .output()
+            .context("running doctor")?;
+        let report = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok((out.status.success(), report))
+    }
+
     pub fn daemon_command(&self, args: &[&str]) -> anyhow::Result<String> {
         let binary = daemon_binary()?;
         let config = self.config_path();

@@ -360,7 +360,7 @@ fn without_a_key_the_signed_paths_are_404_and_everything_else_is_served() {
 }
 
 #[test]
-fn a_guest_asking_for_tokens_in_a_loop_leaves_others_latency_alone() {
+fn a_guest_asking_for_tokens_in_a_loop_gets_them_and_another_guest_is_still_served() {
     let mut hv = Hypervisor::new().unwrap();
     let keys = key_pair(hv.dir(), "2026-12");
     let busy = hv.add_vm(Ipv4Addr::new(10, 0, 0, 5)).unwrap();
@@ -402,6 +402,8 @@ fn a_guest_asking_for_tokens_in_a_loop_leaves_others_latency_alone() {
         (loaded, asker.join().unwrap())
     });
     let max = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
+    // The latency effect is measured in `cargo xtask bench --only
+    // identity`, not asserted here; this prints what this run saw.
     println!(
         "another guest's 40 requests: slowest {:?} quiet, {:?} while a guest took {tokens} tokens",
         max(&quiet),
@@ -412,19 +414,11 @@ fn a_guest_asking_for_tokens_in_a_loop_leaves_others_latency_alone() {
 
 /// `doctor`'s "identity" line for `config`.
 fn doctor_identity(hv: &Hypervisor, config: &Path) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", hv.ns().name()))
-        .arg(metadata_tests::daemon_binary().unwrap())
-        .arg("doctor")
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    text.lines()
+    let (_, report) = hv.doctor(config).unwrap();
+    report
+        .lines()
         .find(|l| l.contains(" identity: "))
-        .map_or(format!("no identity line: {text}{stderr}"), str::to_owned)
+        .map_or(format!("no identity line: {report}"), str::to_owned)
 }
 
 #[test]
